@@ -1,0 +1,535 @@
+//! Configuration: the TOML file, `${VAR}` expansion, human durations and validation.
+//!
+//! Owns turning a file (or nothing) into a validated [`Config`]. Every error a user can
+//! cause becomes one [`ConfigError`] sentence naming the file, the key and the problem;
+//! the binary maps it to exit code 2. Does not open databases, sockets or clocks.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default listen address. 9847 is unassigned on the Prometheus default-port
+/// allocations list; all interfaces so a Prometheus on another host can scrape it.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9847";
+/// Default tick: 4 wake-ups a second cost ~0.03 % of a core here and bound how
+/// late a stall start is known.
+pub const DEFAULT_TICK: Duration = Duration::from_millis(250);
+/// Overruns shorter than this only feed the histogram: scheduler noise on a busy
+/// 2-core VM reaches hundreds of milliseconds, never seconds.
+pub const DEFAULT_FREEZE_MIN: Duration = Duration::from_secs(2);
+/// A change of REALTIME − MONOTONIC larger than this between ticks is a step, not drift
+/// (NTP slews at most 500 ppm, i.e. 0.125 ms per 250 ms tick).
+pub const DEFAULT_WALL_STEP: Duration = Duration::from_secs(1);
+/// How often network references (SNTP, HTTP Date) are asked: often enough to bound a
+/// pause's start, rarely enough to be polite to a shared server.
+pub const DEFAULT_REFERENCE_INTERVAL: Duration = Duration::from_secs(10);
+/// Shortest tick accepted: below this the wake-ups cost more CPU than the sidecar's budget.
+pub const MIN_TICK: Duration = Duration::from_millis(10);
+/// Longest tick accepted: above this a stall's start is too vague to attribute.
+pub const MAX_TICK: Duration = Duration::from_secs(10);
+
+/// The validated configuration the sidecar runs with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub freeze: FreezeConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FreezeConfig {
+    pub tick: Duration,
+    pub min: Duration,
+    pub wall_step: Duration,
+    pub reference_interval: Duration,
+    pub references: Vec<ReferenceSpec>,
+}
+
+/// A clock that keeps running while this machine is stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReferenceSpec {
+    /// `/sys/class/rtc/rtc0/since_epoch` (1 s resolution).
+    Rtc,
+    /// A PTP hardware clock, e.g. `/dev/ptp0`.
+    Ptp(PathBuf),
+    /// An SNTP server, `HOST:PORT`.
+    Sntp(String),
+    /// The `Date` header of an HTTP(S) URL (1 s resolution).
+    HttpDate(String),
+}
+
+impl ReferenceSpec {
+    /// The label value used in metrics and events. URLs lose their query and userinfo
+    /// so a token in them never reaches a label or a log.
+    pub fn name(&self) -> String {
+        match self {
+            ReferenceSpec::Rtc => "rtc".to_string(),
+            ReferenceSpec::Ptp(p) => format!("ptp:{}", p.display()),
+            ReferenceSpec::Sntp(hp) => format!("sntp:{hp}"),
+            ReferenceSpec::HttpDate(url) => format!("http_date:{}", redact_url(url)),
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        if text == "rtc" {
+            return Ok(ReferenceSpec::Rtc);
+        }
+        if let Some(path) = text.strip_prefix("ptp:") {
+            if !path.starts_with('/') {
+                return Err(format!(
+                    "\"{text}\" needs an absolute device path, like \"ptp:/dev/ptp0\""
+                ));
+            }
+            return Ok(ReferenceSpec::Ptp(PathBuf::from(path)));
+        }
+        if let Some(hp) = text.strip_prefix("sntp:") {
+            let port_ok = hp
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                return Err(format!(
+                    "\"{text}\" needs HOST:PORT, like \"sntp:127.0.0.1:123\""
+                ));
+            }
+            return Ok(ReferenceSpec::Sntp(hp.to_string()));
+        }
+        if let Some(url) = text.strip_prefix("http_date:") {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "\"{}\" needs an http:// or https:// URL",
+                    redact_url(text)
+                ));
+            }
+            return Ok(ReferenceSpec::HttpDate(url.to_string()));
+        }
+        Err(format!(
+            "\"{}\" is not a reference; use \"rtc\", \"ptp:/dev/ptpN\", \"sntp:HOST:PORT\" or \"http_date:URL\"",
+            redact_url(text)
+        ))
+    }
+}
+
+/// Drops userinfo and query from a URL-ish string for logs and labels.
+pub fn redact_url(url: &str) -> String {
+    let without_query = url.split(['?', '#']).next().unwrap_or(url);
+    let Some((scheme, rest)) = without_query.split_once("://") else {
+        return without_query.to_string();
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://***@{host}{path}"),
+        None => format!("{scheme}://{rest}"),
+    }
+}
+
+/// A user-caused configuration problem: one sentence, exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("config file {path} is not valid TOML: {reason}")]
+    Syntax { path: PathBuf, reason: String },
+    #[error("config file {path}: key `{key}` {problem}")]
+    Key {
+        path: PathBuf,
+        key: String,
+        problem: String,
+    },
+}
+
+// ---- the file as written -------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    freeze: RawFreeze,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFreeze {
+    tick: Option<HumanDuration>,
+    min: Option<HumanDuration>,
+    wall_step: Option<HumanDuration>,
+    reference_interval: Option<HumanDuration>,
+    references: Option<Vec<String>>,
+}
+
+/// A duration written as `"250ms"`, `"5s"`, `"10m"`.
+#[derive(Debug, Clone, Copy)]
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim())
+            .map(HumanDuration)
+            .map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "must be a duration like \"250ms\", \"5s\" or \"10m\", not \"{text}\""
+                ))
+            })
+    }
+}
+
+impl Config {
+    /// The configuration `stallwatch run` uses without a file: freeze detector only.
+    pub fn default_with(data_dir: PathBuf) -> Config {
+        Config {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("default listen address parses"),
+            data_dir,
+            log_format: LogFormat::Text,
+            freeze: FreezeConfig {
+                tick: DEFAULT_TICK,
+                min: DEFAULT_FREEZE_MIN,
+                wall_step: DEFAULT_WALL_STEP,
+                reference_interval: DEFAULT_REFERENCE_INTERVAL,
+                references: vec![ReferenceSpec::Rtc],
+            },
+        }
+    }
+
+    /// Reads, expands and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+            path: path.to_path_buf(),
+            reason: e.to_string().to_lowercase(),
+        })?;
+        Config::parse(path, &text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses config text; `env` resolves `${VAR}` (injected so tests need no process env).
+    pub fn parse(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            reason: first_line(&e.to_string()),
+        })?;
+        expand_env(&mut value, "", env).map_err(|(key, problem)| ConfigError::Key {
+            path: path.to_path_buf(),
+            key,
+            problem,
+        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let (key, problem) = describe_serde_error(&key, &inner);
+            ConfigError::Key {
+                path: path.to_path_buf(),
+                key,
+                problem,
+            }
+        })?;
+        Config::validate(path, raw)
+    }
+
+    fn validate(path: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
+        let bad = |key: &str, problem: String| ConfigError::Key {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            problem,
+        };
+        let mut config =
+            Config::default_with(raw.data_dir.clone().unwrap_or_else(default_data_dir));
+        if let Some(listen) = raw.listen {
+            config.listen = listen.parse().map_err(|_| {
+                bad(
+                    "listen",
+                    format!("must be IP:PORT like \"0.0.0.0:9847\", not \"{listen}\""),
+                )
+            })?;
+        }
+        if let Some(dir) = &raw.data_dir {
+            if dir.as_os_str().is_empty() {
+                return Err(bad("data_dir", "must not be empty".into()));
+            }
+        }
+        if let Some(format) = raw.log_format {
+            config.log_format = format;
+        }
+        let f = raw.freeze;
+        let freeze = &mut config.freeze;
+        if let Some(HumanDuration(tick)) = f.tick {
+            if tick < MIN_TICK || tick > MAX_TICK {
+                return Err(bad(
+                    "freeze.tick",
+                    format!(
+                        "must be between 10ms and 10s, not {}",
+                        humantime::format_duration(tick)
+                    ),
+                ));
+            }
+            freeze.tick = tick;
+        }
+        if let Some(HumanDuration(min)) = f.min {
+            freeze.min = min;
+        }
+        if freeze.min < 2 * freeze.tick {
+            return Err(bad(
+                "freeze.min",
+                format!(
+                    "must be at least two ticks ({}), or every scheduler hiccup becomes a freeze",
+                    humantime::format_duration(2 * freeze.tick)
+                ),
+            ));
+        }
+        if let Some(HumanDuration(step)) = f.wall_step {
+            if step < Duration::from_millis(100) {
+                return Err(bad("freeze.wall_step", "must be at least 100ms".into()));
+            }
+            freeze.wall_step = step;
+        }
+        if let Some(HumanDuration(interval)) = f.reference_interval {
+            if interval < Duration::from_secs(1) || interval > Duration::from_secs(3600) {
+                return Err(bad(
+                    "freeze.reference_interval",
+                    "must be between 1s and 1h".into(),
+                ));
+            }
+            freeze.reference_interval = interval;
+        }
+        if let Some(refs) = f.references {
+            freeze.references = Vec::with_capacity(refs.len());
+            for (i, text) in refs.iter().enumerate() {
+                let spec = ReferenceSpec::parse(text).map_err(|problem| {
+                    bad(
+                        &format!("freeze.references[{i}]"),
+                        format!("is invalid: {problem}"),
+                    )
+                })?;
+                if freeze.references.contains(&spec) {
+                    return Err(bad(
+                        &format!("freeze.references[{i}]"),
+                        format!("repeats \"{}\"", spec.name()),
+                    ));
+                }
+                freeze.references.push(spec);
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// Where state lives when neither the config nor `--data-dir` says: the FHS place for
+/// root, the XDG state dir otherwise.
+pub fn default_data_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/stallwatch");
+    }
+    if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|s| !s.is_empty()) {
+        return PathBuf::from(state).join("stallwatch");
+    }
+    match std::env::var_os("HOME").filter(|s| !s.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/state/stallwatch"),
+        None => PathBuf::from("stallwatch-data"),
+    }
+}
+
+/// Replaces `${VAR}` in every string value; `$$` is a literal `$`. Returns the key path
+/// and problem of the first unset variable.
+fn expand_env(
+    value: &mut toml::Value,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), (String, String)> {
+    match value {
+        toml::Value::String(s) => {
+            *s = expand_str(s, env).map_err(|problem| (key.to_string(), problem))?;
+        }
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                expand_env(item, &format!("{key}[{i}]"), env)?;
+            }
+        }
+        toml::Value::Table(table) => {
+            for (k, v) in table.iter_mut() {
+                let path = if key.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{key}.{k}")
+                };
+                expand_env(v, &path, env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body.find('}').ok_or_else(|| {
+                "has an unclosed \"${\"; write \"$$\" for a literal dollar sign".to_string()
+            })?;
+            let name = &body[..end];
+            let valid =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!(
+                    "refers to \"${{{name}}}\", which is not a variable name"
+                ));
+            }
+            let value = env(name).ok_or_else(|| {
+                format!("refers to environment variable {name}, which is not set")
+            })?;
+            out.push_str(&value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Turns serde's messages into "key problem" phrasing; unknown fields name the key itself.
+fn describe_serde_error(path: &str, message: &str) -> (String, String) {
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let field = rest.split('`').next().unwrap_or(rest);
+        let key = if path == "." || path.is_empty() {
+            field.to_string()
+        } else if path == field || path.ends_with(&format!(".{field}")) {
+            path.to_string()
+        } else {
+            format!("{path}.{field}")
+        };
+        let expected = rest
+            .split_once("expected ")
+            .map(|(_, e)| format!("; expected {}", e.lines().next().unwrap_or(e).trim()))
+            .unwrap_or_default();
+        return (key, format!("is not a known setting{expected}"));
+    }
+    let key = if path == "." {
+        "(top level)".to_string()
+    } else {
+        path.to_string()
+    };
+    (key, first_line(message))
+}
+
+fn first_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/sw.toml"), text, &|name| match name {
+            "PORT" => Some("9999".into()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.freeze.tick, DEFAULT_TICK);
+        assert_eq!(c.freeze.references, vec![ReferenceSpec::Rtc]);
+        assert_eq!(c.listen.port(), 9847);
+    }
+
+    #[test]
+    fn durations_and_references_parse() {
+        let c = parse(
+            r#"
+            listen = "127.0.0.1:${PORT}"
+            [freeze]
+            tick = "100ms"
+            min = "3s"
+            references = ["rtc", "ptp:/dev/ptp0", "sntp:127.0.0.1:123", "http_date:https://example.test/"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9999);
+        assert_eq!(c.freeze.tick, Duration::from_millis(100));
+        assert_eq!(c.freeze.min, Duration::from_secs(3));
+        assert_eq!(c.freeze.references.len(), 4);
+        assert_eq!(c.freeze.references[2].name(), "sntp:127.0.0.1:123");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_table() {
+        let e = parse("[freeze]\ntik = \"1s\"\n").unwrap_err().to_string();
+        assert!(e.contains("`freeze.tik` is not a known setting"), "{e}");
+        assert!(e.contains("/etc/sw.toml"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_key_and_value() {
+        let e = parse("[freeze]\ntick = \"fast\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`freeze.tick`") && e.contains("\"fast\""), "{e}");
+    }
+
+    #[test]
+    fn unset_variable_is_an_error() {
+        let e = parse("data_dir = \"${NOPE}/x\"\n").unwrap_err().to_string();
+        assert!(e.contains("`data_dir`") && e.contains("NOPE"), "{e}");
+    }
+
+    #[test]
+    fn dollar_dollar_is_literal() {
+        assert_eq!(expand_str("a$$b", &|_| None).unwrap(), "a$b");
+    }
+
+    #[test]
+    fn min_must_exceed_two_ticks() {
+        let e = parse("[freeze]\ntick = \"1s\"\nmin = \"1s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`freeze.min`"), "{e}");
+    }
+
+    #[test]
+    fn bad_reference_is_rejected() {
+        let e = parse("[freeze]\nreferences = [\"gps\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`freeze.references[0]`"), "{e}");
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("https://u:p@h.test/x?token=1"),
+            "https://***@h.test/x"
+        );
+        assert_eq!(redact_url("http://h.test/a@b"), "http://h.test/a@b");
+    }
+}

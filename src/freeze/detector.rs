@@ -1,0 +1,634 @@
+//! The freeze decision: readings in, freeze events out. Pure — time is passed in.
+//!
+//! Channels (see DESIGN.md's clock table):
+//! - `tick`: a wake that came later than its deadline by ≥ `min` → `process_stall`.
+//! - `wall_step`: REALTIME − MONOTONIC changed by ≥ `wall_step` (beyond what a suspend
+//!   explains) → `wall_clock_step`; small changes accumulate as drift.
+//! - `suspend`: BOOTTIME − MONOTONIC grew by ≥ `min` → `suspend`.
+//! - references (`rtc`, `ptp:…`, `sntp:…`, `http_date:…`): the reference moved forward
+//!   by ≥ `min` more than MONOTONIC did → `vm_pause`.
+//! - `steal`: host steal time during a stall is attached as evidence.
+//!
+//! Readings whose MONOTONIC windows overlap merge into one event, which is held open
+//! for `merge_window` so slower channels can add their estimate; then it is finished.
+//! Wall-clock steps are not lost time and never merge with the others.
+
+use std::collections::VecDeque;
+
+use super::event::{ChannelEstimate, FreezeEvent, FreezeKind};
+use super::reference::{RefOutcome, RefSample, RefTracker};
+use crate::clock::{ClockReading, NANOS_PER_SEC};
+
+/// Window over which the wall-clock drift rate is measured.
+pub const DRIFT_WINDOW_NS: i64 = 60 * NANOS_PER_SEC;
+/// Steal samples kept to attribute host contention to a stall (one a second: 10 minutes).
+pub const STEAL_HISTORY: usize = 600;
+/// Steal becomes evidence of a stall when it is at least 1/20 of the stall: less is the
+/// background steal any shared host shows.
+pub const STEAL_EVIDENCE_FRACTION: i64 = 20;
+
+/// Thresholds of the decision, all in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DetectorConfig {
+    pub tick_ns: i64,
+    pub min_ns: i64,
+    pub wall_step_ns: i64,
+    /// How long an event stays open for other channels after its last reading.
+    pub merge_window_ns: i64,
+}
+
+/// One wake of the tick loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wake {
+    /// MONOTONIC when the loop went to sleep (the last moment it is known to have run).
+    pub slept_at_ns: i64,
+    /// MONOTONIC deadline it asked to be woken at.
+    pub deadline_ns: i64,
+    /// The clocks as read on waking.
+    pub clocks: ClockReading,
+}
+
+/// What one wake measured, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WakeReport {
+    /// How late the wake was, ≥ 0.
+    pub overrun_ns: i64,
+    /// A wall-clock step seen on this wake (signed).
+    pub wall_step_ns: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+struct Reading {
+    kind: FreezeKind,
+    channel: String,
+    estimate_ns: i64,
+    uncertainty_ns: i64,
+    window: (i64, i64),
+    started_at_ns: i64,
+}
+
+#[derive(Debug)]
+struct Pending {
+    readings: Vec<Reading>,
+    window: (i64, i64),
+    last_change_ns: i64,
+}
+
+struct Reference {
+    name: String,
+    tracker: RefTracker,
+    /// Width of the last sample's interval: this reference's uncertainty.
+    uncertainty_ns: i64,
+}
+
+/// The detector. Feed it wakes, reference samples and steal counts; collect events.
+pub struct Detector {
+    cfg: DetectorConfig,
+    last: ClockReading,
+    drift_ns: i64,
+    drift_window: (i64, i64),
+    drift_ppm: f64,
+    references: Vec<Reference>,
+    steal: VecDeque<(i64, i64)>,
+    lost: Option<Pending>,
+    steps: Vec<Pending>,
+    finished: Vec<FreezeEvent>,
+}
+
+impl Detector {
+    pub fn new(cfg: DetectorConfig, first: ClockReading) -> Detector {
+        Detector {
+            cfg,
+            last: first,
+            drift_ns: 0,
+            drift_window: (first.mono_ns, 0),
+            drift_ppm: 0.0,
+            references: Vec::new(),
+            steal: VecDeque::with_capacity(STEAL_HISTORY),
+            lost: None,
+            steps: Vec::new(),
+            finished: Vec::new(),
+        }
+    }
+
+    /// Feeds one wake of the tick loop.
+    pub fn on_wake(&mut self, wake: Wake) -> WakeReport {
+        let now = wake.clocks;
+        let prev = std::mem::replace(&mut self.last, now);
+        let mut report = WakeReport {
+            overrun_ns: (now.mono_ns - wake.deadline_ns).max(0),
+            wall_step_ns: None,
+        };
+
+        if report.overrun_ns >= self.cfg.min_ns {
+            // The stall began somewhere between falling asleep and the deadline: take the middle.
+            let began = wake.slept_at_ns + (wake.deadline_ns - wake.slept_at_ns) / 2;
+            let estimate = now.mono_ns - began;
+            self.add_lost(Reading {
+                kind: FreezeKind::ProcessStall,
+                channel: "tick".into(),
+                estimate_ns: estimate,
+                uncertainty_ns: (wake.deadline_ns - wake.slept_at_ns) / 2,
+                window: (wake.slept_at_ns, now.mono_ns),
+                started_at_ns: now.real_ns - estimate,
+            });
+        }
+
+        let suspended = (now.boot_ns - now.mono_ns) - (prev.boot_ns - prev.mono_ns);
+        if suspended >= self.cfg.min_ns {
+            self.add_lost(Reading {
+                kind: FreezeKind::Suspend,
+                channel: "suspend".into(),
+                estimate_ns: suspended,
+                uncertainty_ns: 0,
+                window: (prev.mono_ns, now.mono_ns),
+                started_at_ns: prev.real_ns,
+            });
+        }
+
+        // A suspend moves REALTIME − MONOTONIC too; only what it does not explain is a step.
+        let wall_moved = (now.real_ns - now.mono_ns) - (prev.real_ns - prev.mono_ns);
+        let step = wall_moved - suspended.max(0);
+        if step.abs() >= self.cfg.wall_step_ns {
+            report.wall_step_ns = Some(step);
+            self.steps.push(Pending {
+                readings: vec![Reading {
+                    kind: FreezeKind::WallClockStep,
+                    channel: "wall_step".into(),
+                    estimate_ns: step,
+                    uncertainty_ns: 0,
+                    window: (prev.mono_ns, now.mono_ns),
+                    started_at_ns: prev.real_ns + (now.mono_ns - prev.mono_ns),
+                }],
+                window: (prev.mono_ns, now.mono_ns),
+                last_change_ns: now.mono_ns,
+            });
+        } else {
+            self.drift_ns += step;
+        }
+        self.update_drift_rate(now.mono_ns);
+        self.finish_due(now.mono_ns);
+        report
+    }
+
+    /// Registers a reference clock so it can be fed samples by index.
+    pub fn add_reference(&mut self, name: String) -> usize {
+        self.references.push(Reference {
+            name,
+            tracker: RefTracker::new(self.cfg.min_ns),
+            uncertainty_ns: 0,
+        });
+        self.references.len() - 1
+    }
+
+    /// Feeds one sample of reference `index`.
+    pub fn on_reference(&mut self, index: usize, sample: RefSample) -> RefOutcome {
+        let wall_offset = self.last.real_ns - self.last.mono_ns;
+        let r = &mut self.references[index];
+        r.uncertainty_ns = sample.hi_ns - sample.lo_ns;
+        let outcome = r.tracker.observe(sample);
+        let name = r.name.clone();
+        let uncertainty = r.uncertainty_ns;
+        match outcome {
+            RefOutcome::Jump {
+                estimate_ns,
+                from_mono_ns,
+                to_mono_ns,
+            } => {
+                self.add_lost(Reading {
+                    kind: FreezeKind::VmPause,
+                    channel: name,
+                    estimate_ns,
+                    uncertainty_ns: uncertainty,
+                    window: (from_mono_ns, to_mono_ns),
+                    started_at_ns: from_mono_ns + (to_mono_ns - from_mono_ns) / 2 + wall_offset,
+                });
+            }
+            RefOutcome::Refined { estimate_ns } => {
+                if let Some(p) = self.lost.as_mut() {
+                    if let Some(r) = p.readings.iter_mut().find(|r| r.channel == name) {
+                        r.estimate_ns = estimate_ns;
+                        r.uncertainty_ns = uncertainty;
+                    }
+                }
+            }
+            RefOutcome::Steady | RefOutcome::Resync { .. } => {}
+        }
+        outcome
+    }
+
+    /// `reference − REALTIME` in nanoseconds for reference `index`, once it has a sample.
+    pub fn reference_offset_ns(&self, index: usize) -> Option<i64> {
+        let wall_offset = self.last.real_ns - self.last.mono_ns;
+        self.references[index]
+            .tracker
+            .offset_ns()
+            .map(|o| o - wall_offset)
+    }
+
+    /// Feeds the cumulative steal time (all CPUs) read at MONOTONIC `mono_ns`.
+    pub fn on_steal(&mut self, mono_ns: i64, steal_total_ns: i64) {
+        if self.steal.len() == STEAL_HISTORY {
+            self.steal.pop_front();
+        }
+        self.steal.push_back((mono_ns, steal_total_ns));
+    }
+
+    /// Events whose merge window has closed, oldest first.
+    pub fn take_finished(&mut self) -> Vec<FreezeEvent> {
+        std::mem::take(&mut self.finished)
+    }
+
+    /// Forces every open event to finish (used at shutdown so nothing is lost).
+    pub fn flush(&mut self) -> Vec<FreezeEvent> {
+        self.finish_due(i64::MAX);
+        self.take_finished()
+    }
+
+    /// REALTIME − MONOTONIC drift accumulated since start, excluding steps.
+    pub fn drift_ns(&self) -> i64 {
+        self.drift_ns
+    }
+
+    /// Drift rate of the wall clock against MONOTONIC over the last full window, in ppm.
+    pub fn drift_ppm(&self) -> f64 {
+        self.drift_ppm
+    }
+
+    fn update_drift_rate(&mut self, mono_ns: i64) {
+        let (start, drift_at_start) = self.drift_window;
+        let span = mono_ns - start;
+        if span >= DRIFT_WINDOW_NS {
+            self.drift_ppm = (self.drift_ns - drift_at_start) as f64 * 1e6 / span as f64;
+            self.drift_window = (mono_ns, self.drift_ns);
+        }
+    }
+
+    fn add_lost(&mut self, reading: Reading) {
+        let slack = 2 * self.cfg.tick_ns;
+        let overlaps = self.lost.as_ref().is_some_and(|p| {
+            reading.window.0 <= p.window.1 + slack && reading.window.1 >= p.window.0 - slack
+        });
+        if !overlaps {
+            if let Some(done) = self.lost.take() {
+                let event = self.compose(done);
+                self.finished.push(event);
+            }
+        }
+        let p = self.lost.get_or_insert_with(|| Pending {
+            readings: Vec::new(),
+            window: reading.window,
+            last_change_ns: reading.window.1,
+        });
+        p.window = (
+            p.window.0.min(reading.window.0),
+            p.window.1.max(reading.window.1),
+        );
+        p.last_change_ns = p.last_change_ns.max(reading.window.1);
+        match p.readings.iter_mut().find(|r| r.channel == reading.channel) {
+            Some(existing) => *existing = reading,
+            None => p.readings.push(reading),
+        }
+    }
+
+    fn finish_due(&mut self, now_mono_ns: i64) {
+        let due =
+            |p: &Pending| now_mono_ns.saturating_sub(p.last_change_ns) >= self.cfg.merge_window_ns;
+        let mut done = Vec::new();
+        if self.lost.as_ref().is_some_and(due) {
+            done.push(self.lost.take().expect("checked above"));
+        }
+        let (ready, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.steps).into_iter().partition(due);
+        self.steps = waiting;
+        done.extend(ready);
+        done.sort_by_key(|p| p.window.0);
+        for p in done {
+            let event = self.compose(p);
+            self.finished.push(event);
+        }
+    }
+
+    fn compose(&self, p: Pending) -> FreezeEvent {
+        let kind = [
+            FreezeKind::Suspend,
+            FreezeKind::VmPause,
+            FreezeKind::ProcessStall,
+            FreezeKind::WallClockStep,
+        ]
+        .into_iter()
+        .find(|k| p.readings.iter().any(|r| r.kind == *k))
+        .expect("a pending event has at least one reading");
+        let best = p
+            .readings
+            .iter()
+            .filter(|r| r.kind == kind)
+            .min_by_key(|r| r.uncertainty_ns)
+            .expect("the kind came from a reading");
+        let mut channels: Vec<ChannelEstimate> = p
+            .readings
+            .iter()
+            .map(|r| ChannelEstimate {
+                channel: r.channel.clone(),
+                estimate_ns: r.estimate_ns,
+            })
+            .collect();
+        if kind == FreezeKind::ProcessStall {
+            let significant = |stolen: &i64| *stolen * STEAL_EVIDENCE_FRACTION >= best.estimate_ns;
+            if let Some(stolen) = self
+                .steal_between(p.window.0, p.window.1)
+                .filter(significant)
+            {
+                channels.push(ChannelEstimate {
+                    channel: "steal".into(),
+                    estimate_ns: stolen,
+                });
+            }
+        }
+        FreezeEvent {
+            kind,
+            started_at_ns: best.started_at_ns,
+            duration_ns: best.estimate_ns,
+            channels,
+        }
+    }
+
+    fn steal_between(&self, from_ns: i64, to_ns: i64) -> Option<i64> {
+        let before = self.steal.iter().rev().find(|(m, _)| *m <= from_ns)?;
+        let after = self.steal.iter().find(|(m, _)| *m >= to_ns)?;
+        Some(after.1 - before.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! One synthetic sequence per row of DESIGN.md's clock table.
+    use super::*;
+
+    const S: i64 = NANOS_PER_SEC;
+    const MS: i64 = 1_000_000;
+    const TICK: i64 = 250 * MS;
+    const EPOCH: i64 = 1_763_900_000 * S;
+
+    fn cfg() -> DetectorConfig {
+        DetectorConfig {
+            tick_ns: TICK,
+            min_ns: 2 * S,
+            wall_step_ns: S,
+            merge_window_ns: 2 * S,
+        }
+    }
+
+    /// A simulated machine: the clocks, the tick loop and an RTC.
+    struct Sim {
+        d: Detector,
+        mono: i64,
+        real_off: i64,
+        boot_off: i64,
+        /// Host time (what the RTC follows): advances during pauses.
+        host: i64,
+        rtc: Option<usize>,
+        events: Vec<FreezeEvent>,
+    }
+
+    impl Sim {
+        fn new(with_rtc: bool) -> Sim {
+            let mono = 1_000 * S;
+            let clocks = ClockReading {
+                mono_ns: mono,
+                real_ns: EPOCH,
+                boot_ns: mono,
+            };
+            let mut d = Detector::new(cfg(), clocks);
+            let rtc = with_rtc.then(|| d.add_reference("rtc".into()));
+            Sim {
+                d,
+                mono,
+                real_off: EPOCH - mono,
+                boot_off: 0,
+                host: EPOCH,
+                rtc,
+                events: vec![],
+            }
+        }
+
+        fn clocks(&self) -> ClockReading {
+            ClockReading {
+                mono_ns: self.mono,
+                real_ns: self.mono + self.real_off,
+                boot_ns: self.mono + self.boot_off,
+            }
+        }
+
+        /// One tick: sleep `TICK`, waking `late` after the deadline.
+        fn tick(&mut self, late: i64) -> WakeReport {
+            let slept_at = self.mono;
+            let deadline = slept_at + TICK;
+            self.mono = deadline + late;
+            self.host += TICK + late;
+            let r = self.d.on_wake(Wake {
+                slept_at_ns: slept_at,
+                deadline_ns: deadline,
+                clocks: self.clocks(),
+            });
+            if let Some(i) = self.rtc {
+                let shown = self.host - self.host.rem_euclid(S);
+                self.d.on_reference(
+                    i,
+                    RefSample::from_read(self.mono, self.mono + 10_000, shown, S),
+                );
+            }
+            self.events.extend(self.d.take_finished());
+            r
+        }
+
+        fn run(&mut self, seconds: i64) {
+            for _ in 0..(seconds * S / TICK) {
+                self.tick(0);
+            }
+        }
+    }
+
+    fn secs(ns: i64) -> f64 {
+        ns as f64 / S as f64
+    }
+
+    #[test]
+    fn normal_running_makes_no_events() {
+        let mut sim = Sim::new(true);
+        for i in 0..2400 {
+            sim.tick((i % 7) * 30 * MS); // scheduler noise up to 180 ms
+        }
+        assert!(sim.events.is_empty(), "{:?}", sim.events);
+    }
+
+    #[test]
+    fn process_stopped_is_a_process_stall_from_the_tick() {
+        let mut sim = Sim::new(true);
+        sim.run(5);
+        // SIGSTOP at a random point of a sleep: the wake comes 3 s - 100 ms late.
+        sim.tick(3 * S - 100 * MS);
+        sim.run(5);
+        assert_eq!(sim.events.len(), 1, "{:?}", sim.events);
+        let e = &sim.events[0];
+        assert_eq!(e.kind, FreezeKind::ProcessStall);
+        assert!(
+            (secs(e.duration_ns) - 3.0).abs() < 0.2,
+            "{}",
+            secs(e.duration_ns)
+        );
+        assert_eq!(e.channels[0].channel, "tick");
+        assert!(
+            e.channels.iter().all(|c| c.channel != "rtc"),
+            "RTC kept pace: {:?}",
+            e.channels
+        );
+    }
+
+    #[test]
+    fn full_vm_pause_is_seen_only_by_the_reference() {
+        let mut sim = Sim::new(true);
+        sim.run(10);
+        sim.host += 10 * S; // all guest clocks stop; the host's RTC keeps going
+        sim.run(6);
+        assert_eq!(sim.events.len(), 1, "{:?}", sim.events);
+        let e = &sim.events[0];
+        assert_eq!(e.kind, FreezeKind::VmPause);
+        assert!(
+            (secs(e.duration_ns) - 10.0).abs() < 0.5,
+            "{}",
+            secs(e.duration_ns)
+        );
+        assert_eq!(
+            e.channels,
+            vec![ChannelEstimate {
+                channel: "rtc".into(),
+                estimate_ns: e.duration_ns
+            }]
+        );
+    }
+
+    #[test]
+    fn full_vm_pause_without_a_reference_is_invisible() {
+        let mut sim = Sim::new(false);
+        sim.run(10);
+        sim.host += 10 * S;
+        sim.run(6);
+        assert!(sim.events.is_empty());
+    }
+
+    #[test]
+    fn snapshot_restore_is_a_pause_then_a_separate_step_when_ntp_catches_up() {
+        let mut sim = Sim::new(true);
+        sim.run(10);
+        sim.host += 3600 * S; // restored an hour later; wall clock unchanged until NTP
+        sim.run(10);
+        sim.real_off += 3600 * S; // NTP steps the wall clock
+        sim.run(5);
+        let kinds: Vec<_> = sim.events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, vec![FreezeKind::VmPause, FreezeKind::WallClockStep]);
+        assert!((secs(sim.events[0].duration_ns) - 3600.0).abs() < 0.5);
+        assert!((secs(sim.events[1].duration_ns) - 3600.0).abs() < 0.01);
+    }
+
+    #[test]
+    fn system_suspend_is_a_suspend_not_a_step() {
+        let mut sim = Sim::new(true);
+        sim.run(10);
+        sim.host += 60 * S;
+        sim.boot_off += 60 * S;
+        sim.real_off += 60 * S;
+        sim.run(6);
+        assert_eq!(sim.events.len(), 1, "{:?}", sim.events);
+        let e = &sim.events[0];
+        assert_eq!(e.kind, FreezeKind::Suspend);
+        assert_eq!(secs(e.duration_ns), 60.0);
+        let names: Vec<_> = e.channels.iter().map(|c| c.channel.as_str()).collect();
+        assert_eq!(names, vec!["suspend", "rtc"]);
+    }
+
+    #[test]
+    fn ntp_step_while_running_is_a_wall_clock_step_of_that_size() {
+        let mut sim = Sim::new(true);
+        sim.run(5);
+        sim.real_off += 120 * S;
+        sim.run(5);
+        sim.real_off -= 60 * S;
+        sim.run(5);
+        let sizes: Vec<_> = sim
+            .events
+            .iter()
+            .map(|e| (e.kind, secs(e.duration_ns)))
+            .collect();
+        assert_eq!(
+            sizes,
+            vec![
+                (FreezeKind::WallClockStep, 120.0),
+                (FreezeKind::WallClockStep, -60.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn stall_during_steal_carries_the_steal_evidence() {
+        let mut sim = Sim::new(false);
+        let mut steal = 0;
+        for _ in 0..8 {
+            sim.run(1);
+            sim.d.on_steal(sim.mono, steal);
+        }
+        sim.tick(3 * S);
+        steal += 2 * S;
+        sim.d.on_steal(sim.mono, steal);
+        sim.run(5);
+        let e = &sim.events[0];
+        assert_eq!(e.kind, FreezeKind::ProcessStall);
+        assert!(
+            e.channels
+                .iter()
+                .any(|c| c.channel == "steal" && c.estimate_ns == 2 * S),
+            "{:?}",
+            e.channels
+        );
+    }
+
+    #[test]
+    fn two_stalls_far_apart_are_two_events() {
+        let mut sim = Sim::new(false);
+        sim.run(2);
+        sim.tick(3 * S);
+        sim.run(10);
+        sim.tick(4 * S);
+        sim.run(5);
+        let d: Vec<_> = sim
+            .events
+            .iter()
+            .map(|e| secs(e.duration_ns).round())
+            .collect();
+        assert_eq!(d, vec![3.0, 4.0]);
+    }
+
+    #[test]
+    fn drift_is_measured_in_ppm() {
+        let mut sim = Sim::new(false);
+        for _ in 0..(130 * S / TICK) {
+            sim.real_off += TICK / 10_000; // 100 ppm fast
+            sim.tick(0);
+        }
+        assert!(
+            (sim.d.drift_ppm() - 100.0).abs() < 1.0,
+            "{}",
+            sim.d.drift_ppm()
+        );
+        assert!(sim.events.is_empty());
+    }
+
+    #[test]
+    fn open_events_are_flushed_on_shutdown() {
+        let mut sim = Sim::new(false);
+        sim.run(1);
+        sim.tick(3 * S);
+        assert!(sim.events.is_empty());
+        assert_eq!(sim.d.flush().len(), 1);
+    }
+}

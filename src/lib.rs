@@ -1,0 +1,12 @@
+//! stallwatch: a sidecar that tells an operator whether the machine froze or the job
+//! stalled. See ARCHITECTURE.md for the map; the binary's entry is `main.rs`.
+
+pub mod clock;
+pub mod config;
+pub mod freeze;
+pub mod http;
+pub mod metrics;
+pub mod persist;
+pub mod sidecar;
+pub mod state;
+pub mod status;

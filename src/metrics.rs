@@ -1,0 +1,254 @@
+//! The Prometheus registry and every metric the sidecar exports (names from DESIGN.md).
+//!
+//! Owns names, help texts, buckets and label sets. Metrics are updated with atomic
+//! operations by the threads that measure; a scrape only encodes them, so it never
+//! waits for the detector and never touches a source.
+
+use prometheus::{
+    CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::freeze::downtime::DowntimeReason;
+use crate::freeze::FreezeKind;
+
+/// Buckets for tick overruns: from scheduler noise (1 ms) to a long stall (60 s).
+const OVERRUN_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+];
+/// Buckets for freeze durations: from the 2 s threshold to a lost night.
+const FREEZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 28800.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub freezes_total: IntCounterVec,
+    pub frozen_seconds_total: CounterVec,
+    pub freeze_duration_seconds: Histogram,
+    pub last_freeze_timestamp_seconds: Gauge,
+    pub tick_overrun_seconds: Histogram,
+    pub wall_clock_drift_seconds: Gauge,
+    pub wall_clock_drift_ppm: Gauge,
+    pub wall_clock_steps_total: IntCounter,
+    pub reference_offset_seconds: GaugeVec,
+    pub reference_up: GaugeVec,
+    pub cpu_steal_seconds_total: prometheus::Counter,
+    pub downtime_seconds_total: CounterVec,
+    pub state_db_errors_total: IntCounter,
+    pub dropped_total: IntCounterVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("stallwatch")
+}
+
+impl Metrics {
+    /// Builds the registry. `references` are the configured reference names (bounded by config).
+    pub fn new(references: &[String]) -> Metrics {
+        let registry = Registry::new();
+        let m = Metrics {
+            freezes_total: IntCounterVec::new(opts("freezes_total", "Freeze events detected, by kind."), &["kind"])
+                .expect("valid metric"),
+            frozen_seconds_total: CounterVec::new(
+                opts("frozen_seconds_total", "Time lost to freezes, by kind (wall-clock steps excluded)."),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            freeze_duration_seconds: Histogram::with_opts(
+                HistogramOpts::new("freeze_duration_seconds", "Duration of each freeze (wall-clock steps excluded).")
+                    .namespace("stallwatch")
+                    .buckets(FREEZE_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            last_freeze_timestamp_seconds: Gauge::with_opts(opts(
+                "last_freeze_timestamp_seconds",
+                "Unix time the most recent freeze started; 0 if none is recorded.",
+            ))
+            .expect("valid metric"),
+            tick_overrun_seconds: Histogram::with_opts(
+                HistogramOpts::new("tick_overrun_seconds", "How late each tick of the detector loop woke up.")
+                    .namespace("stallwatch")
+                    .buckets(OVERRUN_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+            wall_clock_drift_seconds: Gauge::with_opts(opts(
+                "wall_clock_drift_seconds",
+                "Change of REALTIME minus MONOTONIC since start, excluding steps.",
+            ))
+            .expect("valid metric"),
+            wall_clock_drift_ppm: Gauge::with_opts(opts(
+                "wall_clock_drift_ppm",
+                "Rate of the wall clock against MONOTONIC over the last minute, in parts per million.",
+            ))
+            .expect("valid metric"),
+            wall_clock_steps_total: IntCounter::with_opts(opts(
+                "wall_clock_steps_total",
+                "Steps of the wall clock larger than freeze.wall_step.",
+            ))
+            .expect("valid metric"),
+            reference_offset_seconds: GaugeVec::new(
+                opts("reference_offset_seconds", "Reference clock minus this machine's wall clock."),
+                &["reference"],
+            )
+            .expect("valid metric"),
+            reference_up: GaugeVec::new(
+                opts("reference_up", "1 if the last read of the reference clock succeeded."),
+                &["reference"],
+            )
+            .expect("valid metric"),
+            cpu_steal_seconds_total: prometheus::Counter::with_opts(opts(
+                "cpu_steal_seconds_total",
+                "CPU time stolen by the hypervisor, summed over CPUs, since the sidecar started.",
+            ))
+            .expect("valid metric"),
+            downtime_seconds_total: CounterVec::new(
+                opts("downtime_seconds_total", "Time the sidecar was not running, by reason."),
+                &["reason"],
+            )
+            .expect("valid metric"),
+            state_db_errors_total: IntCounter::with_opts(opts(
+                "state_db_errors_total",
+                "Failed writes or reads of the state database.",
+            ))
+            .expect("valid metric"),
+            dropped_total: IntCounterVec::new(
+                opts("dropped_total", "Items dropped because a bounded internal queue was full, by queue."),
+                &["queue"],
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        let build_info = GaugeVec::new(
+            opts("build_info", "Build of the running sidecar; always 1."),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1.0);
+
+        for kind in FreezeKind::ALL {
+            m.freezes_total.with_label_values(&[kind.as_str()]);
+            if kind.is_lost_time() {
+                m.frozen_seconds_total.with_label_values(&[kind.as_str()]);
+            }
+        }
+        for reason in [
+            DowntimeReason::Restart,
+            DowntimeReason::Reboot,
+            DowntimeReason::Stopped,
+        ] {
+            m.downtime_seconds_total
+                .with_label_values(&[reason.as_str()]);
+        }
+        for name in references {
+            m.reference_up.with_label_values(&[name]).set(0.0);
+        }
+        let r = &m.registry;
+        r.register(Box::new(m.freezes_total.clone()))
+            .expect("unique");
+        r.register(Box::new(m.frozen_seconds_total.clone()))
+            .expect("unique");
+        r.register(Box::new(m.freeze_duration_seconds.clone()))
+            .expect("unique");
+        r.register(Box::new(m.last_freeze_timestamp_seconds.clone()))
+            .expect("unique");
+        r.register(Box::new(m.tick_overrun_seconds.clone()))
+            .expect("unique");
+        r.register(Box::new(m.wall_clock_drift_seconds.clone()))
+            .expect("unique");
+        r.register(Box::new(m.wall_clock_drift_ppm.clone()))
+            .expect("unique");
+        r.register(Box::new(m.wall_clock_steps_total.clone()))
+            .expect("unique");
+        r.register(Box::new(m.reference_offset_seconds.clone()))
+            .expect("unique");
+        r.register(Box::new(m.reference_up.clone()))
+            .expect("unique");
+        r.register(Box::new(m.cpu_steal_seconds_total.clone()))
+            .expect("unique");
+        r.register(Box::new(m.downtime_seconds_total.clone()))
+            .expect("unique");
+        r.register(Box::new(m.state_db_errors_total.clone()))
+            .expect("unique");
+        r.register(Box::new(m.dropped_total.clone()))
+            .expect("unique");
+        r.register(Box::new(build_info)).expect("unique");
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("unique");
+        m
+    }
+
+    /// Counts one freeze event in the freeze metrics.
+    pub fn record_freeze(&self, kind: FreezeKind, started_at_ns: i64, duration_ns: i64) {
+        self.freezes_total.with_label_values(&[kind.as_str()]).inc();
+        if kind.is_lost_time() {
+            let secs = duration_ns.max(0) as f64 / 1e9;
+            self.frozen_seconds_total
+                .with_label_values(&[kind.as_str()])
+                .inc_by(secs);
+            self.freeze_duration_seconds.observe(secs);
+            let started = started_at_ns as f64 / 1e9;
+            if started > self.last_freeze_timestamp_seconds.get() {
+                self.last_freeze_timestamp_seconds.set(started);
+            }
+        } else {
+            self.wall_clock_steps_total.inc();
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("encoding to a Vec cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freeze_is_counted_by_kind_and_steps_separately() {
+        let m = Metrics::new(&["rtc".into()]);
+        m.record_freeze(
+            FreezeKind::ProcessStall,
+            1_700_000_000_000_000_000,
+            3_000_000_000,
+        );
+        m.record_freeze(
+            FreezeKind::WallClockStep,
+            1_700_000_100_000_000_000,
+            -60_000_000_000,
+        );
+        let text = m.encode();
+        assert!(
+            text.contains("stallwatch_freezes_total{kind=\"process_stall\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stallwatch_frozen_seconds_total{kind=\"process_stall\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stallwatch_wall_clock_steps_total 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stallwatch_last_freeze_timestamp_seconds 1700000000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stallwatch_reference_up{reference=\"rtc\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("stallwatch_build_info{version="), "{text}");
+    }
+}

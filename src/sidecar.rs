@@ -1,0 +1,242 @@
+//! Wires the sidecar together: state DB, start-up downtime check, tick thread, state
+//! writer, network reference tasks, HTTP server, and the two-phase shutdown.
+//!
+//! Start-up order matters: the state DB is opened and checked before anything listens
+//! (a bad one is a clear exit-2 error), the downtime since the last heartbeat is
+//! recorded before the first new heartbeat overwrites it, and the port is bound before
+//! the threads start so a taken port fails fast.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::sync_channel;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::clock::{self, ClockReading};
+use crate::config::{Config, ReferenceSpec};
+use crate::freeze::downtime::{self, Heartbeat};
+use crate::freeze::references;
+use crate::freeze::runner::{NetworkSample, RefSlot, Runner};
+use crate::http::{self, AppState};
+use crate::metrics::Metrics;
+use crate::persist::{Writer, HEARTBEAT_INTERVAL};
+use crate::state::{StateDb, StateError, StateReader};
+use crate::status::{DowntimeStatus, LiveStatus, ReferenceStatus, SharedStatus};
+
+/// Time allowed for open HTTP connections to finish after a stop signal; the whole
+/// shutdown must fit in the 5 s an orchestrator waits before SIGKILL.
+pub const HTTP_DRAIN: Duration = Duration::from_secs(2);
+/// Samples from network references waiting for the tick thread.
+pub const NETWORK_SAMPLE_QUEUE: usize = 64;
+/// Timeout of one HTTP `Date` reference request.
+pub const HTTP_REFERENCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the sidecar could not start. Everything here is the operator's to fix: exit 2.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot listen on {addr}: {reason}; set `listen` or --listen to a free address")]
+    Listen { addr: SocketAddr, reason: String },
+    #[error("cannot read the boot id from {}: {reason}", clock::BOOT_ID_PATH)]
+    BootId { reason: String },
+}
+
+/// Runs the sidecar until SIGTERM or SIGINT. `started` is the clock reading taken as
+/// the process began, so a restart's downtime does not include start-up work.
+pub fn run(config: Config, started: ClockReading) -> Result<(), StartError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .thread_name("stallwatch-rt")
+        .build()
+        .expect("building the runtime");
+    runtime.block_on(serve(config, started))
+}
+
+async fn serve(config: Config, started: ClockReading) -> Result<(), StartError> {
+    let db = StateDb::open(&config.data_dir)?;
+    let boot_id = clock::boot_id().map_err(|e| StartError::BootId {
+        reason: e.to_string(),
+    })?;
+    let names: Vec<String> = config
+        .freeze
+        .references
+        .iter()
+        .map(ReferenceSpec::name)
+        .collect();
+    let metrics = Arc::new(Metrics::new(&names));
+    if let Some(ns) = db.last_freeze_started_ns()? {
+        metrics.last_freeze_timestamp_seconds.set(ns as f64 / 1e9);
+    }
+
+    let status = SharedStatus::new(LiveStatus {
+        version: env!("CARGO_PKG_VERSION"),
+        boot_id: boot_id.clone(),
+        pid: std::process::id(),
+        started_at_unix_ns: started.real_ns,
+        data_dir: config.data_dir.display().to_string(),
+        tick_seconds: config.freeze.tick.as_secs_f64(),
+        freeze_min_seconds: config.freeze.min.as_secs_f64(),
+        references: names
+            .iter()
+            .map(|n| ReferenceStatus {
+                name: n.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    });
+
+    // The gap since the previous run, before the first heartbeat of this one replaces it.
+    if let Some(last) = db.last_heartbeat()? {
+        let gap = downtime::classify(
+            &last,
+            started,
+            &boot_id,
+            HEARTBEAT_INTERVAL.as_nanos() as i64,
+        );
+        let seconds = gap.duration_ns as f64 / 1e9;
+        metrics
+            .downtime_seconds_total
+            .with_label_values(&[gap.reason.as_str()])
+            .inc_by(seconds);
+        tracing::info!(
+            reason = gap.reason.as_str(),
+            seconds,
+            "sidecar was down before this start"
+        );
+        status.lock().last_downtime = Some(DowntimeStatus {
+            reason: gap.reason.as_str(),
+            seconds,
+        });
+        if let Some(event) = gap.event {
+            metrics.record_freeze(event.kind, event.started_at_ns, event.duration_ns);
+            db.insert_event(&event, clock::real_ns())?;
+            status.lock().events_recorded += 1;
+        }
+    }
+    db.write_heartbeat(&Heartbeat {
+        clocks: clock::read_clocks(),
+        boot_id: boot_id.clone(),
+        clean: false,
+    })?;
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| StartError::Listen {
+            addr: config.listen,
+            reason: e.to_string().to_lowercase(),
+        })?;
+    let reader = StateReader::open(db.path())?;
+
+    let (writer, sink) = Writer::spawn(db, boot_id, metrics.clone(), status.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sample_tx, sample_rx) = sync_channel::<NetworkSample>(NETWORK_SAMPLE_QUEUE);
+    let mut slots = Vec::new();
+    let mut network_tasks = Vec::new();
+    for (index, spec) in config.freeze.references.iter().enumerate() {
+        match references::open_local(spec) {
+            Some(reader) => slots.push((spec.name(), RefSlot::Local(reader))),
+            None => {
+                slots.push((spec.name(), RefSlot::Network));
+                network_tasks.push(tokio::spawn(poll_network_reference(
+                    spec.clone(),
+                    index,
+                    config.freeze.reference_interval,
+                    sample_tx.clone(),
+                    metrics.clone(),
+                )));
+            }
+        }
+    }
+    let tick = Runner {
+        config: config.freeze.clone(),
+        references: slots,
+        network_samples: sample_rx,
+        metrics: metrics.clone(),
+        status: status.clone(),
+        events: sink,
+        stop: stop.clone(),
+    }
+    .spawn();
+
+    tracing::info!(
+        listen = %config.listen,
+        data_dir = %config.data_dir.display(),
+        tick_ms = config.freeze.tick.as_millis() as u64,
+        references = ?names,
+        "stallwatch running"
+    );
+
+    let app = http::router(AppState {
+        metrics,
+        status,
+        reader: Arc::new(Mutex::new(reader)),
+        tick_ns: config.freeze.tick.as_nanos() as i64,
+    });
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = drain_rx.await;
+            })
+            .await
+    });
+
+    let signal = stop_signal().await;
+    tracing::info!(signal, "stopping");
+    // Phase 1: stop taking work.
+    let _ = drain_tx.send(());
+    stop.store(true, Ordering::Relaxed);
+    for task in network_tasks {
+        task.abort();
+    }
+    // Phase 2: drain, each with a deadline.
+    if tokio::time::timeout(HTTP_DRAIN, server).await.is_err() {
+        tracing::warn!("HTTP connections still open after the drain deadline; closing them");
+    }
+    tokio::task::spawn_blocking(move || {
+        let _ = tick.join();
+        writer.stop();
+    })
+    .await
+    .expect("joining the worker threads");
+    tracing::info!("stopped; last heartbeat written");
+    Ok(())
+}
+
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+async fn poll_network_reference(
+    spec: ReferenceSpec,
+    index: usize,
+    interval: Duration,
+    tx: std::sync::mpsc::SyncSender<NetworkSample>,
+    metrics: Arc<Metrics>,
+) {
+    let client = reqwest::Client::builder()
+        .timeout(HTTP_REFERENCE_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("building an HTTP client");
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let sample = references::read_network(&spec, &client).await;
+        if tx.try_send((index, sample)).is_err() {
+            metrics
+                .dropped_total
+                .with_label_values(&["reference_samples"])
+                .inc();
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The live snapshot the tick thread publishes and the HTTP API reads.
+//!
+//! One short mutex hold per tick on the writer side, one clone per request on the reader
+//! side: a slow client can never hold up the detector.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+
+/// Status of one reference clock.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ReferenceStatus {
+    pub name: String,
+    pub up: bool,
+    /// Reference minus this machine's wall clock.
+    pub offset_seconds: Option<f64>,
+    pub last_error: Option<String>,
+}
+
+/// What `/api/v1/status` shows, and what `/healthz` and `/readyz` decide on.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct LiveStatus {
+    pub version: &'static str,
+    pub boot_id: String,
+    pub pid: u32,
+    pub started_at_unix_ns: i64,
+    pub data_dir: String,
+    pub tick_seconds: f64,
+    pub freeze_min_seconds: f64,
+    /// Ticks completed since start.
+    pub ticks: u64,
+    /// MONOTONIC of the last tick (internal: used for health, not shown).
+    #[serde(skip)]
+    pub last_tick_mono_ns: i64,
+    pub wall_clock_drift_ppm: f64,
+    pub wall_clock_drift_seconds: f64,
+    pub cpu_steal_seconds: f64,
+    pub references: Vec<ReferenceStatus>,
+    /// Why the sidecar was down before this start, if it was.
+    pub last_downtime: Option<DowntimeStatus>,
+    pub state_db_error: Option<String>,
+    pub events_recorded: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DowntimeStatus {
+    pub reason: &'static str,
+    pub seconds: f64,
+}
+
+/// Shared handle to the live status.
+#[derive(Clone, Default)]
+pub struct SharedStatus(Arc<Mutex<LiveStatus>>);
+
+impl SharedStatus {
+    pub fn new(status: LiveStatus) -> SharedStatus {
+        SharedStatus(Arc::new(Mutex::new(status)))
+    }
+
+    /// Locks for a short update. A panic elsewhere must not take the status page down with it.
+    pub fn lock(&self) -> MutexGuard<'_, LiveStatus> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn snapshot(&self) -> LiveStatus {
+        self.lock().clone()
+    }
+}
