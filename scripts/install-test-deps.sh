@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs, idempotently: Debian packages (only when one is
+# missing, so a warm machine does no network work) and the VM test's kernel.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Package -> why the tests need it.
+packages=(
+  faketime              # tests/wall_step.rs steps the sidecar's wall clock with libfaketime
+  prometheus            # promtool check metrics on real /metrics output
+  qemu-system-x86       # tests/vm_pause.rs: a real full-VM pause under TCG
+  busybox-static        # the VM test's initramfs
+)
+
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "install-test-deps: installing ${missing[*]}" >&2
+  if [ "$(id -u)" -ne 0 ]; then sudo=(sudo -n); else sudo=(); fi
+  "${sudo[@]}" apt-get update -qq
+  "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Debian kernel the VM test boots (cached under target/vm).
+bash scripts/vm-kernel.sh >/dev/null
