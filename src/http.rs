@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -15,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::mono_ns;
 use crate::metrics::Metrics;
-use crate::state::{StateReader, StoredEvent};
+use crate::signals::attribution::Cause;
+use crate::state::{StateReader, StoredEpisode, StoredEvent};
 use crate::status::SharedStatus;
 
 /// Default number of events `/api/v1/freezes` returns.
@@ -40,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/api/v1/freezes", get(freezes))
         .route("/api/v1/status", get(status))
+        .route("/api/v1/episodes", get(episodes))
         .with_state(state)
 }
 
@@ -100,6 +103,7 @@ async fn status(State(s): State<AppState>) -> Response {
 struct FreezeQuery {
     since: Option<String>,
     limit: Option<i64>,
+    source: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -154,13 +158,8 @@ fn bad_request(message: String) -> Response {
         .into_response()
 }
 
-async fn freezes(
-    State(s): State<AppState>,
-    query: Result<Query<FreezeQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Ok(Query(q)) = query else {
-        return bad_request("query parameters are `since` (RFC 3339) and `limit` (1-10000)".into());
-    };
+/// Parses `since` (RFC 3339) and `limit` into nanoseconds and a row count.
+fn window(q: &FreezeQuery) -> Result<(i64, i64), Box<Response>> {
     let since_ns = match q.since.as_deref() {
         None => 0,
         Some(text) => match humantime::parse_rfc3339_weak(text) {
@@ -169,27 +168,35 @@ async fn freezes(
                 .map(|d| d.as_nanos() as i64)
                 .unwrap_or(0),
             Err(_) => {
-                return bad_request(format!(
+                return Err(Box::new(bad_request(format!(
                     "`since` must be an RFC 3339 time like 2026-11-23T19:00:00Z, not {text:?}"
-                ))
+                ))))
             }
         },
     };
     let limit = q.limit.unwrap_or(DEFAULT_EVENT_LIMIT);
     if !(1..=crate::state::MAX_EVENTS_PER_QUERY).contains(&limit) {
-        return bad_request(format!(
+        return Err(Box::new(bad_request(format!(
             "`limit` must be between 1 and {}",
             crate::state::MAX_EVENTS_PER_QUERY
-        ));
+        ))));
     }
+    Ok((since_ns, limit))
+}
+
+/// Runs a state DB read on the blocking pool and answers with its JSON.
+async fn read_state<T: Serialize + Send + 'static>(
+    s: &AppState,
+    read: impl FnOnce(&StateReader) -> Result<T, crate::state::StateError> + Send + 'static,
+) -> Response {
     let reader = s.reader.clone();
     let result = tokio::task::spawn_blocking(move || {
         let reader = reader.lock().unwrap_or_else(|p| p.into_inner());
-        reader.events_since(since_ns, limit)
+        read(&reader)
     })
     .await;
     match result {
-        Ok(Ok(events)) => Json(events.into_iter().map(to_json).collect::<Vec<_>>()).into_response(),
+        Ok(Ok(value)) => Json(value).into_response(),
         Ok(Err(e)) => {
             s.metrics.state_db_errors_total.inc();
             (
@@ -200,4 +207,86 @@ async fn freezes(
         }
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "query task failed\n").into_response(),
     }
+}
+
+const QUERY_HELP: &str =
+    "query parameters are `since` (RFC 3339), `limit` (1-10000) and, for episodes, `source`";
+
+async fn freezes(
+    State(s): State<AppState>,
+    query: Result<Query<FreezeQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return bad_request(QUERY_HELP.into());
+    };
+    let (since_ns, limit) = match window(&q) {
+        Ok(w) => w,
+        Err(response) => return *response,
+    };
+    read_state(&s, move |r| {
+        Ok(r.events_since(since_ns, limit)?
+            .into_iter()
+            .map(to_json)
+            .collect::<Vec<_>>())
+    })
+    .await
+}
+
+#[derive(Serialize)]
+struct EpisodeJson {
+    id: i64,
+    source: String,
+    kind: &'static str,
+    workflow_id: String,
+    workflow_name: String,
+    from_step: String,
+    to_step: String,
+    started_at: String,
+    duration_seconds: f64,
+    cause: &'static str,
+    freeze_id: Option<i64>,
+    detected_at: String,
+}
+
+fn episode_json(e: StoredEpisode) -> EpisodeJson {
+    let ep = e.episode;
+    EpisodeJson {
+        id: e.id,
+        kind: ep.kind.as_str(),
+        cause: ep.cause.as_str(),
+        freeze_id: match ep.cause {
+            Cause::Freeze { freeze_id } => Some(freeze_id),
+            Cause::Stall => None,
+        },
+        started_at: rfc3339(ep.started_at_ns),
+        duration_seconds: ep.duration_ns as f64 / 1e9,
+        detected_at: rfc3339(e.detected_at_ns),
+        source: ep.source,
+        workflow_id: ep.workflow_id,
+        workflow_name: ep.workflow_name,
+        from_step: ep.from_step,
+        to_step: ep.to_step,
+    }
+}
+
+async fn episodes(
+    State(s): State<AppState>,
+    query: Result<Query<FreezeQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return bad_request(QUERY_HELP.into());
+    };
+    let (since_ns, limit) = match window(&q) {
+        Ok(w) => w,
+        Err(response) => return *response,
+    };
+    let source = q.source.clone();
+    read_state(&s, move |r| {
+        Ok(r.episodes_since(since_ns, limit)?
+            .into_iter()
+            .filter(|e| source.as_ref().is_none_or(|want| &e.episode.source == want))
+            .map(episode_json)
+            .collect::<Vec<_>>())
+    })
+    .await
 }

@@ -8,5 +8,7 @@ pub mod http;
 pub mod metrics;
 pub mod persist;
 pub mod sidecar;
+pub mod signals;
+pub mod sources;
 pub mod state;
 pub mod status;

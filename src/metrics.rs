@@ -5,8 +5,8 @@
 //! waits for the detector and never touches a source.
 
 use prometheus::{
-    CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec,
-    Opts, Registry, TextEncoder,
+    CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, Opts, Registry, TextEncoder,
 };
 
 use crate::freeze::downtime::DowntimeReason;
@@ -37,6 +37,120 @@ pub struct Metrics {
     pub downtime_seconds_total: CounterVec,
     pub state_db_errors_total: IntCounter,
     pub dropped_total: IntCounterVec,
+    pub sources: SourceMetrics,
+}
+
+/// Buckets for step durations and gaps: from a fast step (10 ms) to a lost night.
+const STEP_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
+];
+
+/// Metrics of job and step sources, all labelled by `source`.
+pub struct SourceMetrics {
+    pub queue_depth: GaugeVec,
+    pub queue_oldest_age_seconds: GaugeVec,
+    pub job_retries_total: IntCounterVec,
+    pub dead_letters: GaugeVec,
+    pub dead_letters_total: IntCounterVec,
+    pub stuck_jobs: GaugeVec,
+    pub step_duration_seconds: HistogramVec,
+    pub step_gap_seconds: HistogramVec,
+    pub step_gaps_total: IntCounterVec,
+    pub stalls_total: IntCounterVec,
+    pub stalled_workflows: GaugeVec,
+    pub cost_usd_today: GaugeVec,
+    pub cost_cap_usd: GaugeVec,
+    pub source_up: GaugeVec,
+    pub source_poll_duration_seconds: GaugeVec,
+    pub source_errors_total: IntCounterVec,
+    pub source_info: GaugeVec,
+    pub label_overflow_total: IntCounterVec,
+}
+
+impl SourceMetrics {
+    fn new(r: &Registry) -> SourceMetrics {
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = GaugeVec::new(opts(name, help), labels).expect("valid metric");
+            r.register(Box::new(g.clone())).expect("unique");
+            g
+        };
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(opts(name, help), labels).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("unique");
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help)
+                    .namespace("stallwatch")
+                    .buckets(STEP_BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid metric");
+            r.register(Box::new(h.clone())).expect("unique");
+            h
+        };
+        SourceMetrics {
+            queue_depth: gauge("queue_depth", "Rows or workflows still to be done, by status.", &["source", "queue", "status"]),
+            queue_oldest_age_seconds: gauge(
+                "queue_oldest_age_seconds",
+                "Age of the oldest row still to be done, by status (tables with a creation time).",
+                &["source", "queue", "status"],
+            ),
+            job_retries_total: counter("job_retries_total", "Failed attempts seen on open jobs.", &["source", "queue"]),
+            dead_letters: gauge("dead_letters", "Jobs given up on (dead letters) now.", &["source", "queue"]),
+            dead_letters_total: counter(
+                "dead_letters_total",
+                "Dead letters that appeared while the sidecar watched.",
+                &["source", "queue"],
+            ),
+            stuck_jobs: gauge("stuck_jobs", "Running jobs whose lease has expired.", &["source", "queue"]),
+            step_duration_seconds: histogram(
+                "step_duration_seconds",
+                "Duration of each completed step (intended waits excluded).",
+                &["source", "step"],
+            ),
+            step_gap_seconds: histogram(
+                "step_gap_seconds",
+                "Time between one step's end and the next step's start in a workflow, minus intended waits.",
+                &["source", "workflow"],
+            ),
+            step_gaps_total: counter(
+                "step_gaps_total",
+                "Step gaps longer than gap_min, by cause (freeze or stall).",
+                &["source", "cause"],
+            ),
+            stalls_total: counter(
+                "stalls_total",
+                "Workflows that went without progress for longer than stall_after, by cause.",
+                &["source", "cause"],
+            ),
+            stalled_workflows: gauge(
+                "stalled_workflows",
+                "Open workflows without progress for longer than stall_after.",
+                &["source"],
+            ),
+            cost_usd_today: gauge("cost_usd_today", "Spend logged today (cost day), in US dollars.", &["source"]),
+            cost_cap_usd: gauge("cost_cap_usd", "Configured daily cost cap, in US dollars.", &["source"]),
+            source_up: gauge("source_up", "1 if the last poll of the source succeeded.", &["source"]),
+            source_poll_duration_seconds: gauge(
+                "source_poll_duration_seconds",
+                "Duration of the last poll of the source.",
+                &["source"],
+            ),
+            source_errors_total: counter("source_errors_total", "Failed polls and skipped values, by kind.", &["source", "kind"]),
+            source_info: gauge(
+                "source_info",
+                "Facts about a source; journal_mode is the SQLite journal mode of the app database.",
+                &["source", "kind", "journal_mode"],
+            ),
+            label_overflow_total: counter(
+                "label_overflow_total",
+                "Label values folded into \"other\" because a label reached its cap.",
+                &["source", "label"],
+            ),
+        }
+    }
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -117,6 +231,7 @@ impl Metrics {
                 &["queue"],
             )
             .expect("valid metric"),
+            sources: SourceMetrics::new(&registry),
             registry,
         };
         let build_info = GaugeVec::new(

@@ -14,6 +14,7 @@ use crate::clock::{read_clocks, real_ns};
 use crate::freeze::downtime::Heartbeat;
 use crate::freeze::FreezeEvent;
 use crate::metrics::Metrics;
+use crate::signals::episode::Episode;
 use crate::state::StateDb;
 use crate::status::SharedStatus;
 
@@ -24,6 +25,7 @@ pub const PERSIST_QUEUE: usize = 1024;
 
 enum Msg {
     Event(FreezeEvent),
+    Episode(Episode),
     Stop,
 }
 
@@ -52,6 +54,18 @@ impl EventSink {
                     .with_label_values(&["state_events"])
                     .inc();
             }
+        }
+    }
+}
+
+impl EventSink {
+    /// Queues an attributed episode for the state DB (metrics are the caller's).
+    pub fn record_episode(&self, episode: Episode) {
+        if self.tx.try_send(Msg::Episode(episode)).is_err() {
+            self.metrics
+                .dropped_total
+                .with_label_values(&["state_episodes"])
+                .inc();
         }
     }
 }
@@ -128,9 +142,16 @@ fn write_loop(
                 }
                 report(result);
             }
+            Ok(Msg::Episode(episode)) => report(db.insert_episode(&episode, real_ns()).map(|_| ())),
             Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => {
-                while let Ok(Msg::Event(event)) = rx.try_recv() {
-                    report(db.insert_event(&event, real_ns()).map(|_| ()));
+                while let Ok(msg) = rx.try_recv() {
+                    match msg {
+                        Msg::Event(event) => report(db.insert_event(&event, real_ns()).map(|_| ())),
+                        Msg::Episode(episode) => {
+                            report(db.insert_episode(&episode, real_ns()).map(|_| ()))
+                        }
+                        Msg::Stop => {}
+                    }
                 }
                 report(db.write_heartbeat(&heartbeat(true)));
                 return;

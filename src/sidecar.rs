@@ -16,18 +16,22 @@ use crate::clock::{self, ClockReading};
 use crate::config::{Config, ReferenceSpec};
 use crate::freeze::downtime::{self, Heartbeat};
 use crate::freeze::references;
-use crate::freeze::runner::{NetworkSample, RefSlot, Runner};
+use crate::freeze::runner::{detector_config, NetworkSample, RefSlot, Runner};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::persist::{Writer, HEARTBEAT_INTERVAL};
+use crate::sources::runner::{SourceRunner, StopSignal};
 use crate::state::{StateDb, StateError, StateReader};
-use crate::status::{DowntimeStatus, LiveStatus, ReferenceStatus, SharedStatus};
+use crate::status::{DowntimeStatus, LiveStatus, ReferenceStatus, SharedStatus, SourceStatus};
 
 /// Time allowed for open HTTP connections to finish after a stop signal; the whole
 /// shutdown must fit in the 5 s an orchestrator waits before SIGKILL.
 pub const HTTP_DRAIN: Duration = Duration::from_secs(2);
 /// Samples from network references waiting for the tick thread.
 pub const NETWORK_SAMPLE_QUEUE: usize = 64;
+/// Extra wait after the freeze merge window before an episode is attributed, covering the
+/// state writer's queue and a source poll in flight.
+pub const SETTLE_MARGIN_NS: i64 = 2_000_000_000;
 /// Timeout of one HTTP `Date` reference request.
 pub const HTTP_REFERENCE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -84,6 +88,15 @@ async fn serve(config: Config, started: ClockReading) -> Result<(), StartError> 
                 ..Default::default()
             })
             .collect(),
+        sources: config
+            .sources
+            .iter()
+            .map(|s| SourceStatus {
+                name: s.name.clone(),
+                kind: s.kind.as_str(),
+                ..Default::default()
+            })
+            .collect(),
         ..Default::default()
     });
 
@@ -128,6 +141,11 @@ async fn serve(config: Config, started: ClockReading) -> Result<(), StartError> 
             reason: e.to_string().to_lowercase(),
         })?;
     let reader = StateReader::open(db.path())?;
+    let source_readers = config
+        .sources
+        .iter()
+        .map(|_| StateReader::open(db.path()))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let (writer, sink) = Writer::spawn(db, boot_id, metrics.clone(), status.clone());
     let stop = Arc::new(AtomicBool::new(false));
@@ -149,6 +167,33 @@ async fn serve(config: Config, started: ClockReading) -> Result<(), StartError> 
             }
         }
     }
+    let has_network = config
+        .freeze
+        .references
+        .iter()
+        .any(|r| references::open_local(r).is_none());
+    let settle_ns = detector_config(&config.freeze, has_network).merge_window_ns + SETTLE_MARGIN_NS;
+    let source_stop = Arc::new(StopSignal::default());
+    let source_threads: Vec<_> = config
+        .sources
+        .iter()
+        .zip(source_readers)
+        .enumerate()
+        .map(|(index, (source, freezes))| {
+            SourceRunner {
+                config: source.clone(),
+                index,
+                source: crate::sources::open(source),
+                metrics: metrics.clone(),
+                status: status.clone(),
+                sink: sink.clone(),
+                freezes,
+                stop: source_stop.clone(),
+                settle_ns,
+            }
+            .spawn()
+        })
+        .collect();
     let tick = Runner {
         config: config.freeze.clone(),
         references: slots,
@@ -165,6 +210,7 @@ async fn serve(config: Config, started: ClockReading) -> Result<(), StartError> 
         data_dir = %config.data_dir.display(),
         tick_ms = config.freeze.tick.as_millis() as u64,
         references = ?names,
+        sources = config.sources.len(),
         "stallwatch running"
     );
 
@@ -188,6 +234,7 @@ async fn serve(config: Config, started: ClockReading) -> Result<(), StartError> 
     // Phase 1: stop taking work.
     let _ = drain_tx.send(());
     stop.store(true, Ordering::Relaxed);
+    source_stop.stop();
     for task in network_tasks {
         task.abort();
     }
@@ -197,6 +244,9 @@ async fn serve(config: Config, started: ClockReading) -> Result<(), StartError> 
     }
     tokio::task::spawn_blocking(move || {
         let _ = tick.join();
+        for thread in source_threads {
+            let _ = thread.join();
+        }
         writer.stop();
     })
     .await

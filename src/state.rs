@@ -13,6 +13,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use crate::clock::ClockReading;
 use crate::freeze::downtime::Heartbeat;
 use crate::freeze::{ChannelEstimate, FreezeEvent, FreezeKind};
+use crate::signals::attribution::{Cause, FreezeSpan};
+use crate::signals::episode::{Episode, EpisodeKind};
 
 /// File name of the state DB inside the data dir.
 pub const STATE_DB_FILE: &str = "stallwatch.sqlite";
@@ -44,6 +46,23 @@ const MIGRATIONS: &[&str] = &[
         pid      INTEGER NOT NULL,
         clean    INTEGER NOT NULL
      );",
+    // 2: gap and stall episodes of the watched apps, with their cause.
+    "CREATE TABLE episode (
+        id             INTEGER PRIMARY KEY,
+        source         TEXT    NOT NULL,
+        kind           TEXT    NOT NULL,
+        workflow_id    TEXT    NOT NULL,
+        workflow_name  TEXT    NOT NULL,
+        from_step      TEXT    NOT NULL,
+        to_step        TEXT    NOT NULL,
+        started_at_ns  INTEGER NOT NULL,
+        duration_ns    INTEGER NOT NULL,
+        cause          TEXT    NOT NULL,
+        freeze_id      INTEGER,
+        detected_at_ns INTEGER NOT NULL,
+        UNIQUE (source, kind, workflow_id, started_at_ns)
+     );
+     CREATE INDEX episode_started ON episode (started_at_ns);",
 ];
 
 /// A state DB problem, each naming the file.
@@ -258,6 +277,38 @@ impl StateDb {
     }
 }
 
+impl StateDb {
+    /// Stores an episode; one already stored (same source, kind, workflow and start, as
+    /// after a restart re-reads history) is left as it is. Returns whether it was new.
+    pub fn insert_episode(&self, e: &Episode, detected_at_ns: i64) -> Result<bool, StateError> {
+        let freeze_id = match e.cause {
+            Cause::Freeze { freeze_id } => Some(freeze_id),
+            Cause::Stall => None,
+        };
+        self.conn
+            .execute(
+                "INSERT OR IGNORE INTO episode (source, kind, workflow_id, workflow_name, from_step, to_step,
+                     started_at_ns, duration_ns, cause, freeze_id, detected_at_ns)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    e.source,
+                    e.kind.as_str(),
+                    e.workflow_id,
+                    e.workflow_name,
+                    e.from_step,
+                    e.to_step,
+                    e.started_at_ns,
+                    e.duration_ns,
+                    e.cause.as_str(),
+                    freeze_id,
+                    detected_at_ns
+                ],
+            )
+            .map(|n| n == 1)
+            .map_err(|e| classify(&self.path, e))
+    }
+}
+
 /// A read-only connection for the HTTP API, so queries never wait on the writer's thread.
 pub struct StateReader {
     conn: Connection,
@@ -282,7 +333,83 @@ impl StateReader {
     pub fn events_since(&self, since_ns: i64, limit: i64) -> Result<Vec<StoredEvent>, StateError> {
         read_events(&self.conn, since_ns, limit).map_err(|e| classify(&self.path, e))
     }
+
+    /// Lost-time freezes that may overlap `[from_ns, to_ns]` (started up to a day before it).
+    pub fn freezes_overlapping(
+        &self,
+        from_ns: i64,
+        to_ns: i64,
+    ) -> Result<Vec<FreezeSpan>, StateError> {
+        let run = || -> rusqlite::Result<Vec<FreezeSpan>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT id, kind, started_at_ns, duration_ns FROM freeze_event
+                 WHERE started_at_ns >= ?1 AND started_at_ns <= ?2 AND kind != 'wall_clock_step'",
+            )?;
+            let rows = stmt.query_map(params![from_ns - MAX_FREEZE_SPAN_NS, to_ns], |r| {
+                let kind: String = r.get(1)?;
+                Ok(FreezeSpan {
+                    id: r.get(0)?,
+                    kind: FreezeKind::parse(&kind).unwrap_or(FreezeKind::ProcessStall),
+                    start_ns: r.get(2)?,
+                    duration_ns: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        };
+        run().map_err(|e| classify(&self.path, e))
+    }
+
+    /// Episodes that started at or after `since_ns`, oldest first.
+    pub fn episodes_since(
+        &self,
+        since_ns: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredEpisode>, StateError> {
+        let run = || -> rusqlite::Result<Vec<StoredEpisode>> {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT id, source, kind, workflow_id, workflow_name, from_step, to_step, started_at_ns,
+                        duration_ns, cause, freeze_id, detected_at_ns
+                 FROM episode WHERE started_at_ns >= ?1 ORDER BY started_at_ns, id LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(
+                params![since_ns, limit.clamp(0, MAX_EVENTS_PER_QUERY)],
+                |r| {
+                    let kind: String = r.get(2)?;
+                    let freeze_id: Option<i64> = r.get(10)?;
+                    Ok(StoredEpisode {
+                        id: r.get(0)?,
+                        detected_at_ns: r.get(11)?,
+                        episode: Episode {
+                            source: r.get(1)?,
+                            kind: EpisodeKind::parse(&kind).unwrap_or(EpisodeKind::StepGap),
+                            workflow_id: r.get(3)?,
+                            workflow_name: r.get(4)?,
+                            from_step: r.get(5)?,
+                            to_step: r.get(6)?,
+                            started_at_ns: r.get(7)?,
+                            duration_ns: r.get(8)?,
+                            cause: freeze_id
+                                .map_or(Cause::Stall, |freeze_id| Cause::Freeze { freeze_id }),
+                        },
+                    })
+                },
+            )?;
+            rows.collect()
+        };
+        run().map_err(|e| classify(&self.path, e))
+    }
 }
+
+/// An episode as stored, with its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEpisode {
+    pub id: i64,
+    pub detected_at_ns: i64,
+    pub episode: Episode,
+}
+
+/// Longest freeze looked back for when attributing: a day.
+pub const MAX_FREEZE_SPAN_NS: i64 = 86_400 * 1_000_000_000;
 
 fn read_events(conn: &Connection, since_ns: i64, limit: i64) -> rusqlite::Result<Vec<StoredEvent>> {
     let mut stmt = conn.prepare_cached(

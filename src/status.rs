@@ -40,7 +40,31 @@ pub struct LiveStatus {
     pub last_downtime: Option<DowntimeStatus>,
     pub state_db_error: Option<String>,
     pub events_recorded: u64,
+    pub sources: Vec<SourceStatus>,
 }
+
+/// Status of one job/step source.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct SourceStatus {
+    pub name: String,
+    pub kind: &'static str,
+    pub up: bool,
+    pub last_error: Option<String>,
+    pub journal_mode: Option<String>,
+    pub last_poll_seconds: f64,
+    /// Up to [`MAX_LISTED_STALLS`] stalled workflows: id, name, idle seconds.
+    pub stalled: Vec<StalledWorkflow>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StalledWorkflow {
+    pub workflow_id: String,
+    pub workflow_name: String,
+    pub idle_seconds: f64,
+}
+
+/// Stalled workflows listed per source in the status (all are counted in the metric).
+pub const MAX_LISTED_STALLS: usize = 20;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DowntimeStatus {

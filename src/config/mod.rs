@@ -10,6 +10,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod source;
+
+pub use source::{SourceConfig, SourceDetail, SourceKind};
+
 /// Default listen address. 9847 is unassigned on the Prometheus default-port
 /// allocations list; all interfaces so a Prometheus on another host can scrape it.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9847";
@@ -37,6 +41,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
     pub freeze: FreezeConfig,
+    pub sources: Vec<SourceConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -157,6 +162,8 @@ struct RawConfig {
     log_format: Option<LogFormat>,
     #[serde(default)]
     freeze: RawFreeze,
+    #[serde(default)]
+    source: Vec<source::RawSource>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -171,7 +178,7 @@ struct RawFreeze {
 
 /// A duration written as `"250ms"`, `"5s"`, `"10m"`.
 #[derive(Debug, Clone, Copy)]
-struct HumanDuration(Duration);
+pub(crate) struct HumanDuration(pub(crate) Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -202,6 +209,7 @@ impl Config {
                 reference_interval: DEFAULT_REFERENCE_INTERVAL,
                 references: vec![ReferenceSpec::Rtc],
             },
+            sources: Vec::new(),
         }
     }
 
@@ -324,6 +332,21 @@ impl Config {
                 }
                 freeze.references.push(spec);
             }
+        }
+        if raw.source.len() > source::MAX_SOURCES {
+            return Err(bad(
+                "source",
+                format!(
+                    "lists {} sources; at most {} are supported",
+                    raw.source.len(),
+                    source::MAX_SOURCES
+                ),
+            ));
+        }
+        for (i, src) in raw.source.into_iter().enumerate() {
+            let validated = source::validate(i, src, &config.sources)
+                .map_err(|(key, problem)| bad(&key, problem))?;
+            config.sources.push(validated);
         }
         Ok(config)
     }

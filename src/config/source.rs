@@ -1,0 +1,501 @@
+//! `[[source]]` tables: where job and step timestamps come from, validated per kind.
+//!
+//! One flat table per source; a key that does not apply to the source's kind is an
+//! error naming both, so a `lease` on a `dbos` source cannot be silently ignored.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::HumanDuration;
+use crate::signals::cost::parse_utc_offset;
+
+/// Default poll interval: fresh enough for a 3 a.m. page, cheap enough for the app DB.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(5);
+/// Default idle time after which a pending workflow counts as stalled.
+pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(600);
+/// Default shortest gap between steps recorded as an episode.
+pub const DEFAULT_GAP_MIN: Duration = Duration::from_secs(5);
+/// Most sources one sidecar watches (each has a thread and a connection).
+pub const MAX_SOURCES: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    Dbos,
+    QueueTable,
+    Jsonl,
+    Sql,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Dbos => "dbos",
+            SourceKind::QueueTable => "queue_table",
+            SourceKind::Jsonl => "jsonl",
+            SourceKind::Sql => "sql",
+        }
+    }
+}
+
+/// How a queue table is laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueLayout {
+    pub table: String,
+    pub key_column: String,
+    pub status_column: String,
+    pub queue_column: Option<String>,
+    pub attempts_column: Option<String>,
+    pub created_column: Option<String>,
+    pub claimed_column: Option<String>,
+    /// Statuses of rows still to be done (counted for depth and age).
+    pub open_statuses: Vec<String>,
+    /// The status of a claimed row whose lease can expire.
+    pub running_status: Option<String>,
+    pub lease: Option<Duration>,
+    /// Dead letters kept as a status value of the same table.
+    pub dead_status: Option<String>,
+    /// Dead letters kept in their own table, with a time column (for new-since-last-poll).
+    pub dead_letter_table: Option<String>,
+    pub dead_letter_time_column: Option<String>,
+    pub max_attempts: Option<u32>,
+}
+
+/// Where a JSON-lines log keeps its fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonlLayout {
+    pub time_field: String,
+    pub key_field: String,
+    pub event_field: String,
+    pub cost_field: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceDetail {
+    Dbos,
+    QueueTable(Box<QueueLayout>),
+    Jsonl(JsonlLayout),
+    Sql {
+        query: String,
+        labels: Vec<String>,
+        values: Vec<String>,
+    },
+}
+
+/// One validated source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceConfig {
+    pub name: String,
+    pub kind: SourceKind,
+    /// A SQLite path (from `sqlite:///abs`, `sqlite://rel`, or a plain path) or a file for `jsonl`.
+    pub path: PathBuf,
+    pub poll: Duration,
+    pub stall_after: Duration,
+    pub gap_min: Duration,
+    pub cost_cap_usd: Option<f64>,
+    pub cost_utc_offset_secs: i64,
+    pub detail: SourceDetail,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSource {
+    name: Option<String>,
+    kind: Option<SourceKind>,
+    url: Option<String>,
+    poll: Option<HumanDuration>,
+    stall_after: Option<HumanDuration>,
+    gap_min: Option<HumanDuration>,
+    cost_cap_usd: Option<f64>,
+    cost_timezone: Option<String>,
+    // queue_table
+    preset: Option<String>,
+    table: Option<String>,
+    key_column: Option<String>,
+    status_column: Option<String>,
+    queue_column: Option<String>,
+    attempts_column: Option<String>,
+    created_column: Option<String>,
+    claimed_column: Option<String>,
+    open_statuses: Option<Vec<String>>,
+    running_status: Option<String>,
+    lease: Option<HumanDuration>,
+    dead_status: Option<String>,
+    dead_letter_table: Option<String>,
+    dead_letter_time_column: Option<String>,
+    max_attempts: Option<u32>,
+    // jsonl
+    time_field: Option<String>,
+    key_field: Option<String>,
+    event_field: Option<String>,
+    cost_field: Option<String>,
+    // sql
+    query: Option<String>,
+    labels: Option<Vec<String>>,
+    values: Option<Vec<String>>,
+}
+
+/// The `lab-jobs` preset: a job agent's `jobs` + `dead_letter` tables.
+pub fn preset_lab_jobs() -> QueueLayout {
+    QueueLayout {
+        table: "jobs".into(),
+        key_column: "key".into(),
+        status_column: "status".into(),
+        queue_column: None,
+        attempts_column: Some("attempts".into()),
+        created_column: None,
+        claimed_column: None,
+        open_statuses: vec!["pending".into()],
+        running_status: None,
+        lease: None,
+        dead_status: None,
+        dead_letter_table: Some("dead_letter".into()),
+        dead_letter_time_column: Some("died".into()),
+        max_attempts: Some(4),
+    }
+}
+
+/// The `digest-tasks` preset: a lease-based task queue claimed with `FOR UPDATE SKIP LOCKED`.
+pub fn preset_digest_tasks() -> QueueLayout {
+    QueueLayout {
+        table: "digest_tasks".into(),
+        key_column: "id".into(),
+        status_column: "status".into(),
+        queue_column: None,
+        attempts_column: Some("attempts".into()),
+        created_column: Some("created_at".into()),
+        claimed_column: Some("claimed_at".into()),
+        open_statuses: vec!["PENDING".into(), "RUNNING".into()],
+        running_status: Some("RUNNING".into()),
+        lease: Some(Duration::from_secs(600)),
+        dead_status: Some("FAILED".into()),
+        dead_letter_table: None,
+        dead_letter_time_column: None,
+        max_attempts: None,
+    }
+}
+
+/// Turns a source URL into a path: `sqlite:///abs/path`, `sqlite://relative`,
+/// `sqlite:relative`, `file:///abs` or a plain path.
+pub fn url_to_path(url: &str) -> Result<PathBuf, String> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .or_else(|| url.strip_prefix("file://"))
+        .unwrap_or(url);
+    if rest.starts_with("postgres://") || rest.starts_with("postgresql://") {
+        return Err("is a Postgres URL; this build reads SQLite files only".into());
+    }
+    if rest.contains("://") {
+        return Err(format!(
+            "has an unknown scheme in {:?}; use sqlite:///ABSOLUTE/PATH or a path",
+            crate::config::redact_url(url)
+        ));
+    }
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() {
+        return Err("has no path".into());
+    }
+    Ok(PathBuf::from(path))
+}
+
+/// A table or column name safe to put in double quotes.
+fn identifier(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 128
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        && !value.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(format!(
+            "{value:?} is not a plain table or column name (letters, digits, _ and . only)"
+        ))
+    }
+}
+
+pub(super) fn validate(
+    i: usize,
+    raw: RawSource,
+    taken: &[SourceConfig],
+) -> Result<SourceConfig, (String, String)> {
+    let key = |k: &str| format!("source[{i}].{k}");
+    let name = raw
+        .name
+        .clone()
+        .ok_or_else(|| (key("name"), "is required".to_string()))?;
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    {
+        return Err((
+            key("name"),
+            format!("{name:?} must be 1-64 letters, digits, '_', '-' or '.'"),
+        ));
+    }
+    if taken.iter().any(|s| s.name == name) {
+        return Err((key("name"), format!("{name:?} is used by another source")));
+    }
+    let kind = raw.kind.ok_or_else(|| {
+        (
+            key("kind"),
+            "is required: dbos, queue_table, jsonl or sql".to_string(),
+        )
+    })?;
+    let url = raw
+        .url
+        .clone()
+        .ok_or_else(|| (key("url"), "is required".to_string()))?;
+    let path = url_to_path(&url).map_err(|p| (key("url"), p))?;
+
+    // Keys that only some kinds understand.
+    let queue_keys: [(&str, bool); 15] = [
+        ("preset", raw.preset.is_some()),
+        ("table", raw.table.is_some()),
+        ("key_column", raw.key_column.is_some()),
+        ("status_column", raw.status_column.is_some()),
+        ("queue_column", raw.queue_column.is_some()),
+        ("attempts_column", raw.attempts_column.is_some()),
+        ("created_column", raw.created_column.is_some()),
+        ("claimed_column", raw.claimed_column.is_some()),
+        ("open_statuses", raw.open_statuses.is_some()),
+        ("running_status", raw.running_status.is_some()),
+        ("lease", raw.lease.is_some()),
+        ("dead_status", raw.dead_status.is_some()),
+        ("dead_letter_table", raw.dead_letter_table.is_some()),
+        (
+            "dead_letter_time_column",
+            raw.dead_letter_time_column.is_some(),
+        ),
+        ("max_attempts", raw.max_attempts.is_some()),
+    ];
+    let jsonl_keys = [
+        ("time_field", raw.time_field.is_some()),
+        ("key_field", raw.key_field.is_some()),
+        ("event_field", raw.event_field.is_some()),
+        ("cost_field", raw.cost_field.is_some()),
+    ];
+    let sql_keys = [
+        ("query", raw.query.is_some()),
+        ("labels", raw.labels.is_some()),
+        ("values", raw.values.is_some()),
+    ];
+    let step_keys = [
+        ("stall_after", raw.stall_after.is_some()),
+        ("gap_min", raw.gap_min.is_some()),
+    ];
+    let mut foreign: Vec<(&str, bool)> = Vec::new();
+    if kind != SourceKind::QueueTable {
+        foreign.extend(queue_keys);
+    }
+    if kind != SourceKind::Jsonl {
+        foreign.extend(jsonl_keys);
+    }
+    if kind != SourceKind::Sql {
+        foreign.extend(sql_keys);
+    }
+    if !matches!(kind, SourceKind::Dbos | SourceKind::Jsonl) {
+        foreign.extend(step_keys);
+    }
+    if let Some((k, _)) = foreign.into_iter().find(|(_, present)| *present) {
+        return Err((
+            key(k),
+            format!("does not apply to a source of kind {:?}", kind.as_str()),
+        ));
+    }
+
+    let poll = raw.poll.map_or(DEFAULT_POLL, |d| d.0);
+    if poll < Duration::from_millis(100) || poll > Duration::from_secs(3600) {
+        return Err((key("poll"), "must be between 100ms and 1h".into()));
+    }
+    let cost_cap_usd = match raw.cost_cap_usd {
+        Some(cap) if !(cap.is_finite() && cap > 0.0) => {
+            return Err((
+                key("cost_cap_usd"),
+                "must be a positive number of US dollars".into(),
+            ))
+        }
+        other => other,
+    };
+    let cost_utc_offset_secs = match raw.cost_timezone.as_deref() {
+        None => 0,
+        Some(tz) => parse_utc_offset(tz).ok_or_else(|| {
+            (
+                key("cost_timezone"),
+                format!("{tz:?} must be \"UTC\" or a fixed offset like \"+02:00\""),
+            )
+        })?,
+    };
+
+    let detail = match kind {
+        SourceKind::Dbos => SourceDetail::Dbos,
+        SourceKind::QueueTable => SourceDetail::QueueTable(Box::new(queue_layout(&raw, &key)?)),
+        SourceKind::Jsonl => SourceDetail::Jsonl(JsonlLayout {
+            time_field: raw.time_field.clone().unwrap_or_else(|| "ts".into()),
+            key_field: raw.key_field.clone().unwrap_or_else(|| "key".into()),
+            event_field: raw.event_field.clone().unwrap_or_else(|| "event".into()),
+            cost_field: raw.cost_field.clone().unwrap_or_else(|| "cost_usd".into()),
+        }),
+        SourceKind::Sql => {
+            let query = raw
+                .query
+                .clone()
+                .ok_or_else(|| (key("query"), "is required for a sql source".to_string()))?;
+            let values = raw.values.clone().unwrap_or_default();
+            if values.is_empty() {
+                return Err((
+                    key("values"),
+                    "must name at least one numeric column of the query".into(),
+                ));
+            }
+            SourceDetail::Sql {
+                query,
+                labels: raw.labels.clone().unwrap_or_default(),
+                values,
+            }
+        }
+    };
+    if cost_cap_usd.is_some() && !matches!(kind, SourceKind::Jsonl) {
+        return Err((
+            key("cost_cap_usd"),
+            "applies to jsonl sources, where spend is logged".into(),
+        ));
+    }
+    Ok(SourceConfig {
+        name,
+        kind,
+        path,
+        poll,
+        stall_after: raw.stall_after.map_or(DEFAULT_STALL_AFTER, |d| d.0),
+        gap_min: raw.gap_min.map_or(DEFAULT_GAP_MIN, |d| d.0),
+        cost_cap_usd,
+        cost_utc_offset_secs,
+        detail,
+    })
+}
+
+fn queue_layout(
+    raw: &RawSource,
+    key: &dyn Fn(&str) -> String,
+) -> Result<QueueLayout, (String, String)> {
+    let mut layout = match raw.preset.as_deref() {
+        Some("lab-jobs") => preset_lab_jobs(),
+        Some("digest-tasks") => preset_digest_tasks(),
+        Some(other) => {
+            return Err((
+                key("preset"),
+                format!("{other:?} is not a preset; use \"lab-jobs\" or \"digest-tasks\""),
+            ))
+        }
+        None => {
+            let table = raw
+                .table
+                .clone()
+                .ok_or_else(|| (key("table"), "is required without a preset".to_string()))?;
+            QueueLayout {
+                table,
+                key_column: "id".into(),
+                status_column: "status".into(),
+                queue_column: None,
+                attempts_column: None,
+                created_column: None,
+                claimed_column: None,
+                open_statuses: Vec::new(),
+                running_status: None,
+                lease: None,
+                dead_status: None,
+                dead_letter_table: None,
+                dead_letter_time_column: None,
+                max_attempts: None,
+            }
+        }
+    };
+    let set = |slot: &mut String, k: &str, v: &Option<String>| -> Result<(), (String, String)> {
+        if let Some(v) = v {
+            *slot = identifier(v).map_err(|p| (key(k), p))?;
+        }
+        Ok(())
+    };
+    let set_opt =
+        |slot: &mut Option<String>, k: &str, v: &Option<String>| -> Result<(), (String, String)> {
+            if let Some(v) = v {
+                *slot = Some(identifier(v).map_err(|p| (key(k), p))?);
+            }
+            Ok(())
+        };
+    set(&mut layout.table, "table", &raw.table)?;
+    set(&mut layout.key_column, "key_column", &raw.key_column)?;
+    set(
+        &mut layout.status_column,
+        "status_column",
+        &raw.status_column,
+    )?;
+    set_opt(&mut layout.queue_column, "queue_column", &raw.queue_column)?;
+    set_opt(
+        &mut layout.attempts_column,
+        "attempts_column",
+        &raw.attempts_column,
+    )?;
+    set_opt(
+        &mut layout.created_column,
+        "created_column",
+        &raw.created_column,
+    )?;
+    set_opt(
+        &mut layout.claimed_column,
+        "claimed_column",
+        &raw.claimed_column,
+    )?;
+    set_opt(
+        &mut layout.dead_letter_table,
+        "dead_letter_table",
+        &raw.dead_letter_table,
+    )?;
+    set_opt(
+        &mut layout.dead_letter_time_column,
+        "dead_letter_time_column",
+        &raw.dead_letter_time_column,
+    )?;
+    if let Some(s) = &raw.open_statuses {
+        layout.open_statuses = s.clone();
+    }
+    if raw.running_status.is_some() {
+        layout.running_status = raw.running_status.clone();
+    }
+    if raw.dead_status.is_some() {
+        layout.dead_status = raw.dead_status.clone();
+    }
+    if let Some(l) = raw.lease {
+        layout.lease = Some(l.0);
+    }
+    if raw.max_attempts.is_some() {
+        layout.max_attempts = raw.max_attempts;
+    }
+    if layout.open_statuses.is_empty() {
+        return Err((
+            key("open_statuses"),
+            "must list the statuses of rows still to be done, like [\"pending\"]".into(),
+        ));
+    }
+    if layout.lease.is_some()
+        && (layout.running_status.is_none() || layout.claimed_column.is_none())
+    {
+        return Err((
+            key("lease"),
+            "needs running_status and claimed_column to tell when a lease expires".into(),
+        ));
+    }
+    if layout.dead_letter_table.is_some() != layout.dead_letter_time_column.is_some() {
+        return Err((
+            key("dead_letter_table"),
+            "and dead_letter_time_column go together".into(),
+        ));
+    }
+    Ok(layout)
+}

@@ -1,0 +1,233 @@
+//! Step gaps and stalls from an app's own step records.
+//!
+//! A **gap** is the time from the end of a workflow's last activity to the start of its
+//! next step. Intended waits (`DBOS.recv`, `DBOS.sleep`, `DBOS.getEvent`) are activity:
+//! their span moves the end forward, so a 60 s debounce is not a 60 s gap. Rows must be
+//! fed in the order they completed. A **stall** is a workflow still pending whose last
+//! progress is older than `stall_after`.
+
+use std::collections::HashMap;
+
+/// Step names whose span is an intended wait, not work.
+pub const INTENDED_WAITS: &[&str] = &["DBOS.recv", "DBOS.sleep", "DBOS.getEvent", "DBOS.get_event"];
+/// Workflows remembered for gap tracking; the least recently active are forgotten first.
+pub const MAX_TRACKED_WORKFLOWS: usize = 10_000;
+
+pub fn is_intended_wait(step: &str) -> bool {
+    INTENDED_WAITS.contains(&step)
+}
+
+/// One completed step as the app recorded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRow {
+    pub workflow_id: String,
+    pub workflow_name: String,
+    pub step: String,
+    pub started_ns: i64,
+    pub completed_ns: i64,
+}
+
+/// Time between two steps of one workflow that no intended wait explains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    pub workflow_id: String,
+    pub workflow_name: String,
+    pub from_step: String,
+    pub to_step: String,
+    pub start_ns: i64,
+    pub end_ns: i64,
+}
+
+impl Gap {
+    pub fn duration_ns(&self) -> i64 {
+        self.end_ns - self.start_ns
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Activity {
+    end_ns: i64,
+    last_step: String,
+}
+
+/// Remembers each workflow's last activity and reports the gap before each new step.
+#[derive(Debug, Default)]
+pub struct GapTracker {
+    workflows: HashMap<String, Activity>,
+}
+
+impl GapTracker {
+    /// Feeds one completed row; returns the gap before it if it is a step (not a wait)
+    /// that follows earlier activity of the same workflow.
+    pub fn observe(&mut self, row: &StepRow) -> Option<Gap> {
+        if self.workflows.len() >= MAX_TRACKED_WORKFLOWS
+            && !self.workflows.contains_key(&row.workflow_id)
+        {
+            self.forget_oldest();
+        }
+        let wait = is_intended_wait(&row.step);
+        match self.workflows.get_mut(&row.workflow_id) {
+            None => {
+                self.workflows.insert(
+                    row.workflow_id.clone(),
+                    Activity {
+                        end_ns: row.completed_ns,
+                        last_step: row.step.clone(),
+                    },
+                );
+                None
+            }
+            Some(activity) => {
+                let gap = (!wait).then(|| Gap {
+                    workflow_id: row.workflow_id.clone(),
+                    workflow_name: row.workflow_name.clone(),
+                    from_step: activity.last_step.clone(),
+                    to_step: row.step.clone(),
+                    start_ns: activity.end_ns,
+                    end_ns: row.started_ns.max(activity.end_ns),
+                });
+                activity.end_ns = activity.end_ns.max(row.completed_ns);
+                activity.last_step = row.step.clone();
+                gap
+            }
+        }
+    }
+
+    /// Forgets a workflow that finished (its next row, if any, starts fresh).
+    pub fn forget(&mut self, workflow_id: &str) {
+        self.workflows.remove(workflow_id);
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.workflows.len()
+    }
+
+    fn forget_oldest(&mut self) {
+        let mut ends: Vec<i64> = self.workflows.values().map(|a| a.end_ns).collect();
+        let cut = ends.len() / 10;
+        let (_, threshold, _) = ends.select_nth_unstable(cut);
+        let threshold = *threshold;
+        self.workflows.retain(|_, a| a.end_ns > threshold);
+    }
+}
+
+/// A workflow the app still has open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenWorkflow {
+    pub workflow_id: String,
+    pub workflow_name: String,
+    pub created_ns: i64,
+    /// End of its latest completed row (for a `DBOS.sleep`, the planned wake: may be in the future).
+    pub last_progress_ns: Option<i64>,
+}
+
+impl OpenWorkflow {
+    /// Since when it has made no progress.
+    pub fn idle_since_ns(&self) -> i64 {
+        self.last_progress_ns
+            .map_or(self.created_ns, |p| p.max(self.created_ns))
+    }
+}
+
+/// Open workflows idle for longer than `stall_after_ns` at `now_ns`.
+pub fn stalled(open: &[OpenWorkflow], now_ns: i64, stall_after_ns: i64) -> Vec<&OpenWorkflow> {
+    open.iter()
+        .filter(|w| now_ns - w.idle_since_ns() > stall_after_ns)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: i64 = 1_000_000;
+    const S: i64 = 1_000_000_000;
+
+    fn row(step: &str, started_ms: i64, completed_ms: i64) -> StepRow {
+        StepRow {
+            workflow_id: "w1".into(),
+            workflow_name: "reply".into(),
+            step: step.into(),
+            started_ns: started_ms * MS,
+            completed_ns: completed_ms * MS,
+        }
+    }
+
+    #[test]
+    fn recv_wait_is_not_a_gap() {
+        // As DBOS 3.4 writes it, in completion order: parse, the sleep placeholder at the
+        // start of the wait, the recv row at its end, then generate.
+        let mut t = GapTracker::default();
+        assert_eq!(t.observe(&row("parse", 1_000, 1_100)), None);
+        let g = t.observe(&row("DBOS.sleep", 1_110, 1_111));
+        assert_eq!(g, None, "a wait has no gap before it");
+        assert_eq!(t.observe(&row("DBOS.recv", 1_105, 3_110)), None);
+        let g = t.observe(&row("generate", 3_114, 3_300)).unwrap();
+        assert_eq!(
+            (g.from_step.as_str(), g.duration_ns()),
+            ("DBOS.recv", 4 * MS)
+        );
+    }
+
+    #[test]
+    fn the_108_minute_incident_is_one_gap_after_the_debounce() {
+        let t0 = 1_700_000_000_000; // parse_email at 15:11:15
+        let mut t = GapTracker::default();
+        t.observe(&row("parse_email", t0 - 200, t0));
+        t.observe(&row("DBOS.sleep", t0 + 5, t0 + 6));
+        t.observe(&row("DBOS.recv", t0 + 4, t0 + 60_000)); // 60 s debounce
+        let g = t
+            .observe(&row("generate_reply", t0 + 6_493_000, t0 + 6_494_000))
+            .unwrap();
+        // 16:59:28 - 15:12:15 = 107 min 13 s of gap, after the minute of intended wait.
+        assert_eq!(g.duration_ns(), 6_433_000 * MS);
+    }
+
+    #[test]
+    fn overlapping_rows_never_give_a_negative_gap() {
+        let mut t = GapTracker::default();
+        t.observe(&row("a", 0, 500));
+        assert_eq!(t.observe(&row("b", 400, 600)).unwrap().duration_ns(), 0);
+    }
+
+    #[test]
+    fn workflows_are_tracked_separately_and_bounded() {
+        let mut t = GapTracker::default();
+        for i in 0..(MAX_TRACKED_WORKFLOWS as i64 + 5) {
+            t.observe(&StepRow {
+                workflow_id: format!("w{i}"),
+                ..row("a", i, i + 1)
+            });
+        }
+        assert!(t.tracked() <= MAX_TRACKED_WORKFLOWS);
+    }
+
+    #[test]
+    fn stall_counts_from_last_progress_and_respects_future_wakes() {
+        let open = vec![
+            OpenWorkflow {
+                workflow_id: "a".into(),
+                workflow_name: "n".into(),
+                created_ns: 0,
+                last_progress_ns: Some(10 * S),
+            },
+            OpenWorkflow {
+                workflow_id: "b".into(),
+                workflow_name: "n".into(),
+                created_ns: 0,
+                last_progress_ns: Some(100 * S),
+            },
+            OpenWorkflow {
+                workflow_id: "c".into(),
+                workflow_name: "n".into(),
+                created_ns: 0,
+                last_progress_ns: None,
+            },
+        ];
+        let ids: Vec<_> = stalled(&open, 80 * S, 30 * S)
+            .iter()
+            .map(|w| w.workflow_id.as_str())
+            .collect();
+        assert_eq!(ids, vec!["a", "c"]);
+    }
+}

@@ -1,0 +1,389 @@
+//! One thread per source: poll on the interval, turn each [`Observation`] into metrics
+//! and episodes, and attribute every episode to a freeze or a stall.
+//!
+//! Episodes wait [`SourceRunner::settle_ns`] after they end before being attributed: a
+//! freeze that covers them is only recorded once the freeze detector's merge window has
+//! closed, and a gap must not be blamed on the app for being noticed first.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{ErrorKind, Observation, Source, SourceError};
+use crate::clock::real_ns;
+use crate::config::SourceConfig;
+use crate::metrics::{Metrics, SourceMetrics};
+use crate::persist::EventSink;
+use crate::signals::attribution::{attribute, Cause};
+use crate::signals::cost::CostLedger;
+use crate::signals::episode::{Episode, EpisodeKind};
+use crate::signals::labels::LabelBudget;
+use crate::signals::steps::{is_intended_wait, stalled, GapTracker};
+use crate::state::StateReader;
+use crate::status::{SharedStatus, StalledWorkflow, MAX_LISTED_STALLS};
+
+/// Distinct step names per source kept as label values.
+pub const MAX_STEP_LABELS: usize = 100;
+/// Distinct workflow names per source kept as label values.
+pub const MAX_WORKFLOW_LABELS: usize = 50;
+/// Distinct queue/status pairs per source kept as label values.
+pub const MAX_QUEUE_LABELS: usize = 100;
+/// Episodes waiting for attribution; beyond this the oldest are attributed at once.
+pub const MAX_UNSETTLED_EPISODES: usize = 10_000;
+
+/// A stop flag threads can sleep on.
+#[derive(Default)]
+pub struct StopSignal {
+    stopped: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl StopSignal {
+    pub fn stop(&self) {
+        *self.stopped.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    /// Sleeps up to `d`; returns true if stop was requested.
+    pub fn sleep(&self, d: Duration) -> bool {
+        let guard = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = self
+            .cv
+            .wait_timeout_while(guard, d, |stopped| !*stopped)
+            .unwrap_or_else(|p| p.into_inner());
+        *guard
+    }
+}
+
+pub struct SourceRunner {
+    pub config: SourceConfig,
+    pub index: usize,
+    pub source: Box<dyn Source>,
+    pub metrics: Arc<Metrics>,
+    pub status: SharedStatus,
+    pub sink: EventSink,
+    pub freezes: StateReader,
+    pub stop: Arc<StopSignal>,
+    /// How long after an episode ends before it is attributed.
+    pub settle_ns: i64,
+}
+
+struct Derived {
+    gaps: GapTracker,
+    steps: LabelBudget,
+    workflows: LabelBudget,
+    queues: LabelBudget,
+    cost: CostLedger,
+    stalled: HashSet<String>,
+    unsettled: Vec<Episode>,
+    last_error: Option<String>,
+    queue_series: HashSet<(String, String)>,
+    journal_mode: Option<String>,
+}
+
+impl SourceRunner {
+    pub fn spawn(self) -> JoinHandle<()> {
+        std::thread::Builder::new()
+            .name(format!("stallwatch-src-{}", self.config.name))
+            .spawn(move || self.run())
+            .expect("spawning a thread")
+    }
+
+    fn run(mut self) {
+        let m = self.metrics.clone();
+        let name = self.config.name.clone();
+        let sm = &m.sources;
+        for kind in ErrorKind::ALL {
+            sm.source_errors_total
+                .with_label_values(&[&name, kind.as_str()]);
+        }
+        sm.source_errors_total
+            .with_label_values(&[&name, "bad_timestamp"]);
+        for cause in ["freeze", "stall"] {
+            sm.step_gaps_total.with_label_values(&[&name, cause]);
+            sm.stalls_total.with_label_values(&[&name, cause]);
+        }
+        sm.source_up.with_label_values(&[&name]).set(0.0);
+        if let Some(cap) = self.config.cost_cap_usd {
+            sm.cost_cap_usd.with_label_values(&[&name]).set(cap);
+            sm.cost_usd_today.with_label_values(&[&name]).set(0.0);
+        }
+        let mut d = Derived {
+            gaps: GapTracker::default(),
+            steps: LabelBudget::new(MAX_STEP_LABELS),
+            workflows: LabelBudget::new(MAX_WORKFLOW_LABELS),
+            queues: LabelBudget::new(MAX_QUEUE_LABELS),
+            cost: CostLedger::new(self.config.cost_utc_offset_secs),
+            stalled: HashSet::new(),
+            unsettled: Vec::new(),
+            last_error: None,
+            queue_series: HashSet::new(),
+            journal_mode: None,
+        };
+        loop {
+            let started = Instant::now();
+            let now = real_ns();
+            let result = self.source.poll(now);
+            let elapsed = started.elapsed().as_secs_f64();
+            sm.source_poll_duration_seconds
+                .with_label_values(&[&name])
+                .set(elapsed);
+            match result {
+                Ok(obs) => {
+                    if d.last_error.take().is_some() {
+                        tracing::info!(source = %name, "source readable again");
+                    }
+                    sm.source_up.with_label_values(&[&name]).set(1.0);
+                    self.apply(&mut d, obs, now);
+                    let mut status = self.status.lock();
+                    let s = &mut status.sources[self.index];
+                    s.up = true;
+                    s.last_error = None;
+                    s.last_poll_seconds = elapsed;
+                }
+                Err(e) => self.failed(&mut d, e),
+            }
+            self.settle(&mut d, real_ns(), false);
+            if self.stop.sleep(self.config.poll) {
+                break;
+            }
+        }
+        self.settle(&mut d, i64::MAX, true);
+    }
+
+    fn failed(&self, d: &mut Derived, e: SourceError) {
+        let name = &self.config.name;
+        let sm = &self.metrics.sources;
+        sm.source_up.with_label_values(&[name]).set(0.0);
+        sm.source_errors_total
+            .with_label_values(&[name, e.kind.as_str()])
+            .inc();
+        if d.last_error.as_deref() != Some(e.message.as_str()) {
+            tracing::warn!(source = %name, kind = e.kind.as_str(), error = %e.message, "source poll failed; other sources keep going");
+        }
+        d.last_error = Some(e.message.clone());
+        let mut status = self.status.lock();
+        let s = &mut status.sources[self.index];
+        s.up = false;
+        s.last_error = Some(e.message);
+    }
+
+    fn apply(&self, d: &mut Derived, obs: Observation, now: i64) {
+        let name = self.config.name.as_str();
+        let sm: &SourceMetrics = &self.metrics.sources;
+        let overflow = |label: &str, budget: &LabelBudget, before: u64| {
+            if budget.overflowed() > before {
+                sm.label_overflow_total
+                    .with_label_values(&[name, label])
+                    .inc_by(budget.overflowed() - before);
+            }
+        };
+
+        // Queues: gauges for what is there now; series seen before and gone now drop to 0.
+        let before = d.queues.overflowed();
+        let mut present: HashMap<(String, String), (u64, Option<i64>)> = HashMap::new();
+        for q in &obs.queues {
+            let key = (
+                d.queues.admit(&q.queue).to_string(),
+                d.queues.admit(&q.status).to_string(),
+            );
+            let slot = present.entry(key).or_insert((0, None));
+            slot.0 += q.depth;
+            slot.1 = match (slot.1, q.oldest_ns) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        overflow("queue", &d.queues, before);
+        for key in d.queue_series.iter().filter(|k| !present.contains_key(*k)) {
+            sm.queue_depth
+                .with_label_values(&[name, &key.0, &key.1])
+                .set(0.0);
+            let _ = sm
+                .queue_oldest_age_seconds
+                .remove_label_values(&[name, &key.0, &key.1]);
+        }
+        for ((queue, status), (depth, oldest)) in &present {
+            sm.queue_depth
+                .with_label_values(&[name, queue, status])
+                .set(*depth as f64);
+            if let Some(oldest) = oldest {
+                let age = (now - oldest).max(0) as f64 / 1e9;
+                sm.queue_oldest_age_seconds
+                    .with_label_values(&[name, queue, status])
+                    .set(age);
+            }
+            d.queue_series.insert((queue.clone(), status.clone()));
+        }
+        for (queue, n) in &obs.retries {
+            sm.job_retries_total
+                .with_label_values(&[name, queue])
+                .inc_by(*n);
+        }
+        for dl in &obs.dead_letters {
+            sm.dead_letters
+                .with_label_values(&[name, &dl.queue])
+                .set(dl.current as f64);
+            sm.dead_letters_total
+                .with_label_values(&[name, &dl.queue])
+                .inc_by(dl.new);
+        }
+        for (queue, n) in &obs.stuck {
+            sm.stuck_jobs
+                .with_label_values(&[name, queue])
+                .set(*n as f64);
+        }
+        if obs.bad_timestamps > 0 {
+            sm.source_errors_total
+                .with_label_values(&[name, "bad_timestamp"])
+                .inc_by(obs.bad_timestamps);
+        }
+
+        // Steps: durations, gaps, gap episodes.
+        let gap_min = self.config.gap_min.as_nanos() as i64;
+        let (steps_before, workflows_before) = (d.steps.overflowed(), d.workflows.overflowed());
+        for row in &obs.steps {
+            if !is_intended_wait(&row.step) && row.completed_ns > row.started_ns {
+                let step = d.steps.admit(&row.step);
+                sm.step_duration_seconds
+                    .with_label_values(&[name, step])
+                    .observe((row.completed_ns - row.started_ns) as f64 / 1e9);
+            }
+            if let Some(gap) = d.gaps.observe(row) {
+                let workflow = d.workflows.admit(&gap.workflow_name);
+                sm.step_gap_seconds
+                    .with_label_values(&[name, workflow])
+                    .observe(gap.duration_ns() as f64 / 1e9);
+                if gap.duration_ns() >= gap_min {
+                    d.unsettled.push(Episode {
+                        source: name.to_string(),
+                        kind: EpisodeKind::StepGap,
+                        workflow_id: gap.workflow_id.clone(),
+                        workflow_name: gap.workflow_name.clone(),
+                        from_step: gap.from_step.clone(),
+                        to_step: gap.to_step.clone(),
+                        started_at_ns: gap.start_ns,
+                        duration_ns: gap.duration_ns(),
+                        cause: Cause::Stall,
+                    });
+                }
+            }
+        }
+        overflow("step", &d.steps, steps_before);
+        overflow("workflow", &d.workflows, workflows_before);
+
+        // Stalls: open workflows idle past stall_after; a new one becomes an episode.
+        if let Some(open) = &obs.open_workflows {
+            let stall_after = self.config.stall_after.as_nanos() as i64;
+            let now_stalled = stalled(open, now, stall_after);
+            sm.stalled_workflows
+                .with_label_values(&[name])
+                .set(now_stalled.len() as f64);
+            let ids: HashSet<String> = now_stalled.iter().map(|w| w.workflow_id.clone()).collect();
+            for w in &now_stalled {
+                if !d.stalled.contains(&w.workflow_id) {
+                    d.unsettled.push(Episode {
+                        source: name.to_string(),
+                        kind: EpisodeKind::Stall,
+                        workflow_id: w.workflow_id.clone(),
+                        workflow_name: w.workflow_name.clone(),
+                        from_step: String::new(),
+                        to_step: String::new(),
+                        started_at_ns: w.idle_since_ns(),
+                        duration_ns: now - w.idle_since_ns(),
+                        cause: Cause::Stall,
+                    });
+                }
+            }
+            d.stalled = ids;
+            let listed = now_stalled
+                .iter()
+                .take(MAX_LISTED_STALLS)
+                .map(|w| StalledWorkflow {
+                    workflow_id: w.workflow_id.clone(),
+                    workflow_name: w.workflow_name.clone(),
+                    idle_seconds: (now - w.idle_since_ns()) as f64 / 1e9,
+                })
+                .collect();
+            self.status.lock().sources[self.index].stalled = listed;
+        }
+
+        // Spend.
+        for (at, usd) in &obs.spend {
+            d.cost.add(*at, *usd);
+        }
+        if self.config.cost_cap_usd.is_some() || !obs.spend.is_empty() {
+            sm.cost_usd_today
+                .with_label_values(&[name])
+                .set(d.cost.today_usd(now));
+        }
+
+        if obs.journal_mode != d.journal_mode {
+            if let Some(old) = &d.journal_mode {
+                let _ = sm
+                    .source_info
+                    .remove_label_values(&[name, self.config.kind.as_str(), old]);
+            }
+            if let Some(mode) = &obs.journal_mode {
+                sm.source_info
+                    .with_label_values(&[name, self.config.kind.as_str(), mode])
+                    .set(1.0);
+                if !mode.eq_ignore_ascii_case("wal") {
+                    tracing::warn!(
+                        source = %name,
+                        journal_mode = %mode,
+                        "app database is not in WAL mode: every read blocks its writers; set PRAGMA journal_mode=WAL in the app"
+                    );
+                }
+            }
+            d.journal_mode = obs.journal_mode.clone();
+            self.status.lock().sources[self.index].journal_mode = obs.journal_mode;
+        }
+    }
+
+    /// Attributes and records the episodes whose settle time has passed.
+    fn settle(&self, d: &mut Derived, now: i64, all: bool) {
+        if d.unsettled.is_empty() {
+            return;
+        }
+        let overfull = d.unsettled.len().saturating_sub(MAX_UNSETTLED_EPISODES);
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut d.unsettled)
+            .into_iter()
+            .enumerate()
+            .partition(|(i, e)| {
+                all || *i < overfull || e.started_at_ns + e.duration_ns + self.settle_ns <= now
+            });
+        d.unsettled = waiting.into_iter().map(|(_, e)| e).collect();
+        let sm = &self.metrics.sources;
+        for (_, mut episode) in ready {
+            let end = episode.started_at_ns + episode.duration_ns;
+            let freezes = match self.freezes.freezes_overlapping(episode.started_at_ns, end) {
+                Ok(f) => f,
+                Err(e) => {
+                    self.metrics.state_db_errors_total.inc();
+                    tracing::warn!(error = %e, "cannot read freezes to attribute an episode; calling it a stall");
+                    Vec::new()
+                }
+            };
+            episode.cause = attribute(episode.started_at_ns, end, &freezes);
+            let counter = match episode.kind {
+                EpisodeKind::StepGap => &sm.step_gaps_total,
+                EpisodeKind::Stall => &sm.stalls_total,
+            };
+            counter
+                .with_label_values(&[&episode.source, episode.cause.as_str()])
+                .inc();
+            tracing::warn!(
+                source = %episode.source,
+                kind = episode.kind.as_str(),
+                cause = episode.cause.as_str(),
+                workflow = %episode.workflow_name,
+                workflow_id = %episode.workflow_id,
+                seconds = episode.duration_ns as f64 / 1e9,
+                "episode recorded"
+            );
+            self.sink.record_episode(episode);
+        }
+    }
+}

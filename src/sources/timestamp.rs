@@ -1,0 +1,172 @@
+//! Reading timestamps the way apps write them: epoch seconds (integer or float), epoch
+//! milliseconds, ISO 8601 / RFC 3339 text, and SQLite `datetime()` text
+//! (`YYYY-MM-DD HH:MM:SS[.fff]`, UTC). Pure.
+//!
+//! Numbers are told apart by magnitude: below 10^11 they are seconds (10^11 s is the
+//! year 5138), below 10^14 milliseconds, below 10^17 microseconds, else nanoseconds.
+//! A value that fits none is an error the caller counts as `bad_timestamp` and skips.
+
+use crate::clock::NANOS_PER_SEC;
+
+/// Largest magnitude read as seconds; larger is milliseconds.
+const SECONDS_BELOW: f64 = 1e11;
+/// Largest magnitude read as milliseconds; larger is microseconds.
+const MILLIS_BELOW: f64 = 1e14;
+/// Largest magnitude read as microseconds; larger is nanoseconds.
+const MICROS_BELOW: f64 = 1e17;
+
+/// A timestamp value as it comes out of a database or a JSON document.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawTime<'a> {
+    Int(i64),
+    Float(f64),
+    Text(&'a str),
+}
+
+/// Converts a raw timestamp into unix nanoseconds.
+pub fn to_unix_ns(raw: RawTime<'_>) -> Result<i64, String> {
+    match raw {
+        RawTime::Int(i) => int_to_ns(i),
+        RawTime::Float(f) => float_to_ns(f),
+        RawTime::Text(t) => text_to_ns(t.trim()),
+    }
+}
+
+/// Nanoseconds per unit for a number of this magnitude (seconds, ms, µs or ns).
+fn unit_ns(magnitude: f64) -> i64 {
+    if magnitude < SECONDS_BELOW {
+        NANOS_PER_SEC
+    } else if magnitude < MILLIS_BELOW {
+        1_000_000
+    } else if magnitude < MICROS_BELOW {
+        1_000
+    } else {
+        1
+    }
+}
+
+fn int_to_ns(i: i64) -> Result<i64, String> {
+    if i <= 0 {
+        return Err(format!("{i} is not a time"));
+    }
+    i.checked_mul(unit_ns(i as f64))
+        .ok_or_else(|| format!("{i} is too far in the future"))
+}
+
+fn float_to_ns(f: f64) -> Result<i64, String> {
+    if !f.is_finite() || f <= 0.0 {
+        return Err(format!("{f} is not a time"));
+    }
+    let unit = unit_ns(f);
+    // Whole units and the fraction separately, so 1763900000.25 s is exact to the ns.
+    let whole = f.trunc();
+    let frac_ns = ((f - whole) * unit as f64).round() as i64;
+    (whole as i64)
+        .checked_mul(unit)
+        .and_then(|ns| ns.checked_add(frac_ns))
+        .ok_or_else(|| format!("{f} is too far in the future"))
+}
+
+fn text_to_ns(t: &str) -> Result<i64, String> {
+    if t.is_empty() {
+        return Err("empty text is not a time".into());
+    }
+    if let Ok(i) = t.parse::<i64>() {
+        return int_to_ns(i);
+    }
+    if let Ok(f) = t.parse::<f64>() {
+        return float_to_ns(f);
+    }
+    // SQLite's datetime() writes "YYYY-MM-DD HH:MM:SS" in UTC; RFC 3339 wants a 'T'.
+    let mut s = t.replacen(' ', "T", 1);
+    let has_zone = s.ends_with('Z') || s.ends_with('z') || {
+        let tail = &s[s.len().saturating_sub(6)..];
+        (tail.starts_with('+') || tail.starts_with('-')) && tail.as_bytes().get(3) == Some(&b':')
+    };
+    if !has_zone {
+        s.push('Z');
+    }
+    if s.len() == 11 {
+        // A bare date.
+        s = format!("{}T00:00:00Z", &s[..10]);
+    }
+    let (base, offset_secs) = split_offset(&s)?;
+    let time = humantime::parse_rfc3339_weak(&base)
+        .map_err(|_| format!("{t:?} is not an ISO 8601 time"))?;
+    let ns = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{t:?} is before 1970"))?
+        .as_nanos() as i64;
+    Ok(ns - offset_secs * NANOS_PER_SEC)
+}
+
+/// Splits a `±HH:MM` offset off an RFC 3339 string (humantime only reads `Z`).
+fn split_offset(s: &str) -> Result<(String, i64), String> {
+    if s.ends_with('Z') || s.ends_with('z') {
+        return Ok((s[..s.len() - 1].to_string(), 0));
+    }
+    let (base, zone) = s.split_at(s.len() - 6);
+    let sign = if zone.starts_with('-') { -1 } else { 1 };
+    let hours: i64 = zone[1..3]
+        .parse()
+        .map_err(|_| format!("{s:?} has a bad offset"))?;
+    let minutes: i64 = zone[4..6]
+        .parse()
+        .map_err(|_| format!("{s:?} has a bad offset"))?;
+    Ok((base.to_string(), sign * (hours * 3600 + minutes * 60)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: i64 = 1_763_900_000; // 2025-11-23T12:13:20Z
+
+    #[test]
+    fn numbers_by_magnitude() {
+        assert_eq!(to_unix_ns(RawTime::Int(T)), Ok(T * NANOS_PER_SEC));
+        assert_eq!(
+            to_unix_ns(RawTime::Int(T * 1000 + 250)),
+            Ok(T * NANOS_PER_SEC + 250_000_000)
+        );
+        assert_eq!(
+            to_unix_ns(RawTime::Float(T as f64 + 0.5)),
+            Ok(T * NANOS_PER_SEC + 500_000_000)
+        );
+        assert_eq!(
+            to_unix_ns(RawTime::Int(T * 1_000_000)),
+            Ok(T * NANOS_PER_SEC)
+        );
+        assert_eq!(
+            to_unix_ns(RawTime::Text("1763900000.25")),
+            Ok(T * NANOS_PER_SEC + 250_000_000)
+        );
+    }
+
+    #[test]
+    fn iso_and_sqlite_text() {
+        let want = T * NANOS_PER_SEC;
+        assert_eq!(to_unix_ns(RawTime::Text("2025-11-23T12:13:20Z")), Ok(want));
+        assert_eq!(to_unix_ns(RawTime::Text("2025-11-23 12:13:20")), Ok(want));
+        assert_eq!(
+            to_unix_ns(RawTime::Text("2025-11-23T14:13:20+02:00")),
+            Ok(want)
+        );
+        assert_eq!(
+            to_unix_ns(RawTime::Text("2025-11-23T12:13:20.5Z")),
+            Ok(want + 500_000_000)
+        );
+        assert_eq!(
+            to_unix_ns(RawTime::Text("2025-11-23 07:13:20.000-05:00")),
+            Ok(want)
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(to_unix_ns(RawTime::Text("soon")).is_err());
+        assert!(to_unix_ns(RawTime::Text("")).is_err());
+        assert!(to_unix_ns(RawTime::Int(0)).is_err());
+        assert!(to_unix_ns(RawTime::Float(f64::NAN)).is_err());
+    }
+}
