@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod freeze;
 pub mod http;
 pub mod metrics;

@@ -37,6 +37,13 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// A self-contained live demo: a synthetic app with a queue, steps, retries, dead
+    /// letters, spend and stalls, watched by a real sidecar. No setup needed.
+    Demo {
+        /// Listen address of the demo's sidecar.
+        #[arg(long, default_value = "127.0.0.1:9847")]
+        listen: std::net::SocketAddr,
+    },
     /// Validate a config file: exit 0 if valid, 2 with the problem if not.
     CheckConfig {
         /// The TOML file to check.
@@ -56,6 +63,13 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(EXIT_CONFIG, &e.to_string()),
         },
+        Command::Demo { listen } => {
+            init_logging(LogFormat::Text);
+            match stallwatch::demo::run(listen, started) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(EXIT_CONFIG, &e.to_string()),
+            }
+        }
         Command::Run {
             config,
             listen,
@@ -91,8 +105,10 @@ fn fail(code: u8, sentence: &str) -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STALLWATCH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: journald and `docker logs` would keep the escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

@@ -65,9 +65,32 @@ pub struct SourceMetrics {
     pub source_errors_total: IntCounterVec,
     pub source_info: GaugeVec,
     pub label_overflow_total: IntCounterVec,
+    /// `stallwatch_sql_<column>` gauges of `sql` sources, registered on first use.
+    sql: std::sync::Mutex<std::collections::HashMap<String, GaugeVec>>,
+    registry: Registry,
 }
 
 impl SourceMetrics {
+    /// The gauge for value column `column` of a `sql` source with these label names.
+    /// Config validation guarantees one label set per column across sources.
+    pub fn sql_gauge(&self, column: &str, labels: &[String]) -> GaugeVec {
+        let mut gauges = self.sql.lock().unwrap_or_else(|p| p.into_inner());
+        gauges
+            .entry(column.to_string())
+            .or_insert_with(|| {
+                let mut names: Vec<&str> = vec!["source"];
+                names.extend(labels.iter().map(String::as_str));
+                let help = format!("Column {column} of an operator's sql source query.");
+                let g = GaugeVec::new(opts(&format!("sql_{column}"), &help), &names)
+                    .expect("validated names");
+                self.registry
+                    .register(Box::new(g.clone()))
+                    .expect("validated unique");
+                g
+            })
+            .clone()
+    }
+
     fn new(r: &Registry) -> SourceMetrics {
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = GaugeVec::new(opts(name, help), labels).expect("valid metric");
@@ -149,6 +172,8 @@ impl SourceMetrics {
                 "Label values folded into \"other\" because a label reached its cap.",
                 &["source", "label"],
             ),
+            sql: Default::default(),
+            registry: r.clone(),
         }
     }
 }

@@ -61,6 +61,9 @@ pub struct QueueLayout {
     pub dead_letter_table: Option<String>,
     pub dead_letter_time_column: Option<String>,
     pub max_attempts: Option<u32>,
+    /// The attempts column is incremented when a job is claimed (so a job's first
+    /// attempt is not a retry), rather than when an attempt fails.
+    pub attempts_count_claims: bool,
 }
 
 /// Where a JSON-lines log keeps its fields.
@@ -126,6 +129,7 @@ pub(super) struct RawSource {
     dead_letter_table: Option<String>,
     dead_letter_time_column: Option<String>,
     max_attempts: Option<u32>,
+    attempts_count_claims: Option<bool>,
     // jsonl
     time_field: Option<String>,
     key_field: Option<String>,
@@ -154,6 +158,7 @@ pub fn preset_lab_jobs() -> QueueLayout {
         dead_letter_table: Some("dead_letter".into()),
         dead_letter_time_column: Some("died".into()),
         max_attempts: Some(4),
+        attempts_count_claims: false,
     }
 }
 
@@ -174,6 +179,7 @@ pub fn preset_digest_tasks() -> QueueLayout {
         dead_letter_table: None,
         dead_letter_time_column: None,
         max_attempts: None,
+        attempts_count_claims: true,
     }
 }
 
@@ -199,6 +205,58 @@ pub fn url_to_path(url: &str) -> Result<PathBuf, String> {
         return Err("has no path".into());
     }
     Ok(PathBuf::from(path))
+}
+
+/// Checks a `sql` source's columns: usable as metric and label names, `source` not
+/// taken, and one label set per value column across sources (they share a metric).
+fn sql_columns(
+    values: &[String],
+    labels: &[String],
+    taken: &[SourceConfig],
+) -> Result<(), (&'static str, String)> {
+    for (k, list) in [("values", values), ("labels", labels)] {
+        if let Some(bad) = list.iter().find(|n| !metric_name_part(n)) {
+            return Err((
+                k,
+                format!("{bad:?} must be a column name usable in a metric: letters, digits and _, not starting with a digit"),
+            ));
+        }
+    }
+    if labels.iter().any(|l| l == "source") {
+        return Err((
+            "labels",
+            "must not use \"source\": stallwatch sets that label".into(),
+        ));
+    }
+    for other in taken {
+        if let SourceDetail::Sql {
+            labels: theirs,
+            values: their_values,
+            ..
+        } = &other.detail
+        {
+            if let Some(shared) = values.iter().find(|v| their_values.contains(v)) {
+                if theirs != labels {
+                    return Err((
+                        "labels",
+                        format!(
+                            "must equal those of source {:?}, which also exports column {shared:?} as stallwatch_sql_{shared}",
+                            other.name
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` can be part of a Prometheus metric or label name.
+fn metric_name_part(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
 }
 
 /// A table or column name safe to put in double quotes.
@@ -255,7 +313,7 @@ pub(super) fn validate(
     let path = url_to_path(&url).map_err(|p| (key("url"), p))?;
 
     // Keys that only some kinds understand.
-    let queue_keys: [(&str, bool); 15] = [
+    let queue_keys: [(&str, bool); 16] = [
         ("preset", raw.preset.is_some()),
         ("table", raw.table.is_some()),
         ("key_column", raw.key_column.is_some()),
@@ -274,6 +332,7 @@ pub(super) fn validate(
             raw.dead_letter_time_column.is_some(),
         ),
         ("max_attempts", raw.max_attempts.is_some()),
+        ("attempts_count_claims", raw.attempts_count_claims.is_some()),
     ];
     let jsonl_keys = [
         ("time_field", raw.time_field.is_some()),
@@ -354,9 +413,11 @@ pub(super) fn validate(
                     "must name at least one numeric column of the query".into(),
                 ));
             }
+            let labels = raw.labels.clone().unwrap_or_default();
+            sql_columns(&values, &labels, taken).map_err(|(k, p)| (key(k), p))?;
             SourceDetail::Sql {
                 query,
-                labels: raw.labels.clone().unwrap_or_default(),
+                labels,
                 values,
             }
         }
@@ -413,6 +474,7 @@ fn queue_layout(
                 dead_letter_table: None,
                 dead_letter_time_column: None,
                 max_attempts: None,
+                attempts_count_claims: false,
             }
         }
     };
@@ -477,6 +539,9 @@ fn queue_layout(
     if raw.max_attempts.is_some() {
         layout.max_attempts = raw.max_attempts;
     }
+    if let Some(claims) = raw.attempts_count_claims {
+        layout.attempts_count_claims = claims;
+    }
     if layout.open_statuses.is_empty() {
         return Err((
             key("open_statuses"),
@@ -498,4 +563,91 @@ fn queue_layout(
         ));
     }
     Ok(layout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("/etc/sw.toml"), text, &|_| None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn presets_fill_the_layout() {
+        let c = parse("[[source]]\nname = \"lab\"\nkind = \"queue_table\"\npreset = \"lab-jobs\"\nurl = \"sqlite:///app/jobs.db\"\n").unwrap();
+        let s = &c.sources[0];
+        assert_eq!(s.path, PathBuf::from("/app/jobs.db"));
+        let SourceDetail::QueueTable(layout) = &s.detail else {
+            panic!()
+        };
+        assert_eq!(**layout, preset_lab_jobs());
+    }
+
+    #[test]
+    fn a_key_of_another_kind_is_named() {
+        let e =
+            parse("[[source]]\nname = \"d\"\nkind = \"dbos\"\nurl = \"x.db\"\nlease = \"10s\"\n")
+                .unwrap_err();
+        assert!(
+            e.contains("`source[0].lease` does not apply to a source of kind \"dbos\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn names_are_unique_and_urls_sqlite() {
+        let two = "[[source]]\nname = \"a\"\nkind = \"dbos\"\nurl = \"x.db\"\n[[source]]\nname = \"a\"\nkind = \"dbos\"\nurl = \"y.db\"\n";
+        assert!(parse(two).unwrap_err().contains("`source[1].name`"));
+        let pg = "[[source]]\nname = \"a\"\nkind = \"dbos\"\nurl = \"postgres://u:secret@h/db\"\n";
+        let e = parse(pg).unwrap_err();
+        assert!(e.contains("Postgres") && !e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn relative_and_absolute_sqlite_urls() {
+        assert_eq!(
+            url_to_path("sqlite:///abs/db.sqlite").unwrap(),
+            PathBuf::from("/abs/db.sqlite")
+        );
+        assert_eq!(
+            url_to_path("sqlite://rel/db.sqlite").unwrap(),
+            PathBuf::from("rel/db.sqlite")
+        );
+        assert_eq!(
+            url_to_path("data/db.sqlite").unwrap(),
+            PathBuf::from("data/db.sqlite")
+        );
+    }
+
+    #[test]
+    fn sql_columns_must_be_metric_names_and_consistent() {
+        let base =
+            "[[source]]\nname = \"a\"\nkind = \"sql\"\nurl = \"x.db\"\nquery = \"SELECT 1 AS n\"\n";
+        assert!(parse(&format!("{base}values = [\"n\"]\n")).is_ok());
+        assert!(parse(&format!("{base}values = [\"n-1\"]\n"))
+            .unwrap_err()
+            .contains("`source[0].values`"));
+        assert!(
+            parse(&format!("{base}values = [\"n\"]\nlabels = [\"source\"]\n"))
+                .unwrap_err()
+                .contains("`source[0].labels`")
+        );
+        let clash = format!("{base}values = [\"n\"]\n[[source]]\nname = \"b\"\nkind = \"sql\"\nurl = \"x.db\"\nquery = \"SELECT 1 AS n, 'x' AS q\"\nvalues = [\"n\"]\nlabels = [\"q\"]\n");
+        assert!(
+            parse(&clash)
+                .unwrap_err()
+                .contains("`source[1].labels` must equal"),
+            "{}",
+            parse(&clash).unwrap_err()
+        );
+    }
+
+    #[test]
+    fn lease_needs_a_running_status_and_claim_column() {
+        let e = parse("[[source]]\nname = \"q\"\nkind = \"queue_table\"\nurl = \"x.db\"\ntable = \"t\"\nopen_statuses = [\"new\"]\nlease = \"1m\"\n").unwrap_err();
+        assert!(e.contains("`source[0].lease`"), "{e}");
+    }
 }

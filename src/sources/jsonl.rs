@@ -27,7 +27,10 @@ pub struct JsonlSource {
 
 impl JsonlSource {
     pub fn new(path: PathBuf, layout: JsonlLayout) -> JsonlSource {
-        JsonlSource { tail: Tailer::new(path, false), layout }
+        JsonlSource {
+            tail: Tailer::new(path, false),
+            layout,
+        }
     }
 }
 
@@ -36,10 +39,15 @@ fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
 }
 
 /// Reads one line into (time, key, event, cost).
-pub fn parse_line(line: &str, layout: &JsonlLayout) -> Result<(i64, String, String, Option<f64>), String> {
+pub fn parse_line(
+    line: &str,
+    layout: &JsonlLayout,
+) -> Result<(i64, String, String, Option<f64>), String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
     let time = match field(&v, &layout.time_field) {
-        Some(Value::Number(n)) if n.is_i64() => to_unix_ns(RawTime::Int(n.as_i64().expect("checked"))),
+        Some(Value::Number(n)) if n.is_i64() => {
+            to_unix_ns(RawTime::Int(n.as_i64().expect("checked")))
+        }
         Some(Value::Number(n)) => to_unix_ns(RawTime::Float(n.as_f64().unwrap_or(f64::NAN))),
         Some(Value::String(s)) => to_unix_ns(RawTime::Text(s)),
         _ => Err(format!("no {:?} field", layout.time_field)),
@@ -54,17 +62,27 @@ pub fn parse_line(line: &str, layout: &JsonlLayout) -> Result<(i64, String, Stri
         Value::String(s) => s.parse().ok(),
         _ => None,
     });
-    Ok((time, text(&layout.key_field), text(&layout.event_field), cost))
+    Ok((
+        time,
+        text(&layout.key_field),
+        text(&layout.event_field),
+        cost,
+    ))
 }
 
 impl Source for JsonlSource {
     fn poll(&mut self, _now_ns: i64) -> Result<Observation, SourceError> {
         let mut obs = Observation::default();
         loop {
-            let batch = self.tail.poll(MAX_LINES_PER_POLL, MAX_BYTES_PER_POLL).map_err(|e| match e {
-                TailError::Missing { .. } => SourceError::new(ErrorKind::Missing, e.to_string()),
-                TailError::Io { .. } => SourceError::new(ErrorKind::Io, e.to_string()),
-            })?;
+            let batch = self
+                .tail
+                .poll(MAX_LINES_PER_POLL, MAX_BYTES_PER_POLL)
+                .map_err(|e| match e {
+                    TailError::Missing { .. } => {
+                        SourceError::new(ErrorKind::Missing, e.to_string())
+                    }
+                    TailError::Io { .. } => SourceError::new(ErrorKind::Io, e.to_string()),
+                })?;
             for line in &batch.lines {
                 if line.trim().is_empty() {
                     continue;
@@ -101,13 +119,25 @@ mod tests {
     use super::*;
 
     fn layout() -> JsonlLayout {
-        JsonlLayout { time_field: "ts".into(), key_field: "key".into(), event_field: "event".into(), cost_field: "cost_usd".into() }
+        JsonlLayout {
+            time_field: "ts".into(),
+            key_field: "key".into(),
+            event_field: "event".into(),
+            cost_field: "cost_usd".into(),
+        }
     }
 
     #[test]
     fn a_line_gives_time_key_event_and_cost() {
-        let (t, k, e, c) = parse_line(r#"{"ts":"2025-11-23T12:13:20Z","key":"j1","event":"done","cost_usd":0.25}"#, &layout()).unwrap();
-        assert_eq!((t, k.as_str(), e.as_str(), c), (1_763_900_000_000_000_000, "j1", "done", Some(0.25)));
+        let (t, k, e, c) = parse_line(
+            r#"{"ts":"2025-11-23T12:13:20Z","key":"j1","event":"done","cost_usd":0.25}"#,
+            &layout(),
+        )
+        .unwrap();
+        assert_eq!(
+            (t, k.as_str(), e.as_str(), c),
+            (1_763_900_000_000_000_000, "j1", "done", Some(0.25))
+        );
     }
 
     #[test]

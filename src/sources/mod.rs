@@ -7,11 +7,12 @@
 //! app's database and never holds a read transaction longer than one statement.
 
 pub mod dbos;
-//TMP pub mod jsonl;
+pub mod jsonl;
 pub mod queue_table;
 pub mod runner;
+pub mod sql;
 pub mod sqlite;
-//TMP pub mod tail;
+pub mod tail;
 pub mod timestamp;
 
 use crate::signals::steps::{OpenWorkflow, StepRow};
@@ -53,8 +54,12 @@ pub struct Observation {
     pub open_workflows: Option<Vec<OpenWorkflow>>,
     /// Spend events since the previous poll: (time, USD).
     pub spend: Vec<(i64, f64)>,
-    /// Values timestamps that could not be read (counted and skipped).
+    /// Timestamps that could not be read (counted and skipped).
     pub bad_timestamps: u64,
+    /// Values of an operator's query, for `sql` sources.
+    pub samples: Vec<sql::Sample>,
+    /// Values of an operator's query that were not numbers (counted and skipped).
+    pub bad_values: u64,
     /// SQLite journal mode of the app database.
     pub journal_mode: Option<String>,
 }
@@ -129,17 +134,18 @@ pub fn open(config: &crate::config::SourceConfig) -> Box<dyn Source> {
             config.path.clone(),
             (**layout).clone(),
         )),
-        //TMP SourceDetail::Jsonl(layout) => Box::new(jsonl::JsonlSource::new(config.path.clone(), layout.clone())),
-        SourceDetail::Jsonl(_) => Box::new(Unsupported("tmp")),
-        SourceDetail::Sql { .. } => Box::new(Unsupported("the sql source kind is not built yet")),
-    }
-}
-
-/// A kind this build accepts in config but cannot read yet: reported as a source error.
-struct Unsupported(&'static str);
-
-impl Source for Unsupported {
-    fn poll(&mut self, _now_ns: i64) -> Result<Observation, SourceError> {
-        Err(SourceError::new(ErrorKind::Query, self.0))
+        SourceDetail::Jsonl(layout) => {
+            Box::new(jsonl::JsonlSource::new(config.path.clone(), layout.clone()))
+        }
+        SourceDetail::Sql {
+            query,
+            labels,
+            values,
+        } => Box::new(sql::SqlSource::new(
+            config.path.clone(),
+            query.clone(),
+            labels.clone(),
+            values.clone(),
+        )),
     }
 }

@@ -20,7 +20,7 @@ use crate::config::source::QueueLayout;
 pub struct QueueTableSource {
     db: SqliteReader,
     layout: QueueLayout,
-    /// Attempts of each open row at the last poll, to count new retries.
+    /// Failed attempts of each open row at the last poll, to count new retries.
     attempts: HashMap<String, i64>,
     last_dead_status: Option<HashMap<String, u64>>,
     dead_hwm: Option<Value>,
@@ -178,15 +178,17 @@ impl Source for QueueTableSource {
             });
         }
 
-        // Retries: each open row's attempts; increases since the last poll are new retries.
+        // Retries: a row's failed attempts; increases since the last poll are new retries.
+        let not_retries = i64::from(self.layout.attempts_count_claims);
         let mut seen = HashMap::with_capacity(reads.attempts.len());
         let mut retries: HashMap<String, u64> = HashMap::new();
         for (queue, key, attempts) in reads.attempts {
+            let failed = (attempts - not_retries).max(0);
             let before = self.attempts.get(&key).copied().unwrap_or(0);
-            if attempts > before {
-                *retries.entry(queue).or_default() += (attempts - before) as u64;
+            if failed > before {
+                *retries.entry(queue).or_default() += (failed - before) as u64;
             }
-            seen.insert(key, attempts);
+            seen.insert(key, failed);
         }
         self.attempts = seen;
         obs.retries = retries.into_iter().collect();

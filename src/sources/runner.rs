@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::{ErrorKind, Observation, Source, SourceError};
 use crate::clock::real_ns;
-use crate::config::SourceConfig;
+use crate::config::{SourceConfig, SourceKind};
 use crate::metrics::{Metrics, SourceMetrics};
 use crate::persist::EventSink;
 use crate::signals::attribution::{attribute, Cause};
@@ -29,6 +29,8 @@ pub const MAX_STEP_LABELS: usize = 100;
 pub const MAX_WORKFLOW_LABELS: usize = 50;
 /// Distinct queue/status pairs per source kept as label values.
 pub const MAX_QUEUE_LABELS: usize = 100;
+/// Distinct label combinations per `sql` source.
+pub const MAX_SQL_SERIES: usize = 1_000;
 /// Episodes waiting for attribution; beyond this the oldest are attributed at once.
 pub const MAX_UNSETTLED_EPISODES: usize = 10_000;
 
@@ -79,6 +81,8 @@ struct Derived {
     unsettled: Vec<Episode>,
     last_error: Option<String>,
     queue_series: HashSet<(String, String)>,
+    sql_series: HashSet<(String, Vec<String>)>,
+    sql_combinations: LabelBudget,
     journal_mode: Option<String>,
 }
 
@@ -100,9 +104,12 @@ impl SourceRunner {
         }
         sm.source_errors_total
             .with_label_values(&[&name, "bad_timestamp"]);
-        for cause in ["freeze", "stall"] {
+        let has_steps = matches!(self.config.kind, SourceKind::Dbos | SourceKind::Jsonl);
+        for cause in ["freeze", "stall"].into_iter().filter(|_| has_steps) {
             sm.step_gaps_total.with_label_values(&[&name, cause]);
-            sm.stalls_total.with_label_values(&[&name, cause]);
+            if self.config.kind == SourceKind::Dbos {
+                sm.stalls_total.with_label_values(&[&name, cause]);
+            }
         }
         sm.source_up.with_label_values(&[&name]).set(0.0);
         if let Some(cap) = self.config.cost_cap_usd {
@@ -119,6 +126,8 @@ impl SourceRunner {
             unsettled: Vec::new(),
             last_error: None,
             queue_series: HashSet::new(),
+            sql_series: HashSet::new(),
+            sql_combinations: LabelBudget::new(MAX_SQL_SERIES),
             journal_mode: None,
         };
         loop {
@@ -307,6 +316,36 @@ impl SourceRunner {
                 })
                 .collect();
             self.status.lock().sources[self.index].stalled = listed;
+        }
+
+        // An operator's query: set what is there, remove series that went away.
+        if let crate::config::SourceDetail::Sql { labels, .. } = &self.config.detail {
+            let before = d.sql_combinations.overflowed();
+            let mut now_series = HashSet::new();
+            for sample in &obs.samples {
+                let combination = sample.labels.join("\u{1f}");
+                if d.sql_combinations.admit(&combination) != combination {
+                    continue;
+                }
+                let mut values: Vec<&str> = vec![name];
+                values.extend(sample.labels.iter().map(String::as_str));
+                sm.sql_gauge(&sample.column, labels)
+                    .with_label_values(&values)
+                    .set(sample.value);
+                now_series.insert((sample.column.clone(), sample.labels.clone()));
+            }
+            overflow("sql_series", &d.sql_combinations, before);
+            for (column, old) in d.sql_series.difference(&now_series) {
+                let mut values: Vec<&str> = vec![name];
+                values.extend(old.iter().map(String::as_str));
+                let _ = sm.sql_gauge(column, labels).remove_label_values(&values);
+            }
+            d.sql_series = now_series;
+        }
+        if obs.bad_values > 0 {
+            sm.source_errors_total
+                .with_label_values(&[name, "bad_value"])
+                .inc_by(obs.bad_values);
         }
 
         // Spend.
