@@ -167,12 +167,7 @@ async fn serve(config: Config, started: ClockReading) -> Result<(), StartError> 
             }
         }
     }
-    let has_network = config
-        .freeze
-        .references
-        .iter()
-        .any(|r| references::open_local(r).is_none());
-    let settle_ns = detector_config(&config.freeze, has_network).merge_window_ns + SETTLE_MARGIN_NS;
+    let settle_ns = detector_config(&config.freeze).merge_window_ns + SETTLE_MARGIN_NS;
     let source_stop = Arc::new(StopSignal::default());
     let source_threads: Vec<_> = config
         .sources

@@ -85,6 +85,12 @@ impl ReferenceSpec {
         }
     }
 
+    /// Network references are read by async tasks every `reference_interval`; local
+    /// ones (RTC, PTP) on every tick.
+    pub fn is_network(&self) -> bool {
+        matches!(self, ReferenceSpec::Sntp(_) | ReferenceSpec::HttpDate(_))
+    }
+
     fn parse(text: &str) -> Result<Self, String> {
         if text == "rtc" {
             return Ok(ReferenceSpec::Rtc);

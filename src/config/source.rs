@@ -345,10 +345,8 @@ pub(super) fn validate(
         ("labels", raw.labels.is_some()),
         ("values", raw.values.is_some()),
     ];
-    let step_keys = [
-        ("stall_after", raw.stall_after.is_some()),
-        ("gap_min", raw.gap_min.is_some()),
-    ];
+    let step_keys = [("gap_min", raw.gap_min.is_some())];
+    let workflow_keys = [("stall_after", raw.stall_after.is_some())];
     let mut foreign: Vec<(&str, bool)> = Vec::new();
     if kind != SourceKind::QueueTable {
         foreign.extend(queue_keys);
@@ -361,6 +359,9 @@ pub(super) fn validate(
     }
     if !matches!(kind, SourceKind::Dbos | SourceKind::Jsonl) {
         foreign.extend(step_keys);
+    }
+    if kind != SourceKind::Dbos {
+        foreign.extend(workflow_keys);
     }
     if let Some((k, _)) = foreign.into_iter().find(|(_, present)| *present) {
         return Err((

@@ -17,7 +17,7 @@ use super::detector::{Detector, DetectorConfig, Wake};
 use super::reference::{RefOutcome, RefSample};
 use super::references::LocalReference;
 use crate::clock::{read_clocks, sleep_until_mono, StealReader, NANOS_PER_SEC};
-use crate::config::FreezeConfig;
+use crate::config::{FreezeConfig, ReferenceSpec};
 use crate::metrics::Metrics;
 use crate::persist::EventSink;
 use crate::status::SharedStatus;
@@ -50,9 +50,9 @@ pub struct Runner {
 
 /// The detector thresholds for a config. Events stay open long enough for the slowest
 /// reference to be read once more.
-pub fn detector_config(config: &FreezeConfig, has_network_refs: bool) -> DetectorConfig {
+pub fn detector_config(config: &FreezeConfig) -> DetectorConfig {
     let tick_ns = config.tick.as_nanos() as i64;
-    let slowest = if has_network_refs {
+    let slowest = if config.references.iter().any(ReferenceSpec::is_network) {
         config.reference_interval.as_nanos() as i64
     } else {
         tick_ns
@@ -74,11 +74,7 @@ impl Runner {
     }
 
     fn run(mut self) {
-        let has_network = self
-            .references
-            .iter()
-            .any(|(_, s)| matches!(s, RefSlot::Network));
-        let mut detector = Detector::new(detector_config(&self.config, has_network), read_clocks());
+        let mut detector = Detector::new(detector_config(&self.config), read_clocks());
         for (name, _) in &self.references {
             detector.add_reference(name.clone());
         }

@@ -108,6 +108,13 @@ pub struct TailBatch {
     pub more: bool,
 }
 
+impl TailBatch {
+    /// Something the caller must see, which an error return would lose.
+    fn has_news(&self) -> bool {
+        !self.lines.is_empty() || self.skipped_oversize > 0
+    }
+}
+
 /// Why a poll returned nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum TailError {
@@ -128,7 +135,8 @@ struct Budget {
 impl Tailer {
     /// Follows `path`, which need not exist yet; nothing is opened until the first poll.
     ///
-    /// start_at_end: true = only lines appended after the first poll (like tail -F -n0); false = from the beginning.
+    /// start_at_end: true = only lines appended after the first poll (like tail -F -n0);
+    /// false = from the beginning.
     ///
     /// With `true`, the first poll that finds the file positions after its last newline and
     /// returns no lines; an unfinished last line is kept and returned once its newline is
@@ -147,7 +155,8 @@ impl Tailer {
         }
     }
 
-    /// Reads complete new lines, at most `max_lines` and `max_bytes` per call (set `more` when capped).
+    /// Reads complete new lines, at most `max_lines` and `max_bytes` per call (set `more`
+    /// when capped).
     ///
     /// `max_bytes` caps the bytes read from the file in this call, which bounds both the
     /// work and the size of the batch (plus at most one line begun in an earlier call).
@@ -156,8 +165,9 @@ impl Tailer {
     ///
     /// Returns [`TailError::Missing`] when nothing is at the path and the held file (if
     /// any) had nothing new; lines read from the held file are returned first, and the
-    /// error comes on the next call. A read error after some lines were gathered returns
-    /// those lines with `more` set; the error comes on the next call.
+    /// error comes on the next call. Likewise an error after some lines were gathered
+    /// returns those lines (with `more` set if the held file was not finished) and the
+    /// error comes on the next call, so no line read is ever lost to an error.
     pub fn poll(&mut self, max_lines: usize, max_bytes: usize) -> Result<TailBatch, TailError> {
         let mut budget = Budget {
             max_lines: max_lines.max(1),
@@ -194,7 +204,7 @@ impl Tailer {
         if batch.more {
             return Ok(batch);
         }
-        let has_news = !batch.lines.is_empty() || batch.skipped_oversize > 0;
+        let has_news = batch.has_news();
         if at_path.is_none() {
             return if has_news {
                 Ok(batch)
@@ -204,8 +214,8 @@ impl Tailer {
         }
         match self.switch_to_path(&mut batch) {
             Ok(()) => {}
-            // Gone again between the look and the open.
-            Err(TailError::Missing { .. }) if has_news => return Ok(batch),
+            // Hand over what the old file gave; the next poll retries the switch.
+            Err(_) if has_news => return Ok(batch),
             Err(err) => return Err(err),
         }
         self.read_available(&mut budget, &mut batch)?;
@@ -368,7 +378,7 @@ impl Tailer {
                 Ok(0) => return Ok(()),
                 Ok(read) => read,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) if batch.lines.is_empty() => return Err(self.io_error(&err)),
+                Err(err) if !batch.has_news() => return Err(self.io_error(&err)),
                 Err(_) => {
                     // Hand over what was gathered; the next poll retries and reports.
                     batch.more = true;
