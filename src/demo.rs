@@ -16,7 +16,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 
 use crate::clock::{read_clocks, real_ns};
-use crate::config::source::{preset_digest_tasks, preset_lab_jobs, JsonlLayout};
+use crate::config::source::{preset_digest_tasks, preset_lab_jobs, JsonlLayout, Location};
 use crate::config::{Config, SourceConfig, SourceDetail, SourceKind};
 
 /// How often the synthetic worker acts.
@@ -97,7 +97,11 @@ impl DemoApp {
             |name: &str, kind: SourceKind, path: &Path, detail: SourceDetail| SourceConfig {
                 name: name.into(),
                 kind,
-                path: path.to_path_buf(),
+                location: if kind == SourceKind::Jsonl {
+                    Location::File(path.to_path_buf())
+                } else {
+                    Location::Sqlite(path.to_path_buf())
+                },
                 poll: Duration::from_secs(1),
                 stall_after: Duration::from_secs(6),
                 gap_min: Duration::from_secs(3),

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::clock::{self, ClockReading};
+use crate::config::source::Location;
 use crate::config::{Config, ReferenceSpec};
 use crate::freeze::downtime::{self, Heartbeat};
 use crate::freeze::references;
@@ -34,6 +35,11 @@ pub const NETWORK_SAMPLE_QUEUE: usize = 64;
 pub const SETTLE_MARGIN_NS: i64 = 2_000_000_000;
 /// Timeout of one HTTP `Date` reference request.
 pub const HTTP_REFERENCE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The reference name of a Postgres source's server clock.
+pub fn database_clock_name(source: &str) -> String {
+    format!("postgres:{source}")
+}
 
 /// Why the sidecar could not start. Everything here is the operator's to fix: exit 2.
 #[derive(Debug, thiserror::Error)]
@@ -62,11 +68,19 @@ async fn serve(config: Config, started: ClockReading) -> Result<(), StartError> 
     let boot_id = clock::boot_id().map_err(|e| StartError::BootId {
         reason: e.to_string(),
     })?;
+    // Configured references, then each Postgres source's server clock.
     let names: Vec<String> = config
         .freeze
         .references
         .iter()
         .map(ReferenceSpec::name)
+        .chain(
+            config
+                .sources
+                .iter()
+                .filter(|s| matches!(s.location, Location::Postgres(_)))
+                .map(|s| database_clock_name(&s.name)),
+        )
         .collect();
     let metrics = Arc::new(Metrics::new(&names));
     if let Some(ns) = db.last_freeze_started_ns()? {
@@ -167,7 +181,8 @@ async fn serve(config: Config, started: ClockReading) -> Result<(), StartError> 
             }
         }
     }
-    let settle_ns = detector_config(&config.freeze).merge_window_ns + SETTLE_MARGIN_NS;
+    let detector = detector_config(&config);
+    let settle_ns = detector.merge_window_ns + SETTLE_MARGIN_NS;
     let source_stop = Arc::new(StopSignal::default());
     let source_threads: Vec<_> = config
         .sources
@@ -175,7 +190,12 @@ async fn serve(config: Config, started: ClockReading) -> Result<(), StartError> 
         .zip(source_readers)
         .enumerate()
         .map(|(index, (source, freezes))| {
+            let clock = matches!(source.location, Location::Postgres(_)).then(|| {
+                slots.push((database_clock_name(&source.name), RefSlot::Network));
+                (slots.len() - 1, sample_tx.clone())
+            });
             SourceRunner {
+                clock,
                 config: source.clone(),
                 index,
                 source: crate::sources::open(source),
@@ -191,6 +211,7 @@ async fn serve(config: Config, started: ClockReading) -> Result<(), StartError> 
         .collect();
     let tick = Runner {
         config: config.freeze.clone(),
+        detector,
         references: slots,
         network_samples: sample_rx,
         metrics: metrics.clone(),

@@ -92,8 +92,7 @@ pub enum SourceDetail {
 pub struct SourceConfig {
     pub name: String,
     pub kind: SourceKind,
-    /// A SQLite path (from `sqlite:///abs`, `sqlite://rel`, or a plain path) or a file for `jsonl`.
-    pub path: PathBuf,
+    pub location: Location,
     pub poll: Duration,
     pub stall_after: Duration,
     pub gap_min: Duration,
@@ -183,6 +182,51 @@ pub fn preset_digest_tasks() -> QueueLayout {
     }
 }
 
+/// Where a source reads from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite database file.
+    Sqlite(PathBuf),
+    /// A Postgres URL (may hold a password: show it only through [`Location::shown`]).
+    Postgres(String),
+    /// A plain file (`jsonl`).
+    File(PathBuf),
+}
+
+impl Location {
+    /// The location as it may appear in logs and errors: passwords removed.
+    pub fn shown(&self) -> String {
+        match self {
+            Location::Sqlite(p) | Location::File(p) => p.display().to_string(),
+            Location::Postgres(url) => crate::config::redact_url(url),
+        }
+    }
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.shown())
+    }
+}
+
+/// Reads a source URL: `postgres://…` / `postgresql://…` for Postgres (not for `jsonl`),
+/// else a path as [`url_to_path`] reads it.
+pub fn parse_location(url: &str, kind: SourceKind) -> Result<Location, String> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        if kind == SourceKind::Jsonl {
+            return Err("is a Postgres URL; a jsonl source reads a file".into());
+        }
+        crate::sources::postgres::split_sslmode(url)?;
+        return Ok(Location::Postgres(url.to_string()));
+    }
+    let path = url_to_path(url)?;
+    Ok(if kind == SourceKind::Jsonl {
+        Location::File(path)
+    } else {
+        Location::Sqlite(path)
+    })
+}
+
 /// Turns a source URL into a path: `sqlite:///abs/path`, `sqlite://relative`,
 /// `sqlite:relative`, `file:///abs` or a plain path.
 pub fn url_to_path(url: &str) -> Result<PathBuf, String> {
@@ -191,9 +235,6 @@ pub fn url_to_path(url: &str) -> Result<PathBuf, String> {
         .or_else(|| url.strip_prefix("sqlite:"))
         .or_else(|| url.strip_prefix("file://"))
         .unwrap_or(url);
-    if rest.starts_with("postgres://") || rest.starts_with("postgresql://") {
-        return Err("is a Postgres URL; this build reads SQLite files only".into());
-    }
     if rest.contains("://") {
         return Err(format!(
             "has an unknown scheme in {:?}; use sqlite:///ABSOLUTE/PATH or a path",
@@ -310,7 +351,7 @@ pub(super) fn validate(
         .url
         .clone()
         .ok_or_else(|| (key("url"), "is required".to_string()))?;
-    let path = url_to_path(&url).map_err(|p| (key("url"), p))?;
+    let location = parse_location(&url, kind).map_err(|p| (key("url"), p))?;
 
     // Keys that only some kinds understand.
     let queue_keys: [(&str, bool); 16] = [
@@ -432,7 +473,7 @@ pub(super) fn validate(
     Ok(SourceConfig {
         name,
         kind,
-        path,
+        location,
         poll,
         stall_after: raw.stall_after.map_or(DEFAULT_STALL_AFTER, |d| d.0),
         gap_min: raw.gap_min.map_or(DEFAULT_GAP_MIN, |d| d.0),
@@ -580,7 +621,7 @@ mod tests {
     fn presets_fill_the_layout() {
         let c = parse("[[source]]\nname = \"lab\"\nkind = \"queue_table\"\npreset = \"lab-jobs\"\nurl = \"sqlite:///app/jobs.db\"\n").unwrap();
         let s = &c.sources[0];
-        assert_eq!(s.path, PathBuf::from("/app/jobs.db"));
+        assert_eq!(s.location, Location::Sqlite(PathBuf::from("/app/jobs.db")));
         let SourceDetail::QueueTable(layout) = &s.detail else {
             panic!()
         };
@@ -602,9 +643,17 @@ mod tests {
     fn names_are_unique_and_urls_sqlite() {
         let two = "[[source]]\nname = \"a\"\nkind = \"dbos\"\nurl = \"x.db\"\n[[source]]\nname = \"a\"\nkind = \"dbos\"\nurl = \"y.db\"\n";
         assert!(parse(two).unwrap_err().contains("`source[1].name`"));
-        let pg = "[[source]]\nname = \"a\"\nkind = \"dbos\"\nurl = \"postgres://u:secret@h/db\"\n";
-        let e = parse(pg).unwrap_err();
+        let pg = "[[source]]\nname = \"a\"\nkind = \"dbos\"\nurl = \"postgres://u:secret@h/db?sslmode=require\"\n";
+        let c = parse(pg).unwrap();
+        assert!(matches!(c.sources[0].location, Location::Postgres(_)));
+        assert!(!format!("{:?}", c.sources[0]).contains("secret"));
+        let on_jsonl =
+            "[[source]]\nname = \"a\"\nkind = \"jsonl\"\nurl = \"postgres://u:secret@h/db\"\n";
+        let e = parse(on_jsonl).unwrap_err();
         assert!(e.contains("Postgres") && !e.contains("secret"), "{e}");
+        let bad_mode = "[[source]]\nname = \"a\"\nkind = \"dbos\"\nurl = \"postgres://u:secret@h/db?sslmode=sometimes\"\n";
+        let e = parse(bad_mode).unwrap_err();
+        assert!(e.contains("sslmode") && !e.contains("secret"), "{e}");
     }
 
     #[test]

@@ -17,7 +17,8 @@ use super::detector::{Detector, DetectorConfig, Wake};
 use super::reference::{RefOutcome, RefSample};
 use super::references::LocalReference;
 use crate::clock::{read_clocks, sleep_until_mono, StealReader, NANOS_PER_SEC};
-use crate::config::{FreezeConfig, ReferenceSpec};
+use crate::config::source::Location;
+use crate::config::{Config, FreezeConfig, ReferenceSpec};
 use crate::metrics::Metrics;
 use crate::persist::EventSink;
 use crate::status::SharedStatus;
@@ -40,6 +41,7 @@ pub enum RefSlot {
 
 pub struct Runner {
     pub config: FreezeConfig,
+    pub detector: DetectorConfig,
     pub references: Vec<(String, RefSlot)>,
     pub network_samples: Receiver<NetworkSample>,
     pub metrics: Arc<Metrics>,
@@ -49,14 +51,26 @@ pub struct Runner {
 }
 
 /// The detector thresholds for a config. Events stay open long enough for the slowest
-/// reference to be read once more.
-pub fn detector_config(config: &FreezeConfig) -> DetectorConfig {
+/// reference — a network reference, or a Postgres source's server clock, read once per
+/// poll — to be read once more.
+pub fn detector_config(whole: &Config) -> DetectorConfig {
+    let config = &whole.freeze;
     let tick_ns = config.tick.as_nanos() as i64;
-    let slowest = if config.references.iter().any(ReferenceSpec::is_network) {
-        config.reference_interval.as_nanos() as i64
-    } else {
-        tick_ns
-    };
+    let network = config
+        .references
+        .iter()
+        .any(ReferenceSpec::is_network)
+        .then_some(config.reference_interval);
+    let database_clocks = whole
+        .sources
+        .iter()
+        .filter(|s| matches!(s.location, Location::Postgres(_)))
+        .map(|s| s.poll);
+    let slowest = network
+        .into_iter()
+        .chain(database_clocks)
+        .max()
+        .map_or(tick_ns, |d| d.as_nanos() as i64);
     DetectorConfig {
         tick_ns,
         min_ns: config.min.as_nanos() as i64,
@@ -74,7 +88,7 @@ impl Runner {
     }
 
     fn run(mut self) {
-        let mut detector = Detector::new(detector_config(&self.config), read_clocks());
+        let mut detector = Detector::new(self.detector, read_clocks());
         for (name, _) in &self.references {
             detector.add_reference(name.clone());
         }

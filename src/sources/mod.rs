@@ -6,8 +6,10 @@
 //! [`crate::signals`] and applied by [`runner`]. Invariant: a source never writes to the
 //! app's database and never holds a read transaction longer than one statement.
 
+pub mod db;
 pub mod dbos;
 pub mod jsonl;
+pub mod postgres;
 pub mod queue_table;
 pub mod runner;
 pub mod sql;
@@ -15,7 +17,9 @@ pub mod sqlite;
 pub mod tail;
 pub mod timestamp;
 
+use crate::config::source::Location;
 use crate::signals::steps::{OpenWorkflow, StepRow};
+use db::Database;
 
 /// Most rows one query of one poll reads; the rest waits for the next poll.
 pub const MAX_ROWS_PER_POLL: i64 = 10_000;
@@ -62,6 +66,8 @@ pub struct Observation {
     pub bad_values: u64,
     /// SQLite journal mode of the app database.
     pub journal_mode: Option<String>,
+    /// The database server's clock, read during the poll (Postgres): a freeze reference.
+    pub server_clock: Option<crate::freeze::reference::RefSample>,
 }
 
 /// Why a poll failed; `kind` is the label of `stallwatch_source_errors_total`.
@@ -125,24 +131,40 @@ pub trait Source: Send {
     fn poll(&mut self, now_ns: i64) -> Result<Observation, SourceError>;
 }
 
+/// Opens the database a source reads.
+fn database(location: &Location) -> Database {
+    match location {
+        Location::Postgres(url) => {
+            Database::Postgres(Box::new(postgres::PgReader::new(url.clone())))
+        }
+        Location::Sqlite(path) | Location::File(path) => {
+            Database::Sqlite(sqlite::SqliteReader::new(path.clone()))
+        }
+    }
+}
+
 /// Builds the source for a validated config.
 pub fn open(config: &crate::config::SourceConfig) -> Box<dyn Source> {
     use crate::config::SourceDetail;
+    let location = &config.location;
     match &config.detail {
-        SourceDetail::Dbos => Box::new(dbos::DbosSource::new(config.path.clone())),
+        SourceDetail::Dbos => Box::new(dbos::DbosSource::new(database(location))),
         SourceDetail::QueueTable(layout) => Box::new(queue_table::QueueTableSource::new(
-            config.path.clone(),
+            database(location),
             (**layout).clone(),
         )),
         SourceDetail::Jsonl(layout) => {
-            Box::new(jsonl::JsonlSource::new(config.path.clone(), layout.clone()))
+            let Location::File(path) = location else {
+                unreachable!("config gives jsonl sources a file")
+            };
+            Box::new(jsonl::JsonlSource::new(path.clone(), layout.clone()))
         }
         SourceDetail::Sql {
             query,
             labels,
             values,
         } => Box::new(sql::SqlSource::new(
-            config.path.clone(),
+            database(location),
             query.clone(),
             labels.clone(),
             values.clone(),

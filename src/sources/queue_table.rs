@@ -1,32 +1,28 @@
 //! The `queue_table` source: any table with a status column (presets `lab-jobs`,
-//! `digest-tasks`, or an explicit mapping).
+//! `digest-tasks`, or an explicit mapping), on SQLite or Postgres.
 //!
 //! Only open rows are read — `WHERE status IN (open…)` is an index range search where a
 //! status index exists, while counting finished rows would scan them all. Dead letters in
 //! their own table are counted incrementally above a high-water mark on their time
-//! column. Every statement is one short read; see [`super::sqlite`].
+//! column. Every statement is one short read-only statement.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
-use rusqlite::types::Value;
-use rusqlite::{params_from_iter, Connection};
-
-use super::sqlite::{classify, journal_mode, SqliteReader};
-use super::timestamp::{to_unix_ns, RawTime};
+use super::db::{Database, Query, Value};
 use super::{DeadLetters, Observation, QueueStatus, Source, SourceError, MAX_ROWS_PER_POLL};
 use crate::config::source::QueueLayout;
 
-pub struct QueueTableSource {
-    db: SqliteReader,
-    layout: QueueLayout,
-    /// Failed attempts of each open row at the last poll, to count new retries.
-    attempts: HashMap<String, i64>,
-    last_dead_status: Option<HashMap<String, u64>>,
-    dead_hwm: Option<Value>,
-    dead_total: u64,
+/// The statements of one layout, built once.
+struct Queries {
+    depth: Query,
+    attempts: Option<Query>,
+    claimed: Option<Query>,
+    dead_status: Option<Query>,
+    dead_first: Option<Query>,
+    dead_since: Option<Query>,
 }
 
+/// A quoted identifier (`schema.table` quotes each part).
 fn q(identifier: &str) -> String {
     identifier
         .split('.')
@@ -35,20 +31,74 @@ fn q(identifier: &str) -> String {
         .join(".")
 }
 
-fn raw_time(v: &Value) -> Option<Result<i64, String>> {
-    match v {
-        Value::Null => None,
-        Value::Integer(i) => Some(to_unix_ns(RawTime::Int(*i))),
-        Value::Real(f) => Some(to_unix_ns(RawTime::Float(*f))),
-        Value::Text(t) => Some(to_unix_ns(RawTime::Text(t))),
-        Value::Blob(_) => Some(Err("a blob is not a time".into())),
+impl Queries {
+    fn new(l: &QueueLayout) -> Queries {
+        let table = q(&l.table);
+        let status = q(&l.status_column);
+        let queue = l.queue_column.as_deref().map_or("''".to_string(), q);
+        let open = (1..=l.open_statuses.len())
+            .map(|i| format!("?{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let oldest = l
+            .created_column
+            .as_deref()
+            .map_or("NULL".to_string(), |c| format!("min({})", q(c)));
+        Queries {
+            depth: Query::portable(format!(
+                "SELECT {queue}, {status}, count(*), {oldest} FROM {table} WHERE {status} IN ({open}) GROUP BY 1, 2"
+            )),
+            attempts: l.attempts_column.as_deref().map(|a| {
+                Query::portable(format!(
+                    "SELECT {queue}, CAST({key} AS TEXT), {a} FROM {table} WHERE {status} IN ({open}) AND {a} > 0 LIMIT {MAX_ROWS_PER_POLL}",
+                    key = q(&l.key_column),
+                    a = q(a)
+                ))
+            }),
+            claimed: match (&l.running_status, &l.claimed_column, l.lease) {
+                (Some(_), Some(c), Some(_)) => Some(Query::portable(format!(
+                    "SELECT {queue}, {c} FROM {table} WHERE {status} = ?1 LIMIT {MAX_ROWS_PER_POLL}",
+                    c = q(c)
+                ))),
+                _ => None,
+            },
+            dead_status: l
+                .dead_status
+                .as_ref()
+                .map(|_| Query::portable(format!("SELECT {queue}, count(*) FROM {table} WHERE {status} = ?1 GROUP BY 1"))),
+            dead_first: match (&l.dead_letter_table, &l.dead_letter_time_column) {
+                (Some(dl), Some(c)) => Some(Query::portable(format!("SELECT count(*), max({c}) FROM {dl}", dl = q(dl), c = q(c)))),
+                _ => None,
+            },
+            dead_since: match (&l.dead_letter_table, &l.dead_letter_time_column) {
+                (Some(dl), Some(c)) => Some(Query::portable(format!(
+                    "SELECT count(*), max({c}) FROM {dl} WHERE {c} > ?1",
+                    dl = q(dl),
+                    c = q(c)
+                ))),
+                _ => None,
+            },
+        }
     }
 }
 
+pub struct QueueTableSource {
+    db: Database,
+    layout: QueueLayout,
+    queries: Queries,
+    /// Failed attempts of each open row at the last poll, to count new retries.
+    attempts: HashMap<String, i64>,
+    last_dead_status: Option<HashMap<String, u64>>,
+    /// Newest dead letter time seen (as the database wrote it), once the table was read.
+    dead_hwm: Option<Value>,
+    dead_total: u64,
+}
+
 impl QueueTableSource {
-    pub fn new(path: PathBuf, layout: QueueLayout) -> QueueTableSource {
+    pub fn new(db: Database, layout: QueueLayout) -> QueueTableSource {
         QueueTableSource {
-            db: SqliteReader::new(path),
+            db,
+            queries: Queries::new(&layout),
             layout,
             attempts: HashMap::new(),
             last_dead_status: None,
@@ -56,113 +106,75 @@ impl QueueTableSource {
             dead_total: 0,
         }
     }
-
-    fn placeholders(n: usize) -> String {
-        vec!["?"; n].join(", ")
-    }
 }
 
+type Rows = Vec<Vec<Value>>;
+
 struct Reads {
-    depth: Vec<(String, String, i64, Value)>,
-    attempts: Vec<(String, String, i64)>,
-    claimed: Vec<(String, Value)>,
-    dead_status: Vec<(String, i64)>,
-    dead_table: Option<(i64, Value)>,
-    mode: String,
+    depth: Rows,
+    attempts: Rows,
+    claimed: Rows,
+    dead_status: Rows,
+    dead_table: Option<Rows>,
+    mode: Option<String>,
+    clock: Option<crate::freeze::reference::RefSample>,
+}
+
+fn count(v: &Value) -> u64 {
+    v.as_i64().unwrap_or(0).max(0) as u64
 }
 
 impl Source for QueueTableSource {
     fn poll(&mut self, now_ns: i64) -> Result<Observation, SourceError> {
-        let l = self.layout.clone();
-        let path = self.db.path().to_path_buf();
-        let err = |e: rusqlite::Error| classify(&path, e);
-        let table = q(&l.table);
-        let status = q(&l.status_column);
-        let queue = l.queue_column.as_deref().map_or("''".to_string(), q);
-        let open = Self::placeholders(l.open_statuses.len());
+        let (l, qs) = (&self.layout, &self.queries);
+        let open: Vec<Value> = l
+            .open_statuses
+            .iter()
+            .map(|s| Value::Text(s.clone()))
+            .collect();
         let dead_hwm = self.dead_hwm.clone();
-
-        let reads = self.db.with(|conn: &Connection| {
-            let created = l.created_column.as_deref().map_or("NULL".to_string(), q);
-            let sql = format!(
-                "SELECT {queue}, {status}, count(*), min({created}) FROM {table} WHERE {status} IN ({open}) GROUP BY 1, 2"
-            );
-            let depth = conn
-                .prepare_cached(&sql)
-                .map_err(err)?
-                .query_map(params_from_iter(l.open_statuses.iter()), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-                .map_err(err)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(err)?;
-
-            let attempts = match &l.attempts_column {
-                None => Vec::new(),
-                Some(col) => {
-                    let sql = format!(
-                        "SELECT {queue}, CAST({key} AS TEXT), {a} FROM {table} WHERE {status} IN ({open}) AND {a} > 0 LIMIT {MAX_ROWS_PER_POLL}",
-                        key = q(&l.key_column),
-                        a = q(col)
-                    );
-                    conn.prepare_cached(&sql)
-                        .map_err(err)?
-                        .query_map(params_from_iter(l.open_statuses.iter()), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                        .map_err(err)?
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(err)?
-                }
+        let reads = self.db.read(|s| {
+            let mut rows = |query: &Option<Query>, params: &[Value]| match query {
+                Some(query) => s.rows(query, params),
+                None => Ok(Vec::new()),
             };
-
-            let claimed = match (&l.running_status, &l.claimed_column, l.lease) {
-                (Some(running), Some(col), Some(_)) => {
-                    let sql = format!("SELECT {queue}, {c} FROM {table} WHERE {status} = ?1 LIMIT {MAX_ROWS_PER_POLL}", c = q(col));
-                    conn.prepare_cached(&sql)
-                        .map_err(err)?
-                        .query_map([running], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .map_err(err)?
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(err)?
-                }
-                _ => Vec::new(),
+            let depth = rows(&Some(qs.depth.clone()), &open)?;
+            let attempts = rows(&qs.attempts, &open)?;
+            let running = l
+                .running_status
+                .clone()
+                .map(Value::Text)
+                .unwrap_or(Value::Null);
+            let claimed = rows(&qs.claimed, &[running])?;
+            let dead = l
+                .dead_status
+                .clone()
+                .map(Value::Text)
+                .unwrap_or(Value::Null);
+            let dead_status = rows(&qs.dead_status, &[dead])?;
+            let dead_table = match &dead_hwm {
+                _ if qs.dead_first.is_none() => None,
+                None | Some(Value::Null) => Some(rows(&qs.dead_first, &[])?),
+                Some(h) => Some(rows(&qs.dead_since, std::slice::from_ref(h))?),
             };
-
-            let dead_status = match &l.dead_status {
-                None => Vec::new(),
-                Some(dead) => {
-                    let sql = format!("SELECT {queue}, count(*) FROM {table} WHERE {status} = ?1 GROUP BY 1");
-                    conn.prepare_cached(&sql)
-                        .map_err(err)?
-                        .query_map([dead], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .map_err(err)?
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(err)?
-                }
-            };
-
-            let dead_table = match (&l.dead_letter_table, &l.dead_letter_time_column) {
-                (Some(dl), Some(col)) => {
-                    let (dl, col) = (q(dl), q(col));
-                    let row = match &dead_hwm {
-                        None => conn.query_row(&format!("SELECT count(*), max({col}) FROM {dl}"), [], |r| Ok((r.get(0)?, r.get(1)?))),
-                        Some(h) => conn.query_row(
-                            &format!("SELECT count(*), max({col}) FROM {dl} WHERE {col} > ?1"),
-                            [h],
-                            |r| Ok((r.get(0)?, r.get(1)?)),
-                        ),
-                    };
-                    Some(row.map_err(err)?)
-                }
-                _ => None,
-            };
-            let mode = journal_mode(conn).map_err(err)?;
-            Ok(Reads { depth, attempts, claimed, dead_status, dead_table, mode })
+            Ok(Reads {
+                depth,
+                attempts,
+                claimed,
+                dead_status,
+                dead_table,
+                mode: s.journal_mode()?,
+                clock: s.server_clock()?,
+            })
         })?;
 
         let mut obs = Observation {
-            journal_mode: Some(reads.mode),
+            journal_mode: reads.mode,
+            server_clock: reads.clock,
             ..Default::default()
         };
-        for (queue, status, count, oldest) in reads.depth {
-            let oldest_ns = match raw_time(&oldest) {
+        for r in &reads.depth {
+            let oldest_ns = match r[3].time_ns() {
                 Some(Ok(ns)) => Some(ns),
                 Some(Err(_)) => {
                     obs.bad_timestamps += 1;
@@ -171,9 +183,9 @@ impl Source for QueueTableSource {
                 None => None,
             };
             obs.queues.push(QueueStatus {
-                queue,
-                status,
-                depth: count as u64,
+                queue: r[0].text(),
+                status: r[1].text(),
+                depth: count(&r[2]),
                 oldest_ns,
             });
         }
@@ -182,11 +194,12 @@ impl Source for QueueTableSource {
         let not_retries = i64::from(self.layout.attempts_count_claims);
         let mut seen = HashMap::with_capacity(reads.attempts.len());
         let mut retries: HashMap<String, u64> = HashMap::new();
-        for (queue, key, attempts) in reads.attempts {
-            let failed = (attempts - not_retries).max(0);
+        for r in &reads.attempts {
+            let failed = (r[2].as_i64().unwrap_or(0) - not_retries).max(0);
+            let key = r[1].text();
             let before = self.attempts.get(&key).copied().unwrap_or(0);
             if failed > before {
-                *retries.entry(queue).or_default() += (failed - before) as u64;
+                *retries.entry(r[0].text()).or_default() += (failed - before) as u64;
             }
             seen.insert(key, failed);
         }
@@ -197,12 +210,11 @@ impl Source for QueueTableSource {
         if let Some(lease) = self.layout.lease {
             let lease_ns = lease.as_nanos() as i64;
             let mut stuck: HashMap<String, u64> = HashMap::new();
-            for (queue, claimed) in reads.claimed {
-                match raw_time(&claimed) {
-                    Some(Ok(at)) if now_ns - at > lease_ns => *stuck.entry(queue).or_default() += 1,
-                    Some(Ok(_)) | None => {
-                        stuck.entry(queue).or_default();
-                    }
+            for r in &reads.claimed {
+                let slot = stuck.entry(r[0].text()).or_default();
+                match r[1].time_ns() {
+                    Some(Ok(at)) if now_ns - at > lease_ns => *slot += 1,
+                    Some(Ok(_)) | None => {}
                     Some(Err(_)) => obs.bad_timestamps += 1,
                 }
             }
@@ -216,8 +228,8 @@ impl Source for QueueTableSource {
         if self.layout.dead_status.is_some() {
             let now: HashMap<String, u64> = reads
                 .dead_status
-                .into_iter()
-                .map(|(q, c)| (q, c as u64))
+                .iter()
+                .map(|r| (r[0].text(), count(&r[1])))
                 .collect();
             for (queue, current) in &now {
                 let new = self.last_dead_status.as_ref().map_or(0, |before| {
@@ -238,18 +250,15 @@ impl Source for QueueTableSource {
             }
             self.last_dead_status = Some(now);
         }
-        if let Some((count, max)) = reads.dead_table {
-            let count = count as u64;
-            let new = if self.dead_hwm.is_none() { 0 } else { count };
-            self.dead_total = if self.dead_hwm.is_none() {
-                count
-            } else {
-                self.dead_total + count
-            };
-            if max != Value::Null {
+        if let Some(rows) = reads.dead_table {
+            let (n, max) = rows
+                .first()
+                .map_or((0, Value::Null), |r| (count(&r[0]), r[1].clone()));
+            let first = self.dead_hwm.is_none();
+            let new = if first { 0 } else { n };
+            self.dead_total = if first { n } else { self.dead_total + n };
+            if !max.is_null() || first {
                 self.dead_hwm = Some(max);
-            } else if self.dead_hwm.is_none() {
-                self.dead_hwm = Some(Value::Integer(i64::MIN));
             }
             obs.dead_letters.push(DeadLetters {
                 queue: String::new(),

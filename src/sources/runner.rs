@@ -6,6 +6,7 @@
 //! closed, and a gap must not be blamed on the app for being noticed first.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use super::{ErrorKind, Observation, Source, SourceError};
 use crate::clock::real_ns;
 use crate::config::{SourceConfig, SourceKind};
+use crate::freeze::runner::NetworkSample;
 use crate::metrics::{Metrics, SourceMetrics};
 use crate::persist::EventSink;
 use crate::signals::attribution::{attribute, Cause};
@@ -60,6 +62,8 @@ impl StopSignal {
 
 pub struct SourceRunner {
     pub config: SourceConfig,
+    /// Where this source's database clock samples go (reference index, queue), if it has one.
+    pub clock: Option<(usize, SyncSender<NetworkSample>)>,
     pub index: usize,
     pub source: Box<dyn Source>,
     pub metrics: Arc<Metrics>,
@@ -151,7 +155,10 @@ impl SourceRunner {
                     s.last_error = None;
                     s.last_poll_seconds = elapsed;
                 }
-                Err(e) => self.failed(&mut d, e),
+                Err(e) => {
+                    self.send_clock(Err(e.message.clone()));
+                    self.failed(&mut d, e);
+                }
             }
             self.settle(&mut d, real_ns(), false);
             if self.stop.sleep(self.config.poll) {
@@ -178,7 +185,22 @@ impl SourceRunner {
         s.last_error = Some(e.message);
     }
 
+    /// Passes a database clock reading to the freeze detector.
+    fn send_clock(&self, sample: Result<crate::freeze::reference::RefSample, String>) {
+        if let Some((index, tx)) = &self.clock {
+            if tx.try_send((*index, sample)).is_err() {
+                self.metrics
+                    .dropped_total
+                    .with_label_values(&["reference_samples"])
+                    .inc();
+            }
+        }
+    }
+
     fn apply(&self, d: &mut Derived, obs: Observation, now: i64) {
+        if let Some(sample) = obs.server_clock {
+            self.send_clock(Ok(sample));
+        }
         let name = self.config.name.as_str();
         let sm: &SourceMetrics = &self.metrics.sources;
         let overflow = |label: &str, budget: &LabelBudget, before: u64| {

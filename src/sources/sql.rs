@@ -1,14 +1,11 @@
 //! The `sql` source: an operator's own query. Label columns become labels, each value
 //! column becomes the gauge `stallwatch_sql_<column>{source, <labels>}`.
 //!
-//! The query runs on the same read-only, `query_only` connection as every source, so a
-//! statement that would write fails instead; rows are capped at [`MAX_ROWS_PER_POLL`].
+//! The query runs on the same read-only connection as every source (`query_only` on
+//! SQLite, a read-only session with a statement timeout on Postgres), so a statement that
+//! would write fails instead; rows are capped at [`MAX_ROWS_PER_POLL`].
 
-use std::path::PathBuf;
-
-use rusqlite::types::ValueRef;
-
-use super::sqlite::{classify, journal_mode, SqliteReader};
+use super::db::{Database, Query};
 use super::{ErrorKind, Observation, Source, SourceError, MAX_ROWS_PER_POLL};
 
 /// One value of one row: which value column, the row's label values, the number.
@@ -20,98 +17,71 @@ pub struct Sample {
 }
 
 pub struct SqlSource {
-    db: SqliteReader,
-    query: String,
+    db: Database,
+    query: Query,
     labels: Vec<String>,
     values: Vec<String>,
 }
 
 impl SqlSource {
-    pub fn new(
-        path: PathBuf,
-        query: String,
-        labels: Vec<String>,
-        values: Vec<String>,
-    ) -> SqlSource {
+    pub fn new(db: Database, query: String, labels: Vec<String>, values: Vec<String>) -> SqlSource {
+        // The operator's query is used as written on either backend; the row cap wraps it.
+        let capped = format!(
+            "SELECT * FROM ({query}) AS stallwatch_q LIMIT {}",
+            MAX_ROWS_PER_POLL + 1
+        );
         SqlSource {
-            db: SqliteReader::new(path),
-            query,
+            db,
+            query: Query {
+                sqlite: capped.clone(),
+                postgres: capped,
+            },
             labels,
             values,
         }
     }
 }
 
-fn label_text(v: ValueRef<'_>) -> String {
-    match v {
-        ValueRef::Null => String::new(),
-        ValueRef::Integer(i) => i.to_string(),
-        ValueRef::Real(f) => f.to_string(),
-        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
-        ValueRef::Blob(_) => "(blob)".into(),
-    }
-}
-
-fn number(v: ValueRef<'_>) -> Option<f64> {
-    match v {
-        ValueRef::Integer(i) => Some(i as f64),
-        ValueRef::Real(f) => Some(f),
-        ValueRef::Text(t) => std::str::from_utf8(t).ok()?.trim().parse().ok(),
-        ValueRef::Null | ValueRef::Blob(_) => None,
-    }
-}
-
 impl Source for SqlSource {
     fn poll(&mut self, _now_ns: i64) -> Result<Observation, SourceError> {
-        let path = self.db.path().to_path_buf();
-        let (query, labels, values) = (&self.query, &self.labels, &self.values);
-        let (samples, bad, mode) = self.db.with(|conn| {
-            let mut stmt = conn.prepare_cached(query).map_err(|e| classify(&path, e))?;
-            let names: Vec<String> = stmt.column_names().iter().map(|s| s.to_string()).collect();
-            let find = |want: &String| {
-                names.iter().position(|n| n == want).ok_or_else(|| {
-                    SourceError::new(
-                        ErrorKind::Schema,
-                        format!("the query returns no column {want:?} (it returns {names:?})"),
-                    )
-                })
-            };
-            let label_at = labels.iter().map(find).collect::<Result<Vec<_>, _>>()?;
-            let value_at = values.iter().map(find).collect::<Result<Vec<_>, _>>()?;
-            let mut rows = stmt.query([]).map_err(|e| classify(&path, e))?;
-            let (mut samples, mut bad, mut n) = (Vec::new(), 0u64, 0i64);
-            while let Some(row) = rows.next().map_err(|e| classify(&path, e))? {
-                n += 1;
-                if n > MAX_ROWS_PER_POLL {
-                    break;
-                }
-                let row_labels: Vec<String> = label_at
-                    .iter()
-                    .map(|i| row.get_ref(*i).map(label_text))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| classify(&path, e))?;
-                for (column, i) in values.iter().zip(&value_at) {
-                    match number(row.get_ref(*i).map_err(|e| classify(&path, e))?) {
-                        Some(value) => samples.push(Sample {
-                            column: column.clone(),
-                            labels: row_labels.clone(),
-                            value,
-                        }),
-                        None => bad += 1,
-                    }
+        let query = &self.query;
+        let (table, mode, clock) = self
+            .db
+            .read(|s| Ok((s.table(query, &[])?, s.journal_mode()?, s.server_clock()?)))?;
+        let mut obs = Observation {
+            journal_mode: mode,
+            server_clock: clock,
+            ..Default::default()
+        };
+        if table.rows.is_empty() {
+            return Ok(obs);
+        }
+        let find = |want: &String| {
+            table.columns.iter().position(|n| n == want).ok_or_else(|| {
+                SourceError::new(
+                    ErrorKind::Schema,
+                    format!(
+                        "the query returns no column {want:?} (it returns {:?})",
+                        table.columns
+                    ),
+                )
+            })
+        };
+        let label_at: Vec<usize> = self.labels.iter().map(find).collect::<Result<_, _>>()?;
+        let value_at: Vec<usize> = self.values.iter().map(find).collect::<Result<_, _>>()?;
+        for row in table.rows.iter().take(MAX_ROWS_PER_POLL as usize) {
+            let labels: Vec<String> = label_at.iter().map(|i| row[*i].text()).collect();
+            for (column, i) in self.values.iter().zip(&value_at) {
+                match row[*i].as_f64() {
+                    Some(value) => obs.samples.push(Sample {
+                        column: column.clone(),
+                        labels: labels.clone(),
+                        value,
+                    }),
+                    None => obs.bad_values += 1,
                 }
             }
-            Ok((
-                samples,
-                bad,
-                journal_mode(conn).map_err(|e| classify(&path, e))?,
-            ))
-        })?;
-        Ok(Observation {
-            samples,
-            bad_values: bad,
-            journal_mode: Some(mode),
-            ..Default::default()
-        })
+        }
+        Ok(obs)
     }
 }

@@ -12,7 +12,11 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+use rusqlite::types::ValueRef;
+
+use super::db::{Query, Session, Table, Value};
 use super::{ErrorKind, SourceError};
+use crate::freeze::reference::RefSample;
 
 /// Longest wait for the app's lock: short, because waiting holds nothing useful and the
 /// next poll comes anyway.
@@ -32,24 +36,75 @@ impl SqliteReader {
         &self.path
     }
 
-    /// Runs `f` with an open connection; any error closes it so the next poll reopens.
-    pub fn with<T>(
+    /// Runs one poll's reads with an open connection; any error closes it so the next
+    /// poll reopens (a replaced, repaired or newly created file is picked up).
+    pub fn session<T>(
         &mut self,
-        f: impl FnOnce(&Connection) -> Result<T, SourceError>,
+        f: impl FnOnce(&mut dyn Session) -> Result<T, SourceError>,
     ) -> Result<T, SourceError> {
         if self.conn.is_none() {
             self.conn = Some(open(&self.path)?);
         }
-        let result = f(self.conn.as_ref().expect("opened above"));
+        let mut session = SqliteSession {
+            conn: self.conn.as_ref().expect("opened above"),
+            path: &self.path,
+        };
+        let result = f(&mut session);
         if result.is_err() {
             self.conn = None;
         }
         result
     }
+}
 
-    /// Classifies a SQLite error into a source error naming the file.
-    pub fn error(&self, e: rusqlite::Error) -> SourceError {
-        classify(&self.path, e)
+struct SqliteSession<'a> {
+    conn: &'a Connection,
+    path: &'a Path,
+}
+
+impl Session for SqliteSession<'_> {
+    fn table(&mut self, query: &Query, params: &[Value]) -> Result<Table, SourceError> {
+        let err = |e| classify(self.path, e);
+        let mut stmt = self.conn.prepare_cached(&query.sqlite).map_err(err)?;
+        let names: Vec<String> = stmt.column_names().iter().map(|n| n.to_string()).collect();
+        let columns = names.len();
+        let params = params.iter().map(|v| match v {
+            Value::Null => rusqlite::types::Value::Null,
+            Value::Int(i) => rusqlite::types::Value::Integer(*i),
+            Value::Real(f) => rusqlite::types::Value::Real(*f),
+            Value::Text(t) => rusqlite::types::Value::Text(t.clone()),
+        });
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(params))
+            .map_err(err)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(err)? {
+            let mut values = Vec::with_capacity(columns);
+            for i in 0..columns {
+                values.push(match row.get_ref(i).map_err(err)? {
+                    ValueRef::Null => Value::Null,
+                    ValueRef::Integer(i) => Value::Int(i),
+                    ValueRef::Real(f) => Value::Real(f),
+                    ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+                    ValueRef::Blob(_) => Value::Text("(blob)".into()),
+                });
+            }
+            out.push(values);
+        }
+        Ok(Table {
+            columns: names,
+            rows: out,
+        })
+    }
+
+    fn journal_mode(&mut self) -> Result<Option<String>, SourceError> {
+        journal_mode(self.conn)
+            .map(Some)
+            .map_err(|e| classify(self.path, e))
+    }
+
+    fn server_clock(&mut self) -> Result<Option<RefSample>, SourceError> {
+        Ok(None)
     }
 }
 

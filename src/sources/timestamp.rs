@@ -77,22 +77,22 @@ fn text_to_ns(t: &str) -> Result<i64, String> {
     if let Ok(f) = t.parse::<f64>() {
         return float_to_ns(f);
     }
-    // SQLite's datetime() writes "YYYY-MM-DD HH:MM:SS" in UTC; RFC 3339 wants a 'T'.
+    let bad = || format!("{t:?} is not an ISO 8601 time");
+    // SQLite's datetime() and Postgres write a space where RFC 3339 wants a 'T'.
     let mut s = t.replacen(' ', "T", 1);
-    let has_zone = s.ends_with('Z') || s.ends_with('z') || {
-        let tail = &s[s.len().saturating_sub(6)..];
-        (tail.starts_with('+') || tail.starts_with('-')) && tail.as_bytes().get(3) == Some(&b':')
+    if s.len() == 10 {
+        s.push_str("T00:00:00"); // a bare date
+    }
+    // The zone starts after "YYYY-MM-DDTHH:MM:SS": Z, ±HH, ±HHMM or ±HH:MM; none is UTC.
+    let zone_at = s
+        .get(19..)
+        .and_then(|tail| tail.find(['Z', 'z', '+', '-']))
+        .map(|i| i + 19);
+    let (base, offset_secs) = match zone_at {
+        None => (s.as_str(), 0),
+        Some(i) => (&s[..i], zone_offset_secs(&s[i..]).ok_or_else(bad)?),
     };
-    if !has_zone {
-        s.push('Z');
-    }
-    if s.len() == 11 {
-        // A bare date.
-        s = format!("{}T00:00:00Z", &s[..10]);
-    }
-    let (base, offset_secs) = split_offset(&s)?;
-    let time = humantime::parse_rfc3339_weak(&base)
-        .map_err(|_| format!("{t:?} is not an ISO 8601 time"))?;
+    let time = humantime::parse_rfc3339_weak(base).map_err(|_| bad())?;
     let ns = time
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|_| format!("{t:?} is before 1970"))?
@@ -100,20 +100,27 @@ fn text_to_ns(t: &str) -> Result<i64, String> {
     Ok(ns - offset_secs * NANOS_PER_SEC)
 }
 
-/// Splits a `±HH:MM` offset off an RFC 3339 string (humantime only reads `Z`).
-fn split_offset(s: &str) -> Result<(String, i64), String> {
-    if s.ends_with('Z') || s.ends_with('z') {
-        return Ok((s[..s.len() - 1].to_string(), 0));
+/// Seconds east of UTC for `Z`, `±HH`, `±HHMM` or `±HH:MM`.
+fn zone_offset_secs(zone: &str) -> Option<i64> {
+    if zone.eq_ignore_ascii_case("z") {
+        return Some(0);
     }
-    let (base, zone) = s.split_at(s.len() - 6);
-    let sign = if zone.starts_with('-') { -1 } else { 1 };
-    let hours: i64 = zone[1..3]
-        .parse()
-        .map_err(|_| format!("{s:?} has a bad offset"))?;
-    let minutes: i64 = zone[4..6]
-        .parse()
-        .map_err(|_| format!("{s:?} has a bad offset"))?;
-    Ok((base.to_string(), sign * (hours * 3600 + minutes * 60)))
+    let sign = match zone.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let digits: String = zone[1..].chars().filter(|c| *c != ':').collect();
+    if !(digits.len() == 2 || digits.len() == 4) || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let hours: i64 = digits[..2].parse().ok()?;
+    let minutes: i64 = if digits.len() == 4 {
+        digits[2..].parse().ok()?
+    } else {
+        0
+    };
+    Some(sign * (hours * 3600 + minutes * 60))
 }
 
 #[cfg(test)]
@@ -159,6 +166,19 @@ mod tests {
         assert_eq!(
             to_unix_ns(RawTime::Text("2025-11-23 07:13:20.000-05:00")),
             Ok(want)
+        );
+        // Postgres timestamptz text.
+        assert_eq!(
+            to_unix_ns(RawTime::Text("2025-11-23 12:13:20.123456+00")),
+            Ok(want + 123_456_000)
+        );
+        assert_eq!(
+            to_unix_ns(RawTime::Text("2025-11-23 17:43:20+0530")),
+            Ok(want)
+        );
+        assert_eq!(
+            to_unix_ns(RawTime::Text("2025-11-23")),
+            Ok(want - 44_000 * NANOS_PER_SEC)
         );
     }
 

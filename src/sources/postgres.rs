@@ -1,0 +1,407 @@
+//! Read-only access to an app's Postgres database.
+//!
+//! One connection per source, opened lazily and reopened after any error with an
+//! exponential backoff. The session is made read-only (`default_transaction_read_only`)
+//! with a `statement_timeout`, so every autocommit statement is a short read-only
+//! transaction that takes no row locks. Reads use the simple query protocol: every value
+//! arrives as text, whatever its type, and parameters are inlined as literals (numbers
+//! as digits, text quoted with `'` doubled — the only text inlined comes from config).
+//!
+//! TLS follows libpq's `sslmode`: `disable`; `prefer` (TLS if the server offers it);
+//! `require` (TLS, certificate not checked — libpq's meaning); `verify-ca` and
+//! `verify-full` (TLS, certificate checked against the Mozilla roots and the host name).
+//! The URL keeps its password; only [`crate::config::redact_url`]'s form is ever shown.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postgres::config::SslMode;
+use postgres::{Client, NoTls, SimpleQueryMessage};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use super::db::{Query, Session, Table, Value};
+use super::{ErrorKind, SourceError};
+use crate::clock::mono_ns;
+use crate::config::redact_url;
+use crate::freeze::reference::RefSample;
+
+/// Longest a statement may run: a poll must never hold the app's database for long.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// First and longest wait before reconnecting after a failure.
+pub const RECONNECT_MIN: Duration = Duration::from_secs(1);
+pub const RECONNECT_MAX: Duration = Duration::from_secs(60);
+
+/// How TLS is used, from `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls {
+    Disable,
+    Prefer,
+    Require,
+    VerifyFull,
+}
+
+/// Splits `sslmode` off a URL (the driver does not know the verify modes).
+pub fn split_sslmode(url: &str) -> Result<(String, Tls), String> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), Tls::Prefer));
+    };
+    let mut tls = Tls::Prefer;
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sslmode", mode)) => {
+                tls = match mode {
+                    "disable" => Tls::Disable,
+                    "allow" | "prefer" => Tls::Prefer,
+                    "require" => Tls::Require,
+                    "verify-ca" | "verify-full" => Tls::VerifyFull,
+                    other => return Err(format!("sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full")),
+                }
+            }
+            _ => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, tls))
+}
+
+pub struct PgReader {
+    url: String,
+    shown: String,
+    client: Option<Client>,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+impl PgReader {
+    pub fn new(url: String) -> PgReader {
+        let shown = redact_url(&url);
+        PgReader {
+            url,
+            shown,
+            client: None,
+            failures: 0,
+            retry_at: None,
+        }
+    }
+
+    pub fn session<T>(
+        &mut self,
+        f: impl FnOnce(&mut dyn Session) -> Result<T, SourceError>,
+    ) -> Result<T, SourceError> {
+        if self.client.is_none() {
+            if let Some(at) = self.retry_at {
+                if Instant::now() < at {
+                    return Err(SourceError::new(
+                        ErrorKind::Io,
+                        format!(
+                            "{}: waiting {:.0?} before reconnecting",
+                            self.shown,
+                            at - Instant::now()
+                        ),
+                    ));
+                }
+            }
+            match self.connect() {
+                Ok(client) => self.client = Some(client),
+                Err(e) => {
+                    self.failed();
+                    return Err(e);
+                }
+            }
+        }
+        let mut session = PgSession {
+            client: self.client.as_mut().expect("connected above"),
+            shown: &self.shown,
+        };
+        let result = f(&mut session);
+        match &result {
+            Ok(_) => {
+                self.failures = 0;
+                self.retry_at = None;
+            }
+            Err(_) => {
+                self.client = None;
+                self.failed();
+            }
+        }
+        result
+    }
+
+    fn failed(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+        let wait = RECONNECT_MIN
+            .saturating_mul(1 << self.failures.min(6))
+            .min(RECONNECT_MAX);
+        self.retry_at = Some(Instant::now() + wait);
+    }
+
+    fn connect(&self) -> Result<Client, SourceError> {
+        let (url, tls) = split_sslmode(&self.url)
+            .map_err(|m| SourceError::new(ErrorKind::Query, format!("{}: {m}", self.shown)))?;
+        let mut config: postgres::Config = url.parse().map_err(|e| {
+            SourceError::new(
+                ErrorKind::Query,
+                format!("{} is not a valid Postgres URL: {e}", self.shown),
+            )
+        })?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        config.application_name("stallwatch");
+        let connected = match tls {
+            Tls::Disable => {
+                config.ssl_mode(SslMode::Disable);
+                config.connect(NoTls)
+            }
+            Tls::Prefer | Tls::Require => {
+                config.ssl_mode(if tls == Tls::Prefer {
+                    SslMode::Prefer
+                } else {
+                    SslMode::Require
+                });
+                config.connect(tls_connector(false))
+            }
+            Tls::VerifyFull => {
+                config.ssl_mode(SslMode::Require);
+                config.connect(tls_connector(true))
+            }
+        };
+        let mut client = connected.map_err(|e| self.error(e))?;
+        client
+            .batch_execute(&format!(
+                "SET default_transaction_read_only = on; SET statement_timeout = {}; SET lock_timeout = {}",
+                STATEMENT_TIMEOUT.as_millis(),
+                STATEMENT_TIMEOUT.as_millis()
+            ))
+            .map_err(|e| self.error(e))?;
+        Ok(client)
+    }
+
+    fn error(&self, e: postgres::Error) -> SourceError {
+        classify(&self.shown, e)
+    }
+}
+
+/// Classifies a Postgres error by SQLSTATE into a source error naming the (redacted) URL.
+pub fn classify(shown: &str, e: postgres::Error) -> SourceError {
+    use postgres::error::SqlState;
+    let detail = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_else(|| e.to_string());
+    let kind = match e.code() {
+        Some(c)
+            if *c == SqlState::UNDEFINED_TABLE
+                || *c == SqlState::UNDEFINED_COLUMN
+                || *c == SqlState::INVALID_SCHEMA_NAME =>
+        {
+            ErrorKind::Schema
+        }
+        Some(c)
+            if *c == SqlState::INVALID_PASSWORD
+                || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                || *c == SqlState::INSUFFICIENT_PRIVILEGE =>
+        {
+            ErrorKind::Permission
+        }
+        Some(c) if *c == SqlState::INVALID_CATALOG_NAME => ErrorKind::Missing,
+        Some(c) if *c == SqlState::QUERY_CANCELED || *c == SqlState::LOCK_NOT_AVAILABLE => {
+            ErrorKind::Locked
+        }
+        Some(_) => ErrorKind::Query,
+        None => ErrorKind::Io,
+    };
+    SourceError::new(kind, format!("{shown}: {detail}"))
+}
+
+struct PgSession<'a> {
+    client: &'a mut Client,
+    shown: &'a str,
+}
+
+/// Inlines `$N` parameters as SQL literals.
+fn inline(sql: &str, params: &[Value]) -> String {
+    let mut out = sql.to_string();
+    // Highest index first, so $1 does not eat the start of $10.
+    for (i, v) in params.iter().enumerate().rev() {
+        let literal = match v {
+            Value::Null => "NULL".to_string(),
+            Value::Int(n) => n.to_string(),
+            Value::Real(f) => format!("{f:?}"),
+            Value::Text(t) => format!("'{}'", t.replace('\'', "''")),
+        };
+        out = out.replace(&format!("${}", i + 1), &literal);
+    }
+    out
+}
+
+impl Session for PgSession<'_> {
+    fn table(&mut self, query: &Query, params: &[Value]) -> Result<Table, SourceError> {
+        let sql = inline(&query.postgres, params);
+        let messages = self
+            .client
+            .simple_query(&sql)
+            .map_err(|e| classify(self.shown, e))?;
+        let mut table = Table::default();
+        for m in messages {
+            if let SimpleQueryMessage::Row(row) = m {
+                if table.columns.is_empty() {
+                    table.columns = row.columns().iter().map(|c| c.name().to_string()).collect();
+                }
+                table.rows.push(
+                    (0..row.len())
+                        .map(|i| {
+                            row.get(i)
+                                .map_or(Value::Null, |t| Value::Text(t.to_string()))
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Ok(table)
+    }
+
+    fn journal_mode(&mut self) -> Result<Option<String>, SourceError> {
+        Ok(None)
+    }
+
+    fn server_clock(&mut self) -> Result<Option<RefSample>, SourceError> {
+        let m0 = mono_ns();
+        let rows = self
+            .client
+            .simple_query("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+            .map_err(|e| classify(self.shown, e))?;
+        let m1 = mono_ns();
+        let micros = rows.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).and_then(|t| t.parse::<i64>().ok()),
+            _ => None,
+        });
+        Ok(micros.map(|us| RefSample::from_read(m0, m1, us * 1_000, 1_000)))
+    }
+}
+
+/// A rustls connector; `verify` checks the certificate against the Mozilla roots.
+fn tls_connector(verify: bool) -> tokio_postgres_rustls::MakeRustlsConnect {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions");
+    let config = if verify {
+        let roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+            .with_no_client_auth()
+    };
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+}
+
+/// libpq's `sslmode=require`: encrypt, but accept any certificate. The handshake
+/// signature is still checked, so the session key is bound to the presented key.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslmode_is_split_off_and_other_parameters_kept() {
+        let (url, tls) =
+            split_sslmode("postgres://u:p@h/db?sslmode=require&application_name=x").unwrap();
+        assert_eq!(
+            (url.as_str(), tls),
+            ("postgres://u:p@h/db?application_name=x", Tls::Require)
+        );
+        assert_eq!(
+            split_sslmode("postgresql://h/db?sslmode=disable")
+                .unwrap()
+                .1,
+            Tls::Disable
+        );
+        assert_eq!(
+            split_sslmode("postgresql://h/db?sslmode=verify-full")
+                .unwrap()
+                .1,
+            Tls::VerifyFull
+        );
+        assert_eq!(split_sslmode("postgresql://h/db").unwrap().1, Tls::Prefer);
+        assert!(split_sslmode("postgresql://h/db?sslmode=maybe").is_err());
+    }
+
+    #[test]
+    fn parameters_are_inlined_as_literals() {
+        let sql = inline(
+            "SELECT $1, $2, $10",
+            &[
+                Value::Int(5),
+                Value::Text("it's".into()),
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                Value::Real(1.5),
+            ],
+        );
+        assert_eq!(sql, "SELECT 5, 'it''s', 1.5");
+    }
+}
