@@ -57,6 +57,8 @@ pub struct SourceMetrics {
     pub step_gap_seconds: HistogramVec,
     pub step_gaps_total: IntCounterVec,
     pub stalls_total: IntCounterVec,
+    pub wait_overruns_total: IntCounterVec,
+    pub wait_overrun_seconds: HistogramVec,
     pub stalled_workflows: GaugeVec,
     pub cost_usd_today: GaugeVec,
     pub cost_cap_usd: GaugeVec,
@@ -147,6 +149,16 @@ impl SourceMetrics {
                 "stalls_total",
                 "Workflows that went without progress for longer than stall_after, by cause.",
                 &["source", "cause"],
+            ),
+            wait_overruns_total: counter(
+                "wait_overruns_total",
+                "Intended waits that ended at least gap_min past their deadline, by cause.",
+                &["source", "cause"],
+            ),
+            wait_overrun_seconds: histogram(
+                "wait_overrun_seconds",
+                "How far past its deadline each intended wait (DBOS.recv) ended.",
+                &["source"],
             ),
             stalled_workflows: gauge(
                 "stalled_workflows",

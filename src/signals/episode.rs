@@ -8,6 +8,8 @@ pub enum EpisodeKind {
     StepGap,
     /// A workflow still open with no progress for longer than `stall_after`.
     Stall,
+    /// An intended wait (`DBOS.recv`) that ended past its deadline.
+    WaitOverrun,
 }
 
 impl EpisodeKind {
@@ -15,13 +17,18 @@ impl EpisodeKind {
         match self {
             EpisodeKind::StepGap => "step_gap",
             EpisodeKind::Stall => "stall",
+            EpisodeKind::WaitOverrun => "wait_overrun",
         }
     }
 
     pub fn parse(s: &str) -> Option<EpisodeKind> {
-        [EpisodeKind::StepGap, EpisodeKind::Stall]
-            .into_iter()
-            .find(|k| k.as_str() == s)
+        [
+            EpisodeKind::StepGap,
+            EpisodeKind::Stall,
+            EpisodeKind::WaitOverrun,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
     }
 }
 

@@ -25,11 +25,29 @@ pub struct StepRow {
     pub step: String,
     pub started_ns: i64,
     pub completed_ns: i64,
+    /// For a wait's placeholder row (`DBOS.sleep`, whose output is the deadline): when
+    /// the wait is due to end.
+    pub deadline_ns: Option<i64>,
+}
+
+/// The step name of DBOS's wait placeholder: written when a wait starts, its output
+/// is the wait's deadline.
+pub const WAIT_PLACEHOLDER: &str = "DBOS.sleep";
+
+/// What kind of unexplained time a [`Gap`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapKind {
+    /// Between the end of one step (or wait) and the start of the next step.
+    Step,
+    /// An intended wait that ended after its deadline: the process or machine was not
+    /// running when it should have woken. Shows no gap between steps at all.
+    WaitOverrun,
 }
 
 /// Time between two steps of one workflow that no intended wait explains.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gap {
+    pub kind: GapKind,
     pub workflow_id: String,
     pub workflow_name: String,
     pub from_step: String,
@@ -48,6 +66,8 @@ impl Gap {
 struct Activity {
     end_ns: i64,
     last_step: String,
+    /// Deadline of the wait in progress, from its placeholder row.
+    deadline_ns: Option<i64>,
 }
 
 /// Remembers each workflow's last activity and reports the gap before each new step.
@@ -58,39 +78,56 @@ pub struct GapTracker {
 
 impl GapTracker {
     /// Feeds one completed row; returns the gap before it if it is a step (not a wait)
-    /// that follows earlier activity of the same workflow.
+    /// that follows earlier activity of the same workflow, or the overrun if it is a
+    /// wait that ended after the deadline its placeholder announced.
     pub fn observe(&mut self, row: &StepRow) -> Option<Gap> {
         if self.workflows.len() >= MAX_TRACKED_WORKFLOWS
             && !self.workflows.contains_key(&row.workflow_id)
         {
             self.forget_oldest();
         }
-        let wait = is_intended_wait(&row.step);
-        match self.workflows.get_mut(&row.workflow_id) {
-            None => {
-                self.workflows.insert(
-                    row.workflow_id.clone(),
-                    Activity {
-                        end_ns: row.completed_ns,
-                        last_step: row.step.clone(),
-                    },
-                );
-                None
-            }
-            Some(activity) => {
-                let gap = (!wait).then(|| Gap {
-                    workflow_id: row.workflow_id.clone(),
-                    workflow_name: row.workflow_name.clone(),
-                    from_step: activity.last_step.clone(),
-                    to_step: row.step.clone(),
-                    start_ns: activity.end_ns,
-                    end_ns: row.started_ns.max(activity.end_ns),
-                });
-                activity.end_ns = activity.end_ns.max(row.completed_ns);
-                activity.last_step = row.step.clone();
-                gap
-            }
+        let fresh = !self.workflows.contains_key(&row.workflow_id);
+        let activity = self
+            .workflows
+            .entry(row.workflow_id.clone())
+            .or_insert_with(|| Activity {
+                end_ns: row.completed_ns,
+                last_step: row.step.clone(),
+                deadline_ns: None,
+            });
+        let gap = |kind, from_step: &str, start_ns: i64, end_ns: i64| Gap {
+            kind,
+            workflow_id: row.workflow_id.clone(),
+            workflow_name: row.workflow_name.clone(),
+            from_step: from_step.to_string(),
+            to_step: row.step.clone(),
+            start_ns,
+            end_ns,
+        };
+        let found = if row.step == WAIT_PLACEHOLDER && row.deadline_ns.is_some() {
+            activity.deadline_ns = row.deadline_ns;
+            None
+        } else if is_intended_wait(&row.step) {
+            activity
+                .deadline_ns
+                .take()
+                .filter(|deadline| row.completed_ns > *deadline)
+                .map(|deadline| gap(GapKind::WaitOverrun, &row.step, deadline, row.completed_ns))
+        } else if fresh {
+            None
+        } else {
+            Some(gap(
+                GapKind::Step,
+                &activity.last_step,
+                activity.end_ns,
+                row.started_ns.max(activity.end_ns),
+            ))
+        };
+        if !fresh {
+            activity.end_ns = activity.end_ns.max(row.completed_ns);
+            activity.last_step = row.step.clone();
         }
+        found
     }
 
     /// Forgets a workflow that finished (its next row, if any, starts fresh).
@@ -150,7 +187,38 @@ mod tests {
             step: step.into(),
             started_ns: started_ms * MS,
             completed_ns: completed_ms * MS,
+            deadline_ns: None,
         }
+    }
+
+    fn placeholder(started_ms: i64, deadline_ms: i64) -> StepRow {
+        StepRow {
+            deadline_ns: Some(deadline_ms * MS),
+            ..row("DBOS.sleep", started_ms, started_ms + 1)
+        }
+    }
+
+    #[test]
+    fn a_wait_that_ends_past_its_deadline_is_an_overrun_not_a_gap() {
+        // Frozen 8 s in the middle of a 2 s recv: no gap between steps, the wait overruns.
+        let mut t = GapTracker::default();
+        t.observe(&row("parse", 0, 100));
+        assert_eq!(t.observe(&placeholder(105, 2_105)), None);
+        let o = t.observe(&row("DBOS.recv", 104, 10_105)).unwrap();
+        assert_eq!(
+            (o.kind, o.start_ns, o.duration_ns()),
+            (GapKind::WaitOverrun, 2_105 * MS, 8_000 * MS)
+        );
+        let g = t.observe(&row("generate", 10_110, 10_300)).unwrap();
+        assert_eq!((g.kind, g.duration_ns()), (GapKind::Step, 5 * MS));
+    }
+
+    #[test]
+    fn a_wait_answered_before_its_deadline_is_nothing() {
+        let mut t = GapTracker::default();
+        t.observe(&row("parse", 0, 100));
+        t.observe(&placeholder(105, 60_105));
+        assert_eq!(t.observe(&row("DBOS.recv", 104, 3_000)), None);
     }
 
     #[test]

@@ -48,7 +48,8 @@ impl Queries {
         Queries {
             steps: both(
                 "SELECT o.workflow_uuid, o.function_id, o.function_name, o.started_at_epoch_ms,
-                        o.completed_at_epoch_ms, coalesce(w.name, '')
+                        o.completed_at_epoch_ms, coalesce(w.name, ''),
+                        CASE WHEN o.function_name = 'DBOS.sleep' THEN o.output END
                  FROM {s}operation_outputs o LEFT JOIN {s}workflow_status w ON w.workflow_uuid = o.workflow_uuid
                  WHERE o.completed_at_epoch_ms >= ?1 AND o.completed_at_epoch_ms <= ?2
                  ORDER BY o.completed_at_epoch_ms, o.workflow_uuid, o.function_id
@@ -57,7 +58,10 @@ impl Queries {
             open: both(
                 "SELECT w.workflow_uuid, coalesce(w.name, ''), w.created_at,
                         (SELECT max(o.completed_at_epoch_ms) FROM {s}operation_outputs o
-                         WHERE o.workflow_uuid = w.workflow_uuid)
+                         WHERE o.workflow_uuid = w.workflow_uuid),
+                        (SELECT o.output FROM {s}operation_outputs o
+                         WHERE o.workflow_uuid = w.workflow_uuid AND o.function_name = 'DBOS.sleep'
+                         ORDER BY o.function_id DESC LIMIT 1)
                  FROM {s}workflow_status w WHERE w.status = 'PENDING' LIMIT ?1",
             ),
             depth: both(
@@ -88,6 +92,14 @@ impl DbosSource {
             last_dead: None,
         }
     }
+}
+
+/// The deadline a `DBOS.sleep` placeholder holds as its output: epoch seconds as a JSON
+/// number (possibly quoted). Anything else is not a deadline.
+pub fn wait_deadline_ns(output: &Value) -> Option<i64> {
+    let text = output.text();
+    let secs: f64 = text.trim().trim_matches('"').parse().ok()?;
+    (secs.is_finite() && secs > 1e9).then(|| (secs * 1e9) as i64)
 }
 
 fn int(v: &Value) -> i64 {
@@ -129,13 +141,18 @@ impl Source for DbosSource {
             server_clock: clock,
             ..Default::default()
         };
+        // A workflow inside a wait has made progress until the wait's deadline.
         obs.open_workflows = Some(
             open.iter()
-                .map(|r| OpenWorkflow {
-                    workflow_id: r[0].text(),
-                    workflow_name: r[1].text(),
-                    created_ns: int(&r[2]) * MS,
-                    last_progress_ns: r[3].as_i64().map(|ms| ms * MS),
+                .map(|r| {
+                    let completed = r[3].as_i64().map(|ms| ms * MS);
+                    let deadline = wait_deadline_ns(&r[4]);
+                    OpenWorkflow {
+                        workflow_id: r[0].text(),
+                        workflow_name: r[1].text(),
+                        created_ns: int(&r[2]) * MS,
+                        last_progress_ns: completed.max(deadline),
+                    }
                 })
                 .collect(),
         );
@@ -162,6 +179,7 @@ impl Source for DbosSource {
                 step: r[2].text(),
                 started_ns: r[3].as_i64().unwrap_or(completed_ms) * MS,
                 completed_ns: completed_ms * MS,
+                deadline_ns: wait_deadline_ns(&r[6]),
             });
         }
         if self.hwm_ms.is_none() {

@@ -99,6 +99,7 @@ impl Source for JsonlSource {
                                 step: event,
                                 started_ns: at,
                                 completed_ns: at,
+                                deadline_ns: None,
                             });
                         }
                     }

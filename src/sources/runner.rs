@@ -21,7 +21,7 @@ use crate::signals::attribution::{attribute, Cause};
 use crate::signals::cost::CostLedger;
 use crate::signals::episode::{Episode, EpisodeKind};
 use crate::signals::labels::LabelBudget;
-use crate::signals::steps::{is_intended_wait, stalled, GapTracker};
+use crate::signals::steps::{is_intended_wait, stalled, GapKind, GapTracker};
 use crate::state::StateReader;
 use crate::status::{SharedStatus, StalledWorkflow, MAX_LISTED_STALLS};
 
@@ -113,6 +113,7 @@ impl SourceRunner {
             sm.step_gaps_total.with_label_values(&[&name, cause]);
             if self.config.kind == SourceKind::Dbos {
                 sm.stalls_total.with_label_values(&[&name, cause]);
+                sm.wait_overruns_total.with_label_values(&[&name, cause]);
             }
         }
         sm.source_up.with_label_values(&[&name]).set(0.0);
@@ -282,20 +283,32 @@ impl SourceRunner {
                     .observe((row.completed_ns - row.started_ns) as f64 / 1e9);
             }
             if let Some(gap) = d.gaps.observe(row) {
-                let workflow = d.workflows.admit(&gap.workflow_name);
-                sm.step_gap_seconds
-                    .with_label_values(&[name, workflow])
-                    .observe(gap.duration_ns() as f64 / 1e9);
+                let seconds = gap.duration_ns() as f64 / 1e9;
+                let kind = match gap.kind {
+                    GapKind::Step => {
+                        let workflow = d.workflows.admit(&gap.workflow_name);
+                        sm.step_gap_seconds
+                            .with_label_values(&[name, workflow])
+                            .observe(seconds);
+                        EpisodeKind::StepGap
+                    }
+                    GapKind::WaitOverrun => {
+                        sm.wait_overrun_seconds
+                            .with_label_values(&[name])
+                            .observe(seconds);
+                        EpisodeKind::WaitOverrun
+                    }
+                };
                 if gap.duration_ns() >= gap_min {
                     d.unsettled.push(Episode {
                         source: name.to_string(),
-                        kind: EpisodeKind::StepGap,
-                        workflow_id: gap.workflow_id.clone(),
-                        workflow_name: gap.workflow_name.clone(),
-                        from_step: gap.from_step.clone(),
-                        to_step: gap.to_step.clone(),
+                        kind,
+                        workflow_id: gap.workflow_id,
+                        workflow_name: gap.workflow_name,
+                        from_step: gap.from_step,
+                        to_step: gap.to_step,
                         started_at_ns: gap.start_ns,
-                        duration_ns: gap.duration_ns(),
+                        duration_ns: gap.end_ns - gap.start_ns,
                         cause: Cause::Stall,
                     });
                 }
@@ -431,6 +444,7 @@ impl SourceRunner {
             let counter = match episode.kind {
                 EpisodeKind::StepGap => &sm.step_gaps_total,
                 EpisodeKind::Stall => &sm.stalls_total,
+                EpisodeKind::WaitOverrun => &sm.wait_overruns_total,
             };
             counter
                 .with_label_values(&[&episode.source, episode.cause.as_str()])
