@@ -99,7 +99,7 @@ impl DbosSource {
 pub fn wait_deadline_ns(output: &Value) -> Option<i64> {
     let text = output.text();
     let secs: f64 = text.trim().trim_matches('"').parse().ok()?;
-    (secs.is_finite() && secs > 1e9).then(|| (secs * 1e9) as i64)
+    (secs.is_finite() && secs > 1e9).then_some((secs * 1e9) as i64)
 }
 
 fn int(v: &Value) -> i64 {
