@@ -18,7 +18,8 @@ struct Queries {
     attempts: Option<Query>,
     claimed: Option<Query>,
     dead_status: Option<Query>,
-    dead_first: Option<Query>,
+    dead_count: Option<Query>,
+    dead_mark: Option<Query>,
     dead_since: Option<Query>,
 }
 
@@ -50,7 +51,7 @@ impl Queries {
             )),
             attempts: l.attempts_column.as_deref().map(|a| {
                 Query::portable(format!(
-                    "SELECT {queue}, CAST({key} AS TEXT), {a} FROM {table} WHERE {status} IN ({open}) AND {a} > 0 LIMIT {MAX_ROWS_PER_POLL}",
+                    "SELECT {queue}, CAST({key} AS TEXT), {a} FROM {table} WHERE {status} IN ({open}) AND {a} > 0 ORDER BY {key} LIMIT {MAX_ROWS_PER_POLL}",
                     key = q(&l.key_column),
                     a = q(a)
                 ))
@@ -66,16 +67,24 @@ impl Queries {
                 .dead_status
                 .as_ref()
                 .map(|_| Query::portable(format!("SELECT {queue}, count(*) FROM {table} WHERE {status} = ?1 GROUP BY 1"))),
-            dead_first: match (&l.dead_letter_table, &l.dead_letter_time_column) {
-                (Some(dl), Some(c)) => Some(Query::portable(format!("SELECT count(*), max({c}) FROM {dl}", dl = q(dl), c = q(c)))),
+            dead_count: match &l.dead_letter_table {
+                Some(dl) => Some(Query::portable(format!("SELECT count(*) FROM {}", q(dl)))),
+                None => None,
+            },
+            // New dead letters: above the highest rowid seen on SQLite (robust to clock
+            // steps and equal times); above the newest time seen on Postgres.
+            dead_mark: match (&l.dead_letter_table, &l.dead_letter_time_column) {
+                (Some(dl), Some(c)) => Some(Query {
+                    sqlite: format!("SELECT count(*), max(rowid) FROM {}", q(dl)),
+                    postgres: format!("SELECT count(*), max({}) FROM {}", q(c), q(dl)),
+                }),
                 _ => None,
             },
             dead_since: match (&l.dead_letter_table, &l.dead_letter_time_column) {
-                (Some(dl), Some(c)) => Some(Query::portable(format!(
-                    "SELECT count(*), max({c}) FROM {dl} WHERE {c} > ?1",
-                    dl = q(dl),
-                    c = q(c)
-                ))),
+                (Some(dl), Some(c)) => Some(Query {
+                    sqlite: format!("SELECT count(*), max(rowid) FROM {} WHERE rowid > ?1", q(dl)),
+                    postgres: format!("SELECT count(*), max({c}) FROM {dl} WHERE {c} > $1", dl = q(dl), c = q(c)),
+                }),
                 _ => None,
             },
         }
@@ -89,9 +98,8 @@ pub struct QueueTableSource {
     /// Failed attempts of each open row at the last poll, to count new retries.
     attempts: HashMap<String, i64>,
     last_dead_status: Option<HashMap<String, u64>>,
-    /// Newest dead letter time seen (as the database wrote it), once the table was read.
+    /// Newest dead letter seen (rowid on SQLite, time on Postgres), once the table was read.
     dead_hwm: Option<Value>,
-    dead_total: u64,
 }
 
 impl QueueTableSource {
@@ -103,7 +111,6 @@ impl QueueTableSource {
             attempts: HashMap::new(),
             last_dead_status: None,
             dead_hwm: None,
-            dead_total: 0,
         }
     }
 }
@@ -115,7 +122,8 @@ struct Reads {
     attempts: Rows,
     claimed: Rows,
     dead_status: Rows,
-    dead_table: Option<Rows>,
+    /// (dead letters now, (count, mark) above the previous mark).
+    dead_table: Option<(Rows, Rows)>,
     mode: Option<String>,
     clock: Option<crate::freeze::reference::RefSample>,
 }
@@ -153,9 +161,14 @@ impl Source for QueueTableSource {
                 .unwrap_or(Value::Null);
             let dead_status = rows(&qs.dead_status, &[dead])?;
             let dead_table = match &dead_hwm {
-                _ if qs.dead_first.is_none() => None,
-                None | Some(Value::Null) => Some(rows(&qs.dead_first, &[])?),
-                Some(h) => Some(rows(&qs.dead_since, std::slice::from_ref(h))?),
+                _ if qs.dead_count.is_none() => None,
+                None | Some(Value::Null) => {
+                    Some((rows(&qs.dead_count, &[])?, rows(&qs.dead_mark, &[])?))
+                }
+                Some(mark) => Some((
+                    rows(&qs.dead_count, &[])?,
+                    rows(&qs.dead_since, std::slice::from_ref(mark))?,
+                )),
             };
             Ok(Reads {
                 depth,
@@ -203,7 +216,15 @@ impl Source for QueueTableSource {
             }
             seen.insert(key, failed);
         }
-        self.attempts = seen;
+        // A capped read saw only part of the open rows: remember the rest too, or a row
+        // that comes back into the window would count its attempts again.
+        if reads.attempts.len() as i64 >= MAX_ROWS_PER_POLL
+            && self.attempts.len() < 4 * MAX_ROWS_PER_POLL as usize
+        {
+            self.attempts.extend(seen);
+        } else {
+            self.attempts = seen;
+        }
         obs.retries = retries.into_iter().collect();
         obs.retries.sort();
 
@@ -250,19 +271,22 @@ impl Source for QueueTableSource {
             }
             self.last_dead_status = Some(now);
         }
-        if let Some(rows) = reads.dead_table {
-            let (n, max) = rows
+        if let Some((now, since)) = reads.dead_table {
+            let current = now.first().map_or(0, |r| count(&r[0]));
+            let (above, mark) = since
                 .first()
                 .map_or((0, Value::Null), |r| (count(&r[0]), r[1].clone()));
-            let first = self.dead_hwm.is_none();
-            let new = if first { 0 } else { n };
-            self.dead_total = if first { n } else { self.dead_total + n };
-            if !max.is_null() || first {
-                self.dead_hwm = Some(max);
+            // The first read only sets the mark; an empty table's first rows are all new.
+            let new = match &self.dead_hwm {
+                None => 0,
+                Some(_) => above,
+            };
+            if !mark.is_null() || self.dead_hwm.is_none() {
+                self.dead_hwm = Some(mark);
             }
             obs.dead_letters.push(DeadLetters {
                 queue: String::new(),
-                current: self.dead_total,
+                current,
                 new,
             });
         }

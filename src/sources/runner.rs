@@ -116,6 +116,18 @@ impl SourceRunner {
                 sm.wait_overruns_total.with_label_values(&[&name, cause]);
             }
         }
+        if let crate::config::SourceDetail::QueueTable(layout) = &self.config.detail {
+            // Without a queue column every series has queue="": start them at 0 so the
+            // first increase() sees the first retry and dead letter.
+            if layout.queue_column.is_none() {
+                if layout.attempts_column.is_some() {
+                    sm.job_retries_total.with_label_values(&[&name, ""]);
+                }
+                if layout.dead_status.is_some() || layout.dead_letter_table.is_some() {
+                    sm.dead_letters_total.with_label_values(&[&name, ""]);
+                }
+            }
+        }
         sm.source_up.with_label_values(&[&name]).set(0.0);
         if let Some(cap) = self.config.cost_cap_usd {
             sm.cost_cap_usd.with_label_values(&[&name]).set(cap);

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
 use rusqlite::types::ValueRef;
@@ -151,6 +152,15 @@ fn open(path: &Path) -> Result<Connection, SourceError> {
         .map_err(|e| classify(path, e))?;
     conn.pragma_update(None, "query_only", true)
         .map_err(|e| classify(path, e))?;
+    // A "quoted" name that matches no column must be an error, not a string literal:
+    // otherwise a missing status column silently reads as an empty queue.
+    for setting in [
+        DbConfig::SQLITE_DBCONFIG_DQS_DML,
+        DbConfig::SQLITE_DBCONFIG_DQS_DDL,
+    ] {
+        conn.set_db_config(setting, false)
+            .map_err(|e| classify(path, e))?;
+    }
     // Reading the schema proves it is a database at all.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| {
         r.get::<_, i64>(0)
