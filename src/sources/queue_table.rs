@@ -67,10 +67,10 @@ impl Queries {
                 .dead_status
                 .as_ref()
                 .map(|_| Query::portable(format!("SELECT {queue}, count(*) FROM {table} WHERE {status} = ?1 GROUP BY 1"))),
-            dead_count: match &l.dead_letter_table {
-                Some(dl) => Some(Query::portable(format!("SELECT count(*) FROM {}", q(dl)))),
-                None => None,
-            },
+            dead_count: l
+                .dead_letter_table
+                .as_ref()
+                .map(|dl| Query::portable(format!("SELECT count(*) FROM {}", q(dl)))),
             // New dead letters: above the highest rowid seen on SQLite (robust to clock
             // steps and equal times); above the newest time seen on Postgres.
             dead_mark: match (&l.dead_letter_table, &l.dead_letter_time_column) {
