@@ -52,7 +52,9 @@ pub fn read_clocks() -> ClockReading {
 }
 
 /// Sleeps until CLOCK_MONOTONIC reaches `deadline_ns` (an absolute deadline, so time
-/// spent working between sleeps does not accumulate as drift).
+/// spent working between sleeps does not accumulate as drift). If the absolute sleep
+/// fails (an LD_PRELOAD clock faker can hand the kernel an invalid time), falls back to a
+/// relative sleep for the time left, so the loop never spins.
 pub fn sleep_until_mono(deadline_ns: i64) {
     let ts = libc::timespec {
         tv_sec: deadline_ns.div_euclid(NANOS_PER_SEC),
@@ -68,8 +70,16 @@ pub fn sleep_until_mono(deadline_ns: i64) {
                 std::ptr::null_mut(),
             )
         };
-        if rc != libc::EINTR {
-            return;
+        match rc {
+            0 => return,
+            libc::EINTR => continue,
+            _ => {
+                let left = deadline_ns - mono_ns();
+                if left > 0 {
+                    std::thread::sleep(std::time::Duration::from_nanos(left as u64));
+                }
+                return;
+            }
         }
     }
 }

@@ -65,6 +65,14 @@ pub fn run(config: Config, started: ClockReading) -> Result<(), StartError> {
 
 async fn serve(config: Config, started: ClockReading) -> Result<(), StartError> {
     let db = StateDb::open(&config.data_dir)?;
+    // Bind before recording anything: a start refused for a taken port must not log the
+    // downtime, nor replace the last heartbeat (the next start would see a phantom restart).
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| StartError::Listen {
+            addr: config.listen,
+            reason: e.to_string().to_lowercase(),
+        })?;
     let boot_id = clock::boot_id().map_err(|e| StartError::BootId {
         reason: e.to_string(),
     })?;
@@ -148,12 +156,6 @@ async fn serve(config: Config, started: ClockReading) -> Result<(), StartError> 
         clean: false,
     })?;
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| StartError::Listen {
-            addr: config.listen,
-            reason: e.to_string().to_lowercase(),
-        })?;
     let reader = StateReader::open(db.path())?;
     let source_readers = config
         .sources

@@ -148,7 +148,9 @@ impl Detector {
 
         // A suspend moves REALTIME − MONOTONIC too; only what it does not explain is a step.
         let wall_moved = (now.real_ns - now.mono_ns) - (prev.real_ns - prev.mono_ns);
-        let step = wall_moved - suspended.max(0);
+        // Signed: without a suspend, `suspended` is read noise around zero, and clipping
+        // it would bias the drift sum by its positive half every tick.
+        let step = wall_moved - suspended;
         if step.abs() >= self.cfg.wall_step_ns {
             report.wall_step_ns = Some(step);
             self.steps.push(Pending {
