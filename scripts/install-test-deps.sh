@@ -25,3 +25,6 @@ fi
 
 # The Debian kernel the VM test boots (cached under target/vm).
 bash scripts/vm-kernel.sh >/dev/null
+
+# The Python venv with the pinned dbos that tests/dbos_sqlite.rs runs its app in (target/dbos-venv).
+bash scripts/dbos-venv.sh >/dev/null

@@ -1,0 +1,228 @@
+//! Issue 3: every start-up problem an operator can cause ends the process with exit
+//! code 2 and ONE line on stderr that names the thing and the problem (STYLE.md, house
+//! rule 4) — and touches nothing on the way out. `check-config` agrees with `run`.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+
+use common::{free_port, run_to_exit, Finished};
+
+/// `stallwatch run` with a config file (if any) and data dir, on a free port.
+fn run(config: Option<&Path>, data_dir: &Path) -> Finished {
+    run_on(config, data_dir, free_port())
+}
+
+fn run_on(config: Option<&Path>, data_dir: &Path, port: u16) -> Finished {
+    let mut args = vec![
+        "run".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+    ];
+    if let Some(c) = config {
+        args.push("--config".into());
+        args.push(c.display().to_string());
+    }
+    run_to_exit(args)
+}
+
+/// Asserts exit 2 and exactly one stderr line containing every one of `needles`;
+/// returns the line.
+#[track_caller]
+fn assert_refused(out: &Finished, needles: &[&str]) -> String {
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "expected exit 2, got {}\nstderr:\n{}",
+        out.status,
+        out.stderr
+    );
+    let lines = out.stderr_lines();
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected ONE line on stderr, got {}:\n{}",
+        lines.len(),
+        out.stderr
+    );
+    let line = lines[0];
+    for needle in needles {
+        assert!(
+            line.contains(needle),
+            "{line:?} does not mention {needle:?}"
+        );
+    }
+    assert!(out.stdout.is_empty(), "stdout: {:?}", out.stdout);
+    line.to_string()
+}
+
+/// A scratch dir with `config.toml` holding `text`.
+fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+/// Runs `check-config` and `run` on the same bad config: both refuse with one line that
+/// names the file and all of `needles`, and `run` creates no data dir.
+#[track_caller]
+fn assert_bad_config(text: &str, needles: &[&str]) {
+    let (dir, path) = config_file(text);
+    let file = path.display().to_string();
+    let mut with_file = needles.to_vec();
+    with_file.push(&file);
+
+    let checked = run_to_exit(["check-config".as_ref(), path.as_os_str()]);
+    let line = assert_refused(&checked, &with_file);
+    let data = dir.path().join("data");
+    let ran = run(Some(&path), &data);
+    assert_eq!(
+        assert_refused(&ran, &with_file),
+        line,
+        "run and check-config disagree"
+    );
+    assert!(!data.exists(), "a bad config must not create the data dir");
+}
+
+#[test]
+fn unknown_key_names_the_key_and_the_file() {
+    assert_bad_config(
+        "[freeze]\ntik = \"250ms\"\n",
+        &["freeze.tik", "not a known setting"],
+    );
+    assert_bad_config("colour = \"red\"\n", &["colour", "not a known setting"]);
+}
+
+#[test]
+fn bad_duration_names_the_key_and_the_value() {
+    assert_bad_config("[freeze]\ntick = \"fast\"\n", &["freeze.tick", "\"fast\""]);
+    assert_bad_config(
+        "[freeze]\nmin = \"2 parsecs\"\n",
+        &["freeze.min", "2 parsecs"],
+    );
+}
+
+#[test]
+fn unreadable_config_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("does-not-exist.toml");
+    let needles = [
+        "cannot read config file",
+        missing.to_str().unwrap(),
+        "no such file",
+    ];
+    assert_refused(
+        &run_to_exit(["check-config".as_ref(), missing.as_os_str()]),
+        &needles,
+    );
+    assert_refused(&run(Some(&missing), &dir.path().join("data")), &needles);
+    // A directory where a file should be.
+    let d = dir.path().display().to_string();
+    assert_refused(
+        &run(Some(dir.path()), &dir.path().join("data")),
+        &["cannot read config file", &d],
+    );
+}
+
+#[test]
+fn data_dir_under_a_regular_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let data = file.join("data");
+    assert_refused(
+        &run(None, &data),
+        &["data directory", data.to_str().unwrap()],
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"not a directory");
+}
+
+#[test]
+fn data_dir_under_proc_is_refused() {
+    // Tests run as root, so chmod 0555 would not stop the sidecar; /proc refuses root too.
+    let data = PathBuf::from(format!("/proc/stallwatch-test-{}/data", std::process::id()));
+    assert_refused(
+        &run(None, &data),
+        &["data directory", data.to_str().unwrap()],
+    );
+}
+
+#[test]
+fn corrupt_state_db_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let db = data.join("stallwatch.sqlite");
+    // Not SQLite: 16 KiB of a repeating non-header pattern.
+    let garbage: Vec<u8> = (0..16 * 1024u32).map(|i| (i * 7 + 13) as u8).collect();
+    std::fs::write(&db, &garbage).unwrap();
+    let before = std::fs::metadata(&db).unwrap().modified().unwrap();
+
+    let line = assert_refused(&run(None, &data), &[db.to_str().unwrap(), "corrupt"]);
+    assert!(
+        std::fs::read(&db).unwrap() == garbage,
+        "the corrupt state DB was modified ({line})"
+    );
+    assert_eq!(std::fs::metadata(&db).unwrap().modified().unwrap(), before);
+    let mut names: Vec<String> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec!["stallwatch.sqlite"],
+        "nothing may be added next to a corrupt state DB"
+    );
+}
+
+#[test]
+fn port_already_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    assert_refused(
+        &run_on(None, &dir.path().join("data"), port),
+        &["cannot listen", &addr, "in use"],
+    );
+}
+
+#[test]
+fn check_config_accepts_a_valid_file_and_the_shipped_example() {
+    let (_dir, path) = config_file(
+        r#"
+listen = "127.0.0.1:9847"
+data_dir = "/var/lib/stallwatch"
+log_format = "json"
+
+[freeze]
+tick = "100ms"
+min = "3s"
+wall_step = "500ms"
+reference_interval = "5s"
+references = ["rtc", "sntp:127.0.0.1:123", "http_date:http://127.0.0.1:8080/"]
+"#,
+    );
+    let mut files = vec![path];
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/stallwatch.toml");
+    if example.exists() {
+        files.push(example);
+    }
+    for file in files {
+        let out = run_to_exit(["check-config".as_ref(), file.as_os_str()]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "check-config {} failed:\n{}",
+            file.display(),
+            out.stderr
+        );
+        assert!(out.stdout.contains("valid"), "stdout: {:?}", out.stdout);
+        assert!(out.stderr.is_empty(), "stderr: {:?}", out.stderr);
+    }
+}
