@@ -455,6 +455,15 @@ pub(super) fn validate(
                     "must name at least one numeric column of the query".into(),
                 ));
             }
+            // One statement only: the source wraps the query in a read-only SELECT, and a
+            // second statement would run outside it. A trailing ';' is just dropped.
+            let query = query.trim().trim_end_matches(';').trim_end().to_string();
+            if query.contains(';') {
+                return Err((
+                    key("query"),
+                    "must be a single statement without ';' (it runs wrapped in a read-only SELECT)".into(),
+                ));
+            }
             let labels = raw.labels.clone().unwrap_or_default();
             sql_columns(&values, &labels, taken).map_err(|(k, p)| (key(k), p))?;
             SourceDetail::Sql {
@@ -693,6 +702,18 @@ mod tests {
             "{}",
             parse(&clash).unwrap_err()
         );
+    }
+
+    #[test]
+    fn sql_query_is_one_statement() {
+        let base = "[[source]]\nname = \"a\"\nkind = \"sql\"\nurl = \"x.db\"\nvalues = [\"n\"]\n";
+        let c = parse(&format!("{base}query = \"SELECT 1 AS n; \"\n")).unwrap();
+        let SourceDetail::Sql { query, .. } = &c.sources[0].detail else {
+            panic!()
+        };
+        assert_eq!(query, "SELECT 1 AS n");
+        let stacked = format!("{base}query = \"SELECT 1 AS n) AS x; BEGIN READ WRITE; DELETE FROM t; SELECT * FROM (SELECT 1 AS n\"\n");
+        assert!(parse(&stacked).unwrap_err().contains("single statement"));
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub struct Observation {
 pub struct SourceError {
     pub kind: ErrorKind,
     pub message: String,
+    /// The source did not try this poll (it is backing off after `message`): not a new
+    /// failure to count or log.
+    pub backing_off: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +87,7 @@ pub enum ErrorKind {
     NotADatabase,
     Schema,
     Locked,
+    Timeout,
     Permission,
     Corrupt,
     Io,
@@ -91,11 +95,12 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 8] = [
+    pub const ALL: [ErrorKind; 9] = [
         ErrorKind::Missing,
         ErrorKind::NotADatabase,
         ErrorKind::Schema,
         ErrorKind::Locked,
+        ErrorKind::Timeout,
         ErrorKind::Permission,
         ErrorKind::Corrupt,
         ErrorKind::Io,
@@ -108,6 +113,7 @@ impl ErrorKind {
             ErrorKind::NotADatabase => "not_a_database",
             ErrorKind::Schema => "schema",
             ErrorKind::Locked => "locked",
+            ErrorKind::Timeout => "timeout",
             ErrorKind::Permission => "permission",
             ErrorKind::Corrupt => "corrupt",
             ErrorKind::Io => "io",
@@ -121,6 +127,7 @@ impl SourceError {
         SourceError {
             kind,
             message: message.into(),
+            backing_off: false,
         }
     }
 }

@@ -36,20 +36,24 @@ pub const RECONNECT_MIN: Duration = Duration::from_secs(1);
 pub const RECONNECT_MAX: Duration = Duration::from_secs(60);
 
 /// How TLS is used, from `sslmode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tls {
     Disable,
     Prefer,
     Require,
-    VerifyFull,
+    /// Check the certificate and host name: against `sslrootcert` if the URL names one
+    /// (libpq's meaning: only that CA), else against the Mozilla roots.
+    VerifyFull(Option<std::path::PathBuf>),
 }
 
-/// Splits `sslmode` off a URL (the driver does not know the verify modes).
+/// Splits `sslmode` and `sslrootcert` off a URL (the driver knows neither the verify
+/// modes nor a root certificate file).
 pub fn split_sslmode(url: &str) -> Result<(String, Tls), String> {
     let Some((base, query)) = url.split_once('?') else {
         return Ok((url.to_string(), Tls::Prefer));
     };
     let mut tls = Tls::Prefer;
+    let mut root_cert = None;
     let mut kept = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
@@ -58,12 +62,18 @@ pub fn split_sslmode(url: &str) -> Result<(String, Tls), String> {
                     "disable" => Tls::Disable,
                     "allow" | "prefer" => Tls::Prefer,
                     "require" => Tls::Require,
-                    "verify-ca" | "verify-full" => Tls::VerifyFull,
+                    "verify-ca" | "verify-full" => Tls::VerifyFull(None),
                     other => return Err(format!("sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full")),
                 }
             }
+            Some(("sslrootcert", path)) => root_cert = Some(std::path::PathBuf::from(path)),
             _ => kept.push(pair),
         }
+    }
+    if let Tls::VerifyFull(root) = &mut tls {
+        *root = root_cert;
+    } else if root_cert.is_some() {
+        return Err("sslrootcert is only used with sslmode=verify-ca or verify-full".into());
     }
     let url = if kept.is_empty() {
         base.to_string()
@@ -79,6 +89,7 @@ pub struct PgReader {
     client: Option<Client>,
     failures: u32,
     retry_at: Option<Instant>,
+    last_error: Option<SourceError>,
 }
 
 impl PgReader {
@@ -90,6 +101,7 @@ impl PgReader {
             client: None,
             failures: 0,
             retry_at: None,
+            last_error: None,
         }
     }
 
@@ -98,22 +110,18 @@ impl PgReader {
         f: impl FnOnce(&mut dyn Session) -> Result<T, SourceError>,
     ) -> Result<T, SourceError> {
         if self.client.is_none() {
-            if let Some(at) = self.retry_at {
+            if let (Some(at), Some(last)) = (self.retry_at, &self.last_error) {
                 if Instant::now() < at {
-                    return Err(SourceError::new(
-                        ErrorKind::Io,
-                        format!(
-                            "{}: waiting {:.0?} before reconnecting",
-                            self.shown,
-                            at - Instant::now()
-                        ),
-                    ));
+                    return Err(SourceError {
+                        backing_off: true,
+                        ..last.clone()
+                    });
                 }
             }
             match self.connect() {
                 Ok(client) => self.client = Some(client),
                 Err(e) => {
-                    self.failed();
+                    self.failed(&e);
                     return Err(e);
                 }
             }
@@ -127,21 +135,24 @@ impl PgReader {
             Ok(_) => {
                 self.failures = 0;
                 self.retry_at = None;
+                self.last_error = None;
             }
-            Err(_) => {
+            Err(e) => {
                 self.client = None;
-                self.failed();
+                self.failed(e);
             }
         }
         result
     }
 
-    fn failed(&mut self) {
-        self.failures = self.failures.saturating_add(1);
+    /// Remembers a failure and when to try again: 1 s, 2 s, 4 s … up to 60 s.
+    fn failed(&mut self, e: &SourceError) {
         let wait = RECONNECT_MIN
             .saturating_mul(1 << self.failures.min(6))
             .min(RECONNECT_MAX);
+        self.failures = self.failures.saturating_add(1);
         self.retry_at = Some(Instant::now() + wait);
+        self.last_error = Some(e.clone());
     }
 
     fn connect(&self) -> Result<Client, SourceError> {
@@ -166,11 +177,13 @@ impl PgReader {
                 } else {
                     SslMode::Require
                 });
-                config.connect(tls_connector(false))
+                config.connect(tls_connector(None))
             }
-            Tls::VerifyFull => {
+            Tls::VerifyFull(root) => {
                 config.ssl_mode(SslMode::Require);
-                config.connect(tls_connector(true))
+                let roots = trusted_roots(root.as_deref())
+                    .map_err(|m| SourceError::new(ErrorKind::Io, format!("{}: {m}", self.shown)))?;
+                config.connect(tls_connector(Some(roots)))
             }
         };
         let mut client = connected.map_err(|e| self.error(e))?;
@@ -192,10 +205,20 @@ impl PgReader {
 /// Classifies a Postgres error by SQLSTATE into a source error naming the (redacted) URL.
 pub fn classify(shown: &str, e: postgres::Error) -> SourceError {
     use postgres::error::SqlState;
-    let detail = e
-        .as_db_error()
-        .map(|d| d.message().to_string())
-        .unwrap_or_else(|| e.to_string());
+    let detail = match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        // The driver's Display names only the kind of failure; the cause is in the chain.
+        None => {
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text.push_str(": ");
+                text.push_str(&c.to_string());
+                cause = c.source();
+            }
+            text
+        }
+    };
     let kind = match e.code() {
         Some(c)
             if *c == SqlState::UNDEFINED_TABLE
@@ -212,9 +235,8 @@ pub fn classify(shown: &str, e: postgres::Error) -> SourceError {
             ErrorKind::Permission
         }
         Some(c) if *c == SqlState::INVALID_CATALOG_NAME => ErrorKind::Missing,
-        Some(c) if *c == SqlState::QUERY_CANCELED || *c == SqlState::LOCK_NOT_AVAILABLE => {
-            ErrorKind::Locked
-        }
+        Some(c) if *c == SqlState::QUERY_CANCELED => ErrorKind::Timeout,
+        Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE => ErrorKind::Locked,
         Some(_) => ErrorKind::Query,
         None => ErrorKind::Io,
     };
@@ -235,7 +257,8 @@ fn inline(sql: &str, params: &[Value]) -> String {
             Value::Null => "NULL".to_string(),
             Value::Int(n) => n.to_string(),
             Value::Real(f) => format!("{f:?}"),
-            Value::Text(t) => format!("'{}'", t.replace('\'', "''")),
+            // E'' reads backslashes the same whatever standard_conforming_strings says.
+            Value::Text(t) => format!("E'{}'", t.replace('\\', "\\\\").replace('\'', "''")),
         };
         out = out.replace(&format!("${}", i + 1), &literal);
     }
@@ -287,22 +310,50 @@ impl Session for PgSession<'_> {
     }
 }
 
-/// A rustls connector; `verify` checks the certificate against the Mozilla roots.
-fn tls_connector(verify: bool) -> tokio_postgres_rustls::MakeRustlsConnect {
+/// The CAs a verifying connection trusts: the PEM file given, else the Mozilla roots.
+fn trusted_roots(file: Option<&std::path::Path>) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::pem::PemObject;
+    let Some(file) = file else {
+        return Ok(rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        });
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(file)
+        .map_err(|e| format!("cannot read sslrootcert {}: {e}", file.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| {
+            format!(
+                "sslrootcert {} is not a PEM certificate file: {e}",
+                file.display()
+            )
+        })?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("sslrootcert {}: {e}", file.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "sslrootcert {} holds no certificate",
+            file.display()
+        ));
+    }
+    Ok(roots)
+}
+
+/// A rustls connector: checking the certificate against `roots`, or, without roots,
+/// accepting any certificate (libpq's `prefer`/`require`).
+fn tls_connector(roots: Option<rustls::RootCertStore>) -> tokio_postgres_rustls::MakeRustlsConnect {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions");
-    let config = if verify {
-        let roots = rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        builder.with_root_certificates(roots).with_no_client_auth()
-    } else {
-        builder
+    let config = match roots {
+        Some(roots) => builder.with_root_certificates(roots).with_no_client_auth(),
+        None => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth()
+            .with_no_client_auth(),
     };
     tokio_postgres_rustls::MakeRustlsConnect::new(config)
 }
@@ -379,10 +430,22 @@ mod tests {
             split_sslmode("postgresql://h/db?sslmode=verify-full")
                 .unwrap()
                 .1,
-            Tls::VerifyFull
+            Tls::VerifyFull(None)
         );
         assert_eq!(split_sslmode("postgresql://h/db").unwrap().1, Tls::Prefer);
         assert!(split_sslmode("postgresql://h/db?sslmode=maybe").is_err());
+        let (url, tls) =
+            split_sslmode("postgresql://h/db?sslrootcert=/etc/ca.pem&sslmode=verify-full").unwrap();
+        assert_eq!(
+            (url.as_str(), tls),
+            (
+                "postgresql://h/db",
+                Tls::VerifyFull(Some("/etc/ca.pem".into()))
+            )
+        );
+        assert!(
+            split_sslmode("postgresql://h/db?sslrootcert=/etc/ca.pem&sslmode=require").is_err()
+        );
     }
 
     #[test]
@@ -402,6 +465,10 @@ mod tests {
                 Value::Real(1.5),
             ],
         );
-        assert_eq!(sql, "SELECT 5, 'it''s', 1.5");
+        assert_eq!(sql, "SELECT 5, E'it''s', 1.5");
+        assert_eq!(
+            inline("$1", &[Value::Text("a\\' OR 1=1 --".into())]),
+            "E'a\\\\'' OR 1=1 --'"
+        );
     }
 }

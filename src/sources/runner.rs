@@ -168,6 +168,9 @@ impl SourceRunner {
                     s.last_error = None;
                     s.last_poll_seconds = elapsed;
                 }
+                // A source backing off reports its last failure again: nothing new to
+                // count, log or show.
+                Err(e) if e.backing_off => {}
                 Err(e) => {
                     self.send_clock(Err(e.message.clone()));
                     self.failed(&mut d, e);
