@@ -12,6 +12,9 @@ use prometheus::{
 use crate::freeze::downtime::DowntimeReason;
 use crate::freeze::FreezeKind;
 
+/// The bounded internal queues whose drops `stallwatch_dropped_total{queue}` counts.
+pub const DROP_QUEUES: [&str; 3] = ["state_events", "state_episodes", "reference_samples"];
+
 /// Buckets for tick overruns: from scheduler noise (1 ms) to a long stall (60 s).
 const OVERRUN_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
@@ -296,6 +299,10 @@ impl Metrics {
         }
         for name in references {
             m.reference_up.with_label_values(&[name]).set(0.0);
+        }
+        // Known queues start at 0, so increase() sees the first drop.
+        for queue in DROP_QUEUES {
+            m.dropped_total.with_label_values(&[queue]);
         }
         let r = &m.registry;
         r.register(Box::new(m.freezes_total.clone()))

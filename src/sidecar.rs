@@ -36,6 +36,20 @@ pub const SETTLE_MARGIN_NS: i64 = 2_000_000_000;
 /// Timeout of one HTTP `Date` reference request.
 pub const HTTP_REFERENCE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// With the default references, a machine without an RTC (containers, Firecracker) would
+/// show `rtc` down forever: leave it out there. Returns whether it was left out.
+fn drop_absent_default_rtc(config: &mut Config) -> bool {
+    let rtc = std::path::Path::new(references::rtc::RTC_SINCE_EPOCH);
+    let drop = config.freeze.references_defaulted && !rtc.exists();
+    if drop {
+        config
+            .freeze
+            .references
+            .retain(|r| *r != ReferenceSpec::Rtc);
+    }
+    drop
+}
+
 /// The reference name of a Postgres source's server clock.
 pub fn database_clock_name(source: &str) -> String {
     format!("postgres:{source}")
@@ -63,7 +77,8 @@ pub fn run(config: Config, started: ClockReading) -> Result<(), StartError> {
     runtime.block_on(serve(config, started))
 }
 
-async fn serve(config: Config, started: ClockReading) -> Result<(), StartError> {
+async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartError> {
+    let no_rtc = drop_absent_default_rtc(&mut config);
     let db = StateDb::open(&config.data_dir)?;
     // Bind before recording anything: a start refused for a taken port must not log the
     // downtime, nor replace the last heartbeat (the next start would see a phantom restart).
@@ -231,6 +246,13 @@ async fn serve(config: Config, started: ClockReading) -> Result<(), StartError> 
         sources = config.sources.len(),
         "stallwatch running"
     );
+    if no_rtc {
+        tracing::info!(
+            path = references::rtc::RTC_SINCE_EPOCH,
+            "no RTC on this machine: a full VM pause is invisible without a reference clock; \
+             configure freeze.references (sntp:, http_date:) or watch a Postgres source"
+        );
+    }
 
     let app = http::router(AppState {
         metrics,

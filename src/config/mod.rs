@@ -58,6 +58,9 @@ pub struct FreezeConfig {
     pub wall_step: Duration,
     pub reference_interval: Duration,
     pub references: Vec<ReferenceSpec>,
+    /// The references are the default (not written in the file): the RTC is then used
+    /// only where the machine has one, instead of reporting it down forever.
+    pub references_defaulted: bool,
 }
 
 /// A clock that keeps running while this machine is stopped.
@@ -214,6 +217,7 @@ impl Config {
                 wall_step: DEFAULT_WALL_STEP,
                 reference_interval: DEFAULT_REFERENCE_INTERVAL,
                 references: vec![ReferenceSpec::Rtc],
+                references_defaulted: true,
             },
             sources: Vec::new(),
         }
@@ -322,6 +326,7 @@ impl Config {
             freeze.reference_interval = interval;
         }
         if let Some(refs) = f.references {
+            freeze.references_defaulted = false;
             freeze.references = Vec::with_capacity(refs.len());
             for (i, text) in refs.iter().enumerate() {
                 let spec = ReferenceSpec::parse(text).map_err(|problem| {

@@ -116,6 +116,20 @@ impl SourceRunner {
                 sm.wait_overruns_total.with_label_values(&[&name, cause]);
             }
         }
+        if self.config.kind == SourceKind::Dbos {
+            sm.wait_overrun_seconds.with_label_values(&[&name]);
+        }
+        // The labels this kind can overflow start at 0, so increase() sees the first.
+        let capped: &[&str] = match self.config.kind {
+            SourceKind::Dbos => &["queue", "step", "workflow"],
+            SourceKind::Jsonl => &["step", "workflow"],
+            SourceKind::QueueTable => &["queue"],
+            SourceKind::Sql => &["sql_series"],
+        };
+        for label in capped {
+            sm.label_overflow_total
+                .with_label_values(&[name.as_str(), label]);
+        }
         if let crate::config::SourceDetail::QueueTable(layout) = &self.config.detail {
             // Without a queue column every series has queue="": start them at 0 so the
             // first increase() sees the first retry and dead letter.
