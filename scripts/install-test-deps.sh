@@ -10,6 +10,10 @@ packages=(
   prometheus            # promtool check metrics on real /metrics output
   qemu-system-x86       # tests/vm_pause.rs: a real full-VM pause under TCG
   busybox-static        # the VM test's initramfs
+  prometheus-alertmanager  # tests/ecosystem_*: amtool check-config, the end-to-end alert route
+  docker-compose        # tests/ecosystem_deploy.rs: `docker-compose config` on deploy/ (no engine needed)
+  python3-yaml          # tests/ecosystem_*: reading rules and manifests
+  systemd               # tests/ecosystem_deploy.rs: systemd-analyze verify on the unit
 )
 
 missing=()
