@@ -62,6 +62,9 @@ pub struct SourceMetrics {
     pub stalls_total: IntCounterVec,
     pub wait_overruns_total: IntCounterVec,
     pub wait_overrun_seconds: HistogramVec,
+    pub waits_overdue: GaugeVec,
+    pub dbos_recovery_attempts_max: GaugeVec,
+    pub queue_blocked: GaugeVec,
     pub stalled_workflows: GaugeVec,
     pub cost_usd_today: GaugeVec,
     pub cost_cap_usd: GaugeVec,
@@ -162,6 +165,21 @@ impl SourceMetrics {
                 "wait_overrun_seconds",
                 "How far past its deadline each intended wait (DBOS.recv) ended.",
                 &["source"],
+            ),
+            waits_overdue: gauge(
+                "waits_overdue",
+                "Workflows inside an intended wait whose deadline has passed, right now.",
+                &["source"],
+            ),
+            dbos_recovery_attempts_max: gauge(
+                "dbos_recovery_attempts_max",
+                "Highest recovery_attempts of an open DBOS workflow; climbing with each restart is a crash loop.",
+                &["source"],
+            ),
+            queue_blocked: gauge(
+                "queue_blocked",
+                "1 when every running workflow of the queue has stalled while others wait in it.",
+                &["source", "queue"],
             ),
             stalled_workflows: gauge(
                 "stalled_workflows",

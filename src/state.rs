@@ -278,8 +278,10 @@ impl StateDb {
 }
 
 impl StateDb {
-    /// Stores an episode; one already stored (same source, kind, workflow and start, as
-    /// after a restart re-reads history) is left as it is. Returns whether it was new.
+    /// Stores an episode, or updates the one with the same source, kind, workflow and start
+    /// (a wait overrun recorded while it was still going on, or history re-read after a
+    /// restart): the longer duration and the latest attribution win. Returns whether a
+    /// row was written.
     pub fn insert_episode(&self, e: &Episode, detected_at_ns: i64) -> Result<bool, StateError> {
         let freeze_id = match e.cause {
             Cause::Freeze { freeze_id } => Some(freeze_id),
@@ -287,9 +289,15 @@ impl StateDb {
         };
         self.conn
             .execute(
-                "INSERT OR IGNORE INTO episode (source, kind, workflow_id, workflow_name, from_step, to_step,
+                "INSERT INTO episode (source, kind, workflow_id, workflow_name, from_step, to_step,
                      started_at_ns, duration_ns, cause, freeze_id, detected_at_ns)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT (source, kind, workflow_id, started_at_ns) DO UPDATE SET
+                     duration_ns = max(duration_ns, excluded.duration_ns),
+                     to_step = CASE WHEN excluded.to_step != '' THEN excluded.to_step ELSE to_step END,
+                     from_step = CASE WHEN excluded.to_step != '' THEN excluded.from_step ELSE from_step END,
+                     cause = excluded.cause,
+                     freeze_id = excluded.freeze_id",
                 params![
                     e.source,
                     e.kind.as_str(),

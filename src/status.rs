@@ -54,6 +54,19 @@ pub struct SourceStatus {
     pub last_poll_seconds: f64,
     /// Up to [`MAX_LISTED_STALLS`] stalled workflows: id, name, idle seconds.
     pub stalled: Vec<StalledWorkflow>,
+    /// Queues held up by a stalled running workflow, with the workflow named.
+    pub blocked_queues: Vec<BlockedQueueStatus>,
+    /// Highest `recovery_attempts` of an open DBOS workflow: climbing means a crash loop.
+    pub recovery_attempts_max: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockedQueueStatus {
+    pub queue: String,
+    pub blocking_workflow_id: String,
+    pub blocking_workflow_name: String,
+    pub idle_seconds: f64,
+    pub waiting: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

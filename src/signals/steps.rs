@@ -153,17 +153,80 @@ impl GapTracker {
 pub struct OpenWorkflow {
     pub workflow_id: String,
     pub workflow_name: String,
+    /// The queue it runs on ("" when it was not enqueued).
+    pub queue: String,
     pub created_ns: i64,
-    /// End of its latest completed row (for a `DBOS.sleep`, the planned wake: may be in the future).
-    pub last_progress_ns: Option<i64>,
+    /// End of its latest completed row.
+    pub last_completed_ns: Option<i64>,
+    /// Deadline of its latest wait (from the `DBOS.sleep` placeholder), if it has waited.
+    pub wait_deadline_ns: Option<i64>,
+    /// How many times the app has recovered it after a crash.
+    pub recovery_attempts: i64,
 }
 
 impl OpenWorkflow {
+    /// Its last progress: the latest completed row, or the deadline of a wait it is in
+    /// (a workflow inside a wait is making progress until the deadline).
+    pub fn last_progress_ns(&self) -> Option<i64> {
+        self.last_completed_ns.max(self.wait_deadline_ns)
+    }
+
+    /// How far past its wait's deadline it is, if it is still inside that wait (nothing
+    /// completed after the deadline) at `now_ns`.
+    pub fn overdue_ns(&self, now_ns: i64) -> Option<i64> {
+        let deadline = self.wait_deadline_ns?;
+        let still_waiting = self.last_completed_ns.is_none_or(|c| c <= deadline);
+        (still_waiting && now_ns > deadline).then_some(now_ns - deadline)
+    }
+
     /// Since when it has made no progress.
     pub fn idle_since_ns(&self) -> i64 {
-        self.last_progress_ns
+        self.last_progress_ns()
             .map_or(self.created_ns, |p| p.max(self.created_ns))
     }
+}
+
+/// A queue whose running workflows have all made no progress for `stall_after` while
+/// others wait behind them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockedQueue {
+    pub queue: String,
+    /// The running workflow idle the longest: the one holding the queue.
+    pub blocking_workflow_id: String,
+    pub blocking_workflow_name: String,
+    pub idle_since_ns: i64,
+    pub waiting: u64,
+}
+
+/// Queues (by name) with `enqueued` workflows waiting whose every open (running)
+/// workflow is stalled. A queue with no running workflow is not blocked by one.
+pub fn blocked_queues(
+    open: &[OpenWorkflow],
+    enqueued: &[(String, u64)],
+    now_ns: i64,
+    stall_after_ns: i64,
+) -> Vec<BlockedQueue> {
+    let mut out = Vec::new();
+    for (queue, waiting) in enqueued.iter().filter(|(q, n)| *n > 0 && !q.is_empty()) {
+        let running: Vec<&OpenWorkflow> = open.iter().filter(|w| &w.queue == queue).collect();
+        let all_stalled = !running.is_empty()
+            && running
+                .iter()
+                .all(|w| now_ns - w.idle_since_ns() > stall_after_ns);
+        if let (true, Some(holder)) = (
+            all_stalled,
+            running.iter().min_by_key(|w| w.idle_since_ns()),
+        ) {
+            out.push(BlockedQueue {
+                queue: queue.clone(),
+                blocking_workflow_id: holder.workflow_id.clone(),
+                blocking_workflow_name: holder.workflow_name.clone(),
+                idle_since_ns: holder.idle_since_ns(),
+                waiting: *waiting,
+            });
+        }
+    }
+    out
 }
 
 /// Open workflows idle for longer than `stall_after_ns` at `now_ns`.
@@ -270,27 +333,70 @@ mod tests {
         assert!(t.tracked() <= MAX_TRACKED_WORKFLOWS);
     }
 
+    fn open(
+        id: &str,
+        queue: &str,
+        completed_s: Option<i64>,
+        deadline_s: Option<i64>,
+    ) -> OpenWorkflow {
+        OpenWorkflow {
+            workflow_id: id.into(),
+            workflow_name: "digest".into(),
+            queue: queue.into(),
+            created_ns: 0,
+            last_completed_ns: completed_s.map(|c| c * S),
+            wait_deadline_ns: deadline_s.map(|d| d * S),
+            recovery_attempts: 0,
+        }
+    }
+
+    #[test]
+    fn a_workflow_in_a_wait_is_overdue_only_past_its_deadline_and_until_it_moves_on() {
+        let waiting = open("a", "", Some(10), Some(70)); // recv started at 10 s, deadline 70 s
+        assert_eq!(waiting.overdue_ns(60 * S), None);
+        assert_eq!(waiting.overdue_ns(76 * S), Some(6 * S));
+        assert_eq!(
+            waiting.idle_since_ns(),
+            70 * S,
+            "inside the wait it is not idle"
+        );
+        let moved_on = open("b", "", Some(80), Some(70));
+        assert_eq!(moved_on.overdue_ns(90 * S), None);
+    }
+
+    #[test]
+    fn a_queue_is_blocked_when_its_running_workflows_all_stall_while_others_wait() {
+        let open = vec![
+            open("run-1", "digests", Some(10), None),
+            open("run-2", "other", Some(95), None),
+        ];
+        let enqueued = vec![
+            ("digests".to_string(), 3),
+            ("other".to_string(), 2),
+            ("idle".to_string(), 4),
+        ];
+        let blocked = blocked_queues(&open, &enqueued, 100 * S, 30 * S);
+        assert_eq!(blocked.len(), 1, "{blocked:?}");
+        assert_eq!(
+            (
+                blocked[0].queue.as_str(),
+                blocked[0].blocking_workflow_id.as_str(),
+                blocked[0].waiting
+            ),
+            ("digests", "run-1", 3)
+        );
+        assert!(
+            blocked_queues(&open, &enqueued, 35 * S, 30 * S).is_empty(),
+            "not yet stalled"
+        );
+    }
+
     #[test]
     fn stall_counts_from_last_progress_and_respects_future_wakes() {
         let open = vec![
-            OpenWorkflow {
-                workflow_id: "a".into(),
-                workflow_name: "n".into(),
-                created_ns: 0,
-                last_progress_ns: Some(10 * S),
-            },
-            OpenWorkflow {
-                workflow_id: "b".into(),
-                workflow_name: "n".into(),
-                created_ns: 0,
-                last_progress_ns: Some(100 * S),
-            },
-            OpenWorkflow {
-                workflow_id: "c".into(),
-                workflow_name: "n".into(),
-                created_ns: 0,
-                last_progress_ns: None,
-            },
+            open("a", "", Some(10), None),
+            open("b", "", Some(20), Some(100)), // inside a wait due at 100 s
+            open("c", "", None, None),
         ];
         let ids: Vec<_> = stalled(&open, 80 * S, 30 * S)
             .iter()

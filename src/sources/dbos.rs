@@ -57,6 +57,7 @@ impl Queries {
             ),
             open: both(
                 "SELECT w.workflow_uuid, coalesce(w.name, ''), w.created_at,
+                        coalesce(w.queue_name, ''), coalesce(w.recovery_attempts, 0),
                         (SELECT max(o.completed_at_epoch_ms) FROM {s}operation_outputs o
                          WHERE o.workflow_uuid = w.workflow_uuid),
                         (SELECT o.output FROM {s}operation_outputs o
@@ -141,18 +142,16 @@ impl Source for DbosSource {
             server_clock: clock,
             ..Default::default()
         };
-        // A workflow inside a wait has made progress until the wait's deadline.
         obs.open_workflows = Some(
             open.iter()
-                .map(|r| {
-                    let completed = r[3].as_i64().map(|ms| ms * MS);
-                    let deadline = wait_deadline_ns(&r[4]);
-                    OpenWorkflow {
-                        workflow_id: r[0].text(),
-                        workflow_name: r[1].text(),
-                        created_ns: int(&r[2]) * MS,
-                        last_progress_ns: completed.max(deadline),
-                    }
+                .map(|r| OpenWorkflow {
+                    workflow_id: r[0].text(),
+                    workflow_name: r[1].text(),
+                    created_ns: int(&r[2]) * MS,
+                    queue: r[3].text(),
+                    recovery_attempts: int(&r[4]),
+                    last_completed_ns: r[5].as_i64().map(|ms| ms * MS),
+                    wait_deadline_ns: wait_deadline_ns(&r[6]),
                 })
                 .collect(),
         );

@@ -21,9 +21,11 @@ use crate::signals::attribution::{attribute, Cause};
 use crate::signals::cost::CostLedger;
 use crate::signals::episode::{Episode, EpisodeKind};
 use crate::signals::labels::LabelBudget;
-use crate::signals::steps::{is_intended_wait, stalled, GapKind, GapTracker};
+use crate::signals::steps::{
+    blocked_queues, is_intended_wait, stalled, GapKind, GapTracker, OpenWorkflow, WAIT_PLACEHOLDER,
+};
 use crate::state::StateReader;
-use crate::status::{SharedStatus, StalledWorkflow, MAX_LISTED_STALLS};
+use crate::status::{BlockedQueueStatus, SharedStatus, StalledWorkflow, MAX_LISTED_STALLS};
 
 /// Distinct step names per source kept as label values.
 pub const MAX_STEP_LABELS: usize = 100;
@@ -31,6 +33,8 @@ pub const MAX_STEP_LABELS: usize = 100;
 pub const MAX_WORKFLOW_LABELS: usize = 50;
 /// Distinct queue/status pairs per source kept as label values.
 pub const MAX_QUEUE_LABELS: usize = 100;
+/// Longest stretch between polls while the app database stays locked: 8 polls.
+pub const MAX_LOCK_BACKOFF: u32 = 8;
 /// Distinct label combinations per `sql` source.
 pub const MAX_SQL_SERIES: usize = 1_000;
 /// Episodes waiting for attribution; beyond this the oldest are attributed at once.
@@ -86,6 +90,10 @@ struct Derived {
     last_error: Option<String>,
     queue_series: HashSet<(String, String)>,
     sql_series: HashSet<(String, Vec<String>)>,
+    blocked_series: HashSet<String>,
+    blocked_logged: HashSet<String>,
+    /// Poll interval multiplier while the app database is locked.
+    lock_backoff: u32,
     sql_combinations: LabelBudget,
     journal_mode: Option<String>,
 }
@@ -118,6 +126,10 @@ impl SourceRunner {
         }
         if self.config.kind == SourceKind::Dbos {
             sm.wait_overrun_seconds.with_label_values(&[&name]);
+            sm.waits_overdue.with_label_values(&[&name]).set(0.0);
+            sm.dbos_recovery_attempts_max
+                .with_label_values(&[&name])
+                .set(0.0);
         }
         // The labels this kind can overflow start at 0, so increase() sees the first.
         let capped: &[&str] = match self.config.kind {
@@ -158,6 +170,9 @@ impl SourceRunner {
             last_error: None,
             queue_series: HashSet::new(),
             sql_series: HashSet::new(),
+            blocked_series: HashSet::new(),
+            blocked_logged: HashSet::new(),
+            lock_backoff: 1,
             sql_combinations: LabelBudget::new(MAX_SQL_SERIES),
             journal_mode: None,
         };
@@ -165,6 +180,18 @@ impl SourceRunner {
             let started = Instant::now();
             let now = real_ns();
             let result = self.source.poll(now);
+            // Yield to the app's writer: while it holds the lock (SQLite rollback-journal
+            // mode above all), poll less often instead of queueing behind it every time.
+            let locked = matches!(&result, Err(e) if e.kind == ErrorKind::Locked && !e.backing_off);
+            let slower = if locked {
+                (d.lock_backoff * 2).min(MAX_LOCK_BACKOFF)
+            } else {
+                1
+            };
+            if slower > 1 && d.lock_backoff == 1 {
+                tracing::info!(source = %name, "app database busy: polling less often until it is free");
+            }
+            d.lock_backoff = slower;
             let elapsed = started.elapsed().as_secs_f64();
             sm.source_poll_duration_seconds
                 .with_label_values(&[&name])
@@ -191,7 +218,7 @@ impl SourceRunner {
                 }
             }
             self.settle(&mut d, real_ns(), false);
-            if self.stop.sleep(self.config.poll) {
+            if self.stop.sleep(self.config.poll * d.lock_backoff) {
                 break;
             }
         }
@@ -380,6 +407,7 @@ impl SourceRunner {
                 })
                 .collect();
             self.status.lock().sources[self.index].stalled = listed;
+            self.workflow_health(d, open, &obs.queues, now);
         }
 
         // An operator's query: set what is there, remove series that went away.
@@ -443,6 +471,104 @@ impl SourceRunner {
             d.journal_mode = obs.journal_mode.clone();
             self.status.lock().sources[self.index].journal_mode = obs.journal_mode;
         }
+    }
+
+    /// Recovery loops, blocked queues and waits overdue right now (DBOS workflows).
+    fn workflow_health(
+        &self,
+        d: &mut Derived,
+        open: &[OpenWorkflow],
+        queues: &[super::QueueStatus],
+        now: i64,
+    ) {
+        let name = self.config.name.as_str();
+        let sm = &self.metrics.sources;
+        let attempts = open.iter().map(|w| w.recovery_attempts).max().unwrap_or(0);
+        sm.dbos_recovery_attempts_max
+            .with_label_values(&[name])
+            .set(attempts as f64);
+
+        // A queue is blocked when everything running on it has stalled while others wait.
+        let enqueued: Vec<(String, u64)> = queues
+            .iter()
+            .filter(|q| q.status == "ENQUEUED")
+            .map(|q| (q.queue.clone(), q.depth))
+            .collect();
+        let stall_after = self.config.stall_after.as_nanos() as i64;
+        let blocked = blocked_queues(open, &enqueued, now, stall_after);
+        let before = d.queues.overflowed();
+        let mut now_blocked = HashSet::new();
+        for (queue, _) in &enqueued {
+            let queue = d.queues.admit(queue).to_string();
+            let is = blocked.iter().any(|b| b.queue == queue);
+            sm.queue_blocked
+                .with_label_values(&[name, &queue])
+                .set(if is { 1.0 } else { 0.0 });
+            now_blocked.insert(queue);
+        }
+        for gone in d.blocked_series.difference(&now_blocked) {
+            sm.queue_blocked.with_label_values(&[name, gone]).set(0.0);
+        }
+        d.blocked_series.extend(now_blocked);
+        if d.queues.overflowed() > before {
+            sm.label_overflow_total
+                .with_label_values(&[name, "queue"])
+                .inc_by(d.queues.overflowed() - before);
+        }
+        for b in &blocked {
+            if !d.blocked_logged.contains(&b.queue) {
+                tracing::warn!(
+                    source = %name,
+                    queue = %b.queue,
+                    blocking_workflow_id = %b.blocking_workflow_id,
+                    blocking_workflow = %b.blocking_workflow_name,
+                    waiting = b.waiting,
+                    "queue blocked: its running workflow has made no progress while others wait"
+                );
+            }
+        }
+        d.blocked_logged = blocked.iter().map(|b| b.queue.clone()).collect();
+
+        // Waits past their deadline, while they are still happening: recorded now (and
+        // updated, then attributed, when the wait finally ends).
+        let gap_min = self.config.gap_min.as_nanos() as i64;
+        let overdue: Vec<(&OpenWorkflow, i64)> = open
+            .iter()
+            .filter_map(|w| w.overdue_ns(now).map(|o| (w, o)))
+            .collect();
+        sm.waits_overdue
+            .with_label_values(&[name])
+            .set(overdue.len() as f64);
+        for (w, late) in overdue
+            .iter()
+            .filter(|(_, late)| *late >= gap_min)
+            .take(MAX_LISTED_STALLS)
+        {
+            self.sink.record_episode(Episode {
+                source: name.to_string(),
+                kind: EpisodeKind::WaitOverrun,
+                workflow_id: w.workflow_id.clone(),
+                workflow_name: w.workflow_name.clone(),
+                from_step: WAIT_PLACEHOLDER.to_string(),
+                to_step: String::new(),
+                started_at_ns: w.wait_deadline_ns.unwrap_or(now - late),
+                duration_ns: *late,
+                cause: Cause::Stall,
+            });
+        }
+        let mut status = self.status.lock();
+        let s = &mut status.sources[self.index];
+        s.blocked_queues = blocked
+            .iter()
+            .map(|b| BlockedQueueStatus {
+                queue: b.queue.clone(),
+                blocking_workflow_id: b.blocking_workflow_id.clone(),
+                blocking_workflow_name: b.blocking_workflow_name.clone(),
+                idle_seconds: (now - b.idle_since_ns) as f64 / 1e9,
+                waiting: b.waiting,
+            })
+            .collect();
+        s.recovery_attempts_max = Some(attempts);
     }
 
     /// Attributes and records the episodes whose settle time has passed.
