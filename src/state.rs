@@ -65,6 +65,11 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX episode_started ON episode (started_at_ns);",
 ];
 
+/// The schema version this build writes (`PRAGMA user_version` after migrating).
+pub fn schema_version() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
 /// A state DB problem, each naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

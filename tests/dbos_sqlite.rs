@@ -11,9 +11,20 @@
 //! - App and sidecar frozen together in one cgroup for 8 s: the episode is
 //!   `cause = freeze` and names the `process_stall` event the sidecar recorded.
 //!
+//! - The app stopped (SIGSTOP) for 8 s about 0.5 s into the 2 s recv: no gap between
+//!   steps at all, but one `wait_overrun` episode `DBOS.recv` → `DBOS.recv` as long as
+//!   DBOS's own overrun (recv end − the deadline its `DBOS.sleep` placeholder holds, to
+//!   10 ms) and as the stop minus the wait still left when it began (± 0.5 s). While the
+//!   app is still stopped past the deadline, `stallwatch_waits_overdue` is 1 and the
+//!   episode is already there (from `DBOS.sleep`, no end yet); the recv's row completes
+//!   it.
+//! - With `stall_after = "1s"`, a workflow inside a 4 s recv is not stalled (the gauge
+//!   stays 0 all through the wait, no `stall` episode), while one held 3 s between steps
+//!   is (gauge 1, one `stall` episode).
+//!
 //! The first two run with the system DB in WAL mode (the incident's case) and in
-//! rollback-journal mode (DBOS's own default). Nothing is skipped: without Python, the
-//! venv or a freezable cgroup the tests fail, saying what is missing.
+//! rollback-journal mode (DBOS's own default); the rest in WAL mode. Nothing is skipped:
+//! without Python, the venv or a freezable cgroup the tests fail, saying what is missing.
 
 mod common;
 
@@ -24,10 +35,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{assert_near, poll_until, process_state, Launch, Metrics, Sidecar};
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::Deserialize;
 use tempfile::{NamedTempFile, TempDir};
 
@@ -61,6 +72,30 @@ const SECOND_EPISODE_WATCH: Duration = Duration::from_secs(2);
 const STOPPED_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `quit` may take (DBOS joins its threads).
 const APP_EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+/// The app's default recv timeout (`RECV_TIMEOUT_SECONDS` in app.py).
+const RECV_SECONDS: f64 = 2.0;
+/// How far into the recv's wait the test stops the app (wait-overrun test).
+const STOP_INTO_WAIT: Duration = Duration::from_millis(500);
+/// Least wait that must still be left when the stop lands, or the test did not stop the
+/// app inside the wait (the machine was too slow to get there in time).
+const MIN_WAIT_LEFT_AT_STOP_SECONDS: f64 = 0.5;
+/// The sidecar reads the deadline from the same row DBOS wrote; both round to the
+/// millisecond at most, so the overrun matches DBOS's to this.
+const OVERRUN_DB_TOLERANCE_SECONDS: f64 = 0.010;
+/// `stall_after` in the long-recv test, and the recv that outlasts it 4 times.
+const SHORT_STALL_AFTER: &str = "1s";
+const SHORT_STALL_AFTER_SECONDS: f64 = 1.0;
+const LONG_RECV_SECONDS: f64 = 4.0;
+/// How long the long-recv test holds a workflow between `generate` and `send`.
+const HOLD: Duration = Duration::from_secs(3);
+/// Scrape interval of `/metrics` while watching the stall gauge.
+const GAUGE_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
+/// Latest fraction of a wall-clock second at which a workflow may be started in the
+/// `stall_after = "1s"` test. On Python < 3.12 DBOS's SQLite `workflow_status.created_at`
+/// is floored to the whole second; until a workflow's first row is written the sidecar
+/// counts idleness from it, so a workflow started at x.95 s would look idle for over
+/// 1 s a few ms after it began.
+const LATEST_START_FRACTION: f64 = 0.4;
 
 /// The source name in the sidecar's config.
 const SOURCE: &str = "app";
@@ -154,6 +189,321 @@ fn wal_app_and_sidecar_frozen_together_is_a_freeze_gap() {
     assert_eq!(m.expect(&gaps_total("freeze")), 1.0);
     assert_eq!(m.expect(&gaps_total("stall")), 0.0);
     drop(cgroup);
+    app.quit();
+}
+
+#[test]
+fn freeze_inside_recv_is_one_wait_overrun() {
+    let Setup {
+        dir: _dir,
+        db,
+        mut app,
+        sidecar,
+    } = Setup::new(Journal::Wal);
+
+    let label = "inrecv";
+    let workflow_id = app.start_workflow(label, Hold::No);
+    app.expect_phase("recv-start", label);
+    // DBOS writes the placeholder, whose output is the deadline, as the wait starts.
+    let deadline = wait_for_deadline(&db, &workflow_id);
+    let wait_started = deadline - RECV_SECONDS;
+    let stop_at = wait_started + STOP_INTO_WAIT.as_secs_f64();
+    std::thread::sleep(Duration::from_secs_f64((stop_at - wall_now()).max(0.0)));
+    let pid = app.pid();
+    common::signal(pid, libc::SIGSTOP);
+    let t0 = Instant::now();
+    let stopped_at = wall_now();
+    let left_at_stop = deadline - stopped_at;
+    assert!(
+        left_at_stop >= MIN_WAIT_LEFT_AT_STOP_SECONDS,
+        "the stop landed {:.3} s into the {RECV_SECONDS} s wait, {left_at_stop:.3} s before \
+         its deadline: too late to test an overrun (machine too slow?)",
+        stopped_at - wait_started
+    );
+    poll_until(
+        "the app to be stopped",
+        STOPPED_TIMEOUT,
+        || match process_state(pid) {
+            Some('T') => Ok(()),
+            other => Err(format!("state {other:?}")),
+        },
+    );
+    // Past the deadline, still stopped: the sidecar counts the wait as overdue and
+    // records it already, from its placeholder, with no end yet.
+    let overdue = format!("stallwatch_waits_overdue{{source=\"{SOURCE}\"}}");
+    let samples = sample_until(
+        || {
+            let live = episodes(&sidecar)
+                .into_iter()
+                .find(|e| e.kind == "wait_overrun");
+            (sidecar.metrics().value(&overdue), live)
+        },
+        || t0.elapsed() + GAUGE_SAMPLE_INTERVAL >= STOP,
+    );
+    std::thread::sleep(STOP.saturating_sub(t0.elapsed()));
+    common::signal(pid, libc::SIGCONT);
+    let stopped = t0.elapsed().as_secs_f64();
+    app.expect_phase("done", label);
+
+    let overdue_samples: Vec<Option<f64>> = samples.iter().map(|(o, _)| *o).collect();
+    eprintln!("{overdue} during the stop: {overdue_samples:?}");
+    assert!(
+        overdue_samples.contains(&Some(1.0)),
+        "a workflow stopped inside its wait past the deadline is one overdue wait: \
+         {overdue} sampled {overdue_samples:?}"
+    );
+    let live = samples
+        .iter()
+        .rev()
+        .find_map(|(_, e)| e.clone())
+        .unwrap_or_else(|| panic!("no wait_overrun episode while the wait was overdue"));
+    eprintln!("while stopped: {live:?}");
+    assert_eq!(
+        (
+            live.workflow_id.as_str(),
+            live.from_step.as_str(),
+            live.to_step.as_str()
+        ),
+        (workflow_id.as_str(), "DBOS.sleep", ""),
+        "{live:#?}"
+    );
+    assert_near(
+        "live episode started_at vs the placeholder's deadline",
+        rfc3339_seconds(&live.started_at),
+        deadline,
+        OVERRUN_DB_TOLERANCE_SECONDS,
+    );
+    poll_until(
+        "the overdue gauge to drop to 0",
+        METRICS_TIMEOUT,
+        || match sidecar.metrics().value(&overdue) {
+            Some(0.0) => Ok(()),
+            other => Err(format!("{overdue} = {other:?}")),
+        },
+    );
+
+    // The recv's own row ends it: the same episode, now complete and attributed.
+    let mut episodes = wait_for_episodes_where(&sidecar, "the wait overrun to end", |e| {
+        e.iter().any(|e| e.to_step == "DBOS.recv")
+    });
+    assert_eq!(
+        episodes.len(),
+        1,
+        "the stop inside the recv is one episode: {episodes:#?}"
+    );
+    let episode = episodes.remove(0);
+    let rows = db_rows(&db);
+    let recv = rows
+        .iter()
+        .find(|r| r.workflow_id == workflow_id && r.step == "DBOS.recv")
+        .unwrap_or_else(|| panic!("DBOS has no DBOS.recv row for {workflow_id}: {rows:#?}"));
+    let recorded = recv.completed_ms as f64 / 1e3 - deadline;
+    let expected = stopped - left_at_stop;
+    eprintln!(
+        "stopped {:.3} s into the wait for {stopped:.3} s, {left_at_stop:.3} s before the \
+         deadline; DBOS: recv ended {recorded:.3} s past it; episode {:.3} s (expected \
+         {expected:.3} s), cause {}",
+        stopped_at - wait_started,
+        episode.duration_seconds,
+        episode.cause
+    );
+    assert_eq!(
+        (
+            episode.source.as_str(),
+            episode.kind.as_str(),
+            episode.workflow_id.as_str(),
+            episode.workflow_name.as_str(),
+            episode.from_step.as_str(),
+            episode.to_step.as_str()
+        ),
+        (
+            SOURCE,
+            "wait_overrun",
+            workflow_id.as_str(),
+            WORKFLOW,
+            "DBOS.recv",
+            "DBOS.recv"
+        ),
+        "the stop inside the recv is one wait overrun and no step gap: {episode:#?}"
+    );
+    assert_near(
+        "episode started_at vs the placeholder's deadline",
+        rfc3339_seconds(&episode.started_at),
+        deadline,
+        OVERRUN_DB_TOLERANCE_SECONDS,
+    );
+    assert_near(
+        "episode duration_seconds vs DBOS's recv end − deadline",
+        episode.duration_seconds,
+        recorded,
+        OVERRUN_DB_TOLERANCE_SECONDS,
+    );
+    assert_near(
+        "episode duration_seconds vs the stop minus the wait left when it began",
+        episode.duration_seconds,
+        expected,
+        GAP_TOLERANCE_SECONDS,
+    );
+    assert_eq!(
+        (episode.cause.as_str(), episode.freeze_id),
+        ("stall", None),
+        "only the app was stopped: {episode:#?}\nfreezes: {:#?}",
+        sidecar.freezes()
+    );
+
+    let m = sidecar.metrics();
+    assert_eq!(m.expect(&overruns_total("stall")), 1.0);
+    assert_eq!(m.expect(&overruns_total("freeze")), 0.0);
+    assert_eq!(m.expect(&gaps_total("stall")), 0.0);
+    assert_eq!(m.expect(&gaps_total("freeze")), 0.0);
+    assert_eq!(m.expect(&overrun_series("count")), 1.0);
+    assert_near(
+        &overrun_series("sum"),
+        m.expect(&overrun_series("sum")),
+        episode.duration_seconds,
+        PER_ROW_TOLERANCE_SECONDS,
+    );
+    app.quit();
+}
+
+#[test]
+fn a_long_recv_is_not_a_stall() {
+    let Setup {
+        dir: _dir,
+        db,
+        mut app,
+        sidecar,
+    } = Setup::with_config(
+        Journal::Wal,
+        &format!("stall_after = \"{SHORT_STALL_AFTER}\"\n"),
+    );
+    let stalled = format!("stallwatch_stalled_workflows{{source=\"{SOURCE}\"}}");
+    let gauge = || sidecar.metrics().value(&stalled);
+
+    // A workflow inside a 4 s recv: waiting as intended, not stalled.
+    let label = "longrecv";
+    start_early_in_a_second();
+    let waiting_id = app.start_workflow_with(label, Hold::No, Some(LONG_RECV_SECONDS));
+    app.expect_phase("recv-start", label);
+    let deadline = wait_for_deadline(&db, &waiting_id);
+    let samples = sample_until(gauge, || wall_now() >= deadline);
+    app.expect_phase("done", label);
+    eprintln!(
+        "{LONG_RECV_SECONDS} s recv, stall_after {SHORT_STALL_AFTER}: {} samples of {stalled} \
+         during the wait: {samples:?}",
+        samples.len()
+    );
+    let expected_samples =
+        (LONG_RECV_SECONDS / GAUGE_SAMPLE_INTERVAL.as_secs_f64() / 2.0).floor() as usize;
+    assert!(
+        samples.len() >= expected_samples,
+        "only {} samples of {stalled} in a {LONG_RECV_SECONDS} s wait (want {expected_samples})",
+        samples.len()
+    );
+    assert!(
+        samples.iter().all(|v| *v == Some(0.0)),
+        "a workflow waiting in DBOS.recv before its deadline is not stalled: {stalled} \
+         sampled {samples:?}"
+    );
+    // The sidecar did poll during the wait: it saw the `parse` that came just before it.
+    assert_eq!(
+        sidecar.metrics().value(&duration_series("parse", "count")),
+        Some(1.0),
+        "the sidecar never read the rows written before the wait"
+    );
+
+    // A workflow held between steps, not waiting: stalled once idle for stall_after.
+    let label = "held";
+    start_early_in_a_second();
+    let held_id = app.start_workflow(label, Hold::AfterGenerate);
+    app.expect_phase("generate-done", label);
+    let t0 = Instant::now();
+    let samples = sample_until(gauge, || t0.elapsed() >= HOLD);
+    app.command(&format!("go {label}"));
+    app.expect_phase("done", label);
+    let held = t0.elapsed().as_secs_f64();
+    eprintln!(
+        "held {held:.3} s between generate and send: {} samples of {stalled}: {samples:?}",
+        samples.len()
+    );
+    assert!(
+        samples.contains(&Some(1.0)) && samples.iter().all(|v| matches!(v, Some(x) if *x <= 1.0)),
+        "a workflow held {held:.1} s between steps with stall_after {SHORT_STALL_AFTER} is \
+         one stalled workflow: {stalled} sampled {samples:?}"
+    );
+    poll_until(
+        "the stall gauge to drop back to 0",
+        METRICS_TIMEOUT,
+        || match gauge() {
+            Some(0.0) => Ok(()),
+            other => Err(format!("{stalled} = {other:?}")),
+        },
+    );
+
+    // The held workflow: one stall, and its 3 s between `generate` and `send` is a gap.
+    let episodes = wait_for_episodes(&sidecar, 2);
+    let rows = db_rows(&db);
+    let find = |step: &str| {
+        rows.iter()
+            .find(|r| r.workflow_id == held_id && r.step == step)
+            .unwrap_or_else(|| panic!("DBOS has no {step} row for {held_id}: {rows:#?}"))
+    };
+    let generate_end = find("generate").completed_ms as f64 / 1e3;
+    let kinds: Vec<(&str, &str)> = episodes
+        .iter()
+        .map(|e| (e.kind.as_str(), e.workflow_id.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [("stall", held_id.as_str()), ("step_gap", held_id.as_str())],
+        "only the held workflow stalled ({waiting_id} only waited): {episodes:#?}"
+    );
+    let (stall, gap) = (&episodes[0], &episodes[1]);
+    eprintln!(
+        "stall episode {:.3} s from {}, cause {}; gap episode {:.3} s",
+        stall.duration_seconds, stall.started_at, stall.cause, gap.duration_seconds
+    );
+    assert_eq!(
+        (
+            stall.workflow_name.as_str(),
+            stall.cause.as_str(),
+            stall.freeze_id
+        ),
+        (WORKFLOW, "stall", None),
+        "{stall:#?}"
+    );
+    assert_near(
+        "stall episode started_at vs the end of DBOS's generate",
+        rfc3339_seconds(&stall.started_at),
+        generate_end,
+        PER_ROW_TOLERANCE_SECONDS,
+    );
+    assert!(
+        stall.duration_seconds > SHORT_STALL_AFTER_SECONDS && stall.duration_seconds < held,
+        "the stall is noticed after stall_after ({SHORT_STALL_AFTER}) and before the \
+         workflow moved on ({held:.3} s): {stall:#?}"
+    );
+    assert_eq!(
+        (
+            gap.from_step.as_str(),
+            gap.to_step.as_str(),
+            gap.cause.as_str()
+        ),
+        ("generate", "send", "stall"),
+        "{gap:#?}"
+    );
+    assert_near(
+        "gap episode duration_seconds vs DBOS's generate → send",
+        gap.duration_seconds,
+        (find("send").started_ms - find("generate").completed_ms) as f64 / 1e3,
+        PER_ROW_TOLERANCE_SECONDS,
+    );
+
+    let m = sidecar.metrics();
+    assert_eq!(m.expect(&stalls_total("stall")), 1.0);
+    assert_eq!(m.expect(&stalls_total("freeze")), 0.0);
+    assert_eq!(m.expect(&overruns_total("stall")), 0.0);
+    assert_eq!(m.expect(&stalled), 0.0);
     app.quit();
 }
 
@@ -336,22 +686,77 @@ fn assert_gap_episode(e: &Episode, workflow_id: &str, db: &Path, stopped: Durati
 /// asserts there is exactly one.
 #[track_caller]
 fn wait_for_one_episode(sidecar: &Sidecar) -> Episode {
-    poll_until("a step-gap episode", EPISODE_TIMEOUT, || {
-        let episodes = episodes(sidecar);
-        if episodes.is_empty() {
-            Err("none yet".to_string())
-        } else {
-            Ok(())
-        }
-    });
-    std::thread::sleep(SECOND_EPISODE_WATCH);
-    let mut episodes = episodes(sidecar);
+    let mut episodes = wait_for_episodes(sidecar, 1);
     assert_eq!(
         episodes.len(),
         1,
         "expected one episode (normal runs and recv waits are not gaps): {episodes:#?}"
     );
     episodes.remove(0)
+}
+
+/// Waits until the source has at least `n` episodes, watches a little longer for
+/// others, and returns them all (oldest start first).
+#[track_caller]
+fn wait_for_episodes(sidecar: &Sidecar, n: usize) -> Vec<Episode> {
+    wait_for_episodes_where(sidecar, &format!("{n} episode(s)"), |e| e.len() >= n)
+}
+
+/// Waits until the source's episodes satisfy `done`, watches a little longer for
+/// others, and returns them all (oldest start first).
+#[track_caller]
+fn wait_for_episodes_where(
+    sidecar: &Sidecar,
+    what: &str,
+    done: impl Fn(&[Episode]) -> bool,
+) -> Vec<Episode> {
+    poll_until(what, EPISODE_TIMEOUT, || {
+        let episodes = episodes(sidecar);
+        if done(&episodes) {
+            Ok(())
+        } else {
+            Err(format!("{episodes:?}"))
+        }
+    });
+    std::thread::sleep(SECOND_EPISODE_WATCH);
+    episodes(sidecar)
+}
+
+/// Takes a `sample` every [`GAUGE_SAMPLE_INTERVAL`] until `done`; returns them.
+fn sample_until<T>(mut sample: impl FnMut() -> T, done: impl Fn() -> bool) -> Vec<T> {
+    let mut samples = Vec::new();
+    while !done() {
+        let next = Instant::now() + GAUGE_SAMPLE_INTERVAL;
+        samples.push(sample());
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    samples
+}
+
+/// Now on the wall clock, as unix seconds (the clock DBOS and the sidecar stamp rows with).
+fn wall_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("the wall clock is after 1970")
+        .as_secs_f64()
+}
+
+/// An RFC 3339 time from the API as unix seconds.
+#[track_caller]
+fn rfc3339_seconds(text: &str) -> f64 {
+    humantime::parse_rfc3339(text)
+        .unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}"))
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
+}
+
+/// Sleeps, if needed, until early in a wall-clock second (see [`LATEST_START_FRACTION`]).
+fn start_early_in_a_second() {
+    let fraction = wall_now().fract();
+    if fraction > LATEST_START_FRACTION {
+        std::thread::sleep(Duration::from_secs_f64(1.02 - fraction));
+    }
 }
 
 /// Waits until the sidecar counted every step row of `workflows` finished workflows.
@@ -391,6 +796,18 @@ fn gap_series(part: &str) -> String {
 
 fn gaps_total(cause: &str) -> String {
     format!("stallwatch_step_gaps_total{{cause=\"{cause}\",source=\"{SOURCE}\"}}")
+}
+
+fn overruns_total(cause: &str) -> String {
+    format!("stallwatch_wait_overruns_total{{cause=\"{cause}\",source=\"{SOURCE}\"}}")
+}
+
+fn overrun_series(part: &str) -> String {
+    format!("stallwatch_wait_overrun_seconds_{part}{{source=\"{SOURCE}\"}}")
+}
+
+fn stalls_total(cause: &str) -> String {
+    format!("stallwatch_stalls_total{{cause=\"{cause}\",source=\"{SOURCE}\"}}")
 }
 
 // ---- the sidecar's episodes -----------------------------------------------------------
@@ -439,14 +856,49 @@ impl Row {
     }
 }
 
-/// Every `operation_outputs` row, read-only, in one short statement.
-fn db_rows(db: &Path) -> Vec<Row> {
+/// The app's system DB, read-only.
+fn open_read_only(db: &Path) -> Connection {
     let conn = Connection::open_with_flags(
         db,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .unwrap_or_else(|e| panic!("opening {} read-only: {e}", db.display()));
     conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn
+}
+
+/// The deadline (unix seconds) of the latest wait of `workflow_id`: the output of its
+/// `DBOS.sleep` placeholder, a JSON number DBOS writes as the wait starts.
+fn wait_deadline(db: &Path, workflow_id: &str) -> Option<f64> {
+    let output: Option<String> = open_read_only(db)
+        .query_row(
+            "SELECT output FROM operation_outputs WHERE workflow_uuid = ?1 \
+             AND function_name = 'DBOS.sleep' ORDER BY function_id DESC LIMIT 1",
+            [workflow_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .unwrap_or_else(|e| panic!("reading the DBOS.sleep row of {workflow_id}: {e}"));
+    let output = output?;
+    let deadline = output.trim().trim_matches('"').parse().unwrap_or_else(|e| {
+        panic!("the DBOS.sleep output of {workflow_id} is not epoch seconds ({e}): {output:?}")
+    });
+    Some(deadline)
+}
+
+/// Waits for DBOS to write the deadline of `workflow_id`'s wait; returns it.
+#[track_caller]
+fn wait_for_deadline(db: &Path, workflow_id: &str) -> f64 {
+    poll_until(
+        "DBOS to write the wait's DBOS.sleep placeholder",
+        WORKFLOW_TIMEOUT,
+        || wait_deadline(db, workflow_id).ok_or_else(|| "no row yet".to_string()),
+    )
+}
+
+/// Every `operation_outputs` row, read-only, in one short statement.
+fn db_rows(db: &Path) -> Vec<Row> {
+    let conn = open_read_only(db);
     let mut stmt = conn
         .prepare(
             "SELECT workflow_uuid, function_id, function_name, started_at_epoch_ms, \
@@ -521,13 +973,18 @@ struct Setup {
 
 impl Setup {
     fn new(journal: Journal) -> Setup {
+        Setup::with_config(journal, "")
+    }
+
+    /// Like [`Setup::new`], with `extra` TOML lines in the source's table.
+    fn with_config(journal: Journal, extra: &str) -> Setup {
         let python = dbos_python();
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("dbos.sqlite");
         let app = App::start(python, &db, journal, dir.path());
         let config = format!(
             "[[source]]\nname = \"{SOURCE}\"\nkind = \"dbos\"\nurl = \"sqlite://{}\"\n\
-             poll = \"{POLL}\"\ngap_min = \"{GAP_MIN}\"\n",
+             poll = \"{POLL}\"\ngap_min = \"{GAP_MIN}\"\n{extra}",
             db.display()
         );
         let sidecar = Sidecar::start_with(
@@ -704,12 +1161,24 @@ impl App {
     /// Starts a workflow; returns its id.
     #[track_caller]
     fn start_workflow(&mut self, label: &str, hold: Hold) -> String {
+        self.start_workflow_with(label, hold, None)
+    }
+
+    /// Starts a workflow whose recv waits `recv_seconds` (default: the app's 2 s).
+    #[track_caller]
+    fn start_workflow_with(
+        &mut self,
+        label: &str,
+        hold: Hold,
+        recv_seconds: Option<f64>,
+    ) -> String {
         let how = if hold == Hold::AfterGenerate {
             "hold"
         } else {
             "free"
         };
-        self.command(&format!("run {label} {how}"));
+        let recv = recv_seconds.map_or(String::new(), |s| format!(" {s}"));
+        self.command(&format!("run {label} {how}{recv}"));
         let started = self.expect(&["STARTED", label], WORKFLOW_TIMEOUT);
         started[2].clone()
     }

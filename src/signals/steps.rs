@@ -160,6 +160,8 @@ pub struct OpenWorkflow {
     pub last_completed_ns: Option<i64>,
     /// Deadline of its latest wait (from the `DBOS.sleep` placeholder), if it has waited.
     pub wait_deadline_ns: Option<i64>,
+    /// It is inside that wait now (a receive whose own row is not written yet).
+    pub in_wait: bool,
     /// How many times the app has recovered it after a crash.
     pub recovery_attempts: i64,
 }
@@ -171,12 +173,10 @@ impl OpenWorkflow {
         self.last_completed_ns.max(self.wait_deadline_ns)
     }
 
-    /// How far past its wait's deadline it is, if it is still inside that wait (nothing
-    /// completed after the deadline) at `now_ns`.
+    /// How far past its wait's deadline it is at `now_ns`, if it is still inside the wait.
     pub fn overdue_ns(&self, now_ns: i64) -> Option<i64> {
-        let deadline = self.wait_deadline_ns?;
-        let still_waiting = self.last_completed_ns.is_none_or(|c| c <= deadline);
-        (still_waiting && now_ns > deadline).then_some(now_ns - deadline)
+        let deadline = self.wait_deadline_ns.filter(|_| self.in_wait)?;
+        (now_ns > deadline).then_some(now_ns - deadline)
     }
 
     /// Since when it has made no progress.
@@ -346,6 +346,7 @@ mod tests {
             created_ns: 0,
             last_completed_ns: completed_s.map(|c| c * S),
             wait_deadline_ns: deadline_s.map(|d| d * S),
+            in_wait: deadline_s.is_some() && completed_s.is_none_or(|c| Some(c) < deadline_s),
             recovery_attempts: 0,
         }
     }
@@ -360,8 +361,15 @@ mod tests {
             70 * S,
             "inside the wait it is not idle"
         );
-        let moved_on = open("b", "", Some(80), Some(70));
-        assert_eq!(moved_on.overdue_ns(90 * S), None);
+        let moved_on = OpenWorkflow {
+            in_wait: false,
+            ..open("b", "", Some(10), Some(70))
+        };
+        assert_eq!(
+            moved_on.overdue_ns(90 * S),
+            None,
+            "its receive row is written: the wait is over"
+        );
     }
 
     #[test]

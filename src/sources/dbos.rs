@@ -60,10 +60,15 @@ impl Queries {
                         coalesce(w.queue_name, ''), coalesce(w.recovery_attempts, 0),
                         (SELECT max(o.completed_at_epoch_ms) FROM {s}operation_outputs o
                          WHERE o.workflow_uuid = w.workflow_uuid),
-                        (SELECT o.output FROM {s}operation_outputs o
-                         WHERE o.workflow_uuid = w.workflow_uuid AND o.function_name = 'DBOS.sleep'
-                         ORDER BY o.function_id DESC LIMIT 1)
-                 FROM {s}workflow_status w WHERE w.status = 'PENDING' LIMIT ?1",
+                        p.output, p.completed_at_epoch_ms,
+                        (SELECT count(*) FROM {s}operation_outputs r
+                         WHERE r.workflow_uuid = w.workflow_uuid AND r.function_id = p.function_id - 1
+                           AND r.function_name IN ('DBOS.recv', 'DBOS.getEvent'))
+                 FROM {s}workflow_status w
+                 LEFT JOIN {s}operation_outputs p ON p.workflow_uuid = w.workflow_uuid
+                      AND p.function_id = (SELECT max(s.function_id) FROM {s}operation_outputs s
+                                           WHERE s.workflow_uuid = w.workflow_uuid AND s.function_name = 'DBOS.sleep')
+                 WHERE w.status = 'PENDING' LIMIT ?1",
             ),
             depth: both(
                 "SELECT coalesce(queue_name, ''), status, count(*), min(created_at{f}) FROM {s}workflow_status
@@ -102,6 +107,26 @@ pub fn wait_deadline_ns(output: &Value) -> Option<i64> {
     let secs: f64 = text.trim().trim_matches('"').parse().ok()?;
     (secs.is_finite() && secs > 1e9).then_some((secs * 1e9) as i64)
 }
+
+/// Whether the latest wait placeholder belongs to a receive that is still going on: a
+/// `DBOS.recv`/`getEvent` placeholder finishes milliseconds after it starts (a standalone
+/// `DBOS.sleep` row is stamped with its wake time instead), and the receive's own row, one
+/// function id before the placeholder, is written only when the wait ends. A standalone
+/// sleep cannot be told apart from the step after it (a running step has no row yet), so
+/// it is never reported as overdue while it happens.
+fn in_recv_wait(output: &Value, placeholder_completed_ms: &Value, receive_rows: &Value) -> bool {
+    let (Some(deadline_ns), Some(completed_ms)) =
+        (wait_deadline_ns(output), placeholder_completed_ms.as_i64())
+    else {
+        return false;
+    };
+    let finished_before_deadline = deadline_ns - completed_ms * MS > PLACEHOLDER_MARGIN_NS;
+    finished_before_deadline && receive_rows.as_i64() == Some(0)
+}
+
+/// A placeholder whose row is stamped at least this long before its deadline was written
+/// at the start of a receive, not as a standalone sleep's wake time.
+const PLACEHOLDER_MARGIN_NS: i64 = 10 * MS;
 
 fn int(v: &Value) -> i64 {
     v.as_i64().unwrap_or(0)
@@ -152,6 +177,7 @@ impl Source for DbosSource {
                     recovery_attempts: int(&r[4]),
                     last_completed_ns: r[5].as_i64().map(|ms| ms * MS),
                     wait_deadline_ns: wait_deadline_ns(&r[6]),
+                    in_wait: in_recv_wait(&r[6], &r[7], &r[8]),
                 })
                 .collect(),
         );

@@ -5,7 +5,7 @@ Its workflow `reply` runs the steps of the DBOS incident in DESIGN.md, in order:
     parse -> DBOS.recv(topic, timeout_seconds=2) -> generate -> send
 
 on a SQLite system database. Nobody sends to the topic, so the recv is a 2 s intended
-wait that ends on its timeout.
+wait (or as long as `run` asks) that ends on its timeout.
 
     python app.py --db /abs/path/dbos.sqlite [--journal wal|delete]
 
@@ -13,15 +13,19 @@ wait that ends on its timeout.
 
 The test drives it over stdin, one command per line:
 
-    run LABEL free   start a workflow that runs straight through
-    run LABEL hold   start one that, after `generate`, waits for `go LABEL` before `send`
-    go LABEL         release a held workflow
-    quit             shut DBOS down and exit (so does end of input)
+    run LABEL free [RECV_SECONDS]   start a workflow that runs straight through
+    run LABEL hold [RECV_SECONDS]   start one that, after `generate`, waits for `go LABEL`
+                                    before `send`
+    go LABEL                        release a held workflow
+    quit                            shut DBOS down and exit (so does end of input)
+
+(RECV_SECONDS: the recv's timeout, default 2)
 
 and reads machine-readable lines on stdout (flushed; DBOS logs go to stderr):
 
     READY journal_mode=<mode> pid=<pid>
     STARTED <label> <workflow_id>
+    PHASE recv-start <label> <workflow_id> <epoch seconds>   (just before DBOS.recv)
     PHASE generate-done <label> <workflow_id> <epoch seconds>
     PHASE done <label> <workflow_id> <epoch seconds>
     ERROR <message>
@@ -29,7 +33,9 @@ and reads machine-readable lines on stdout (flushed; DBOS logs go to stderr):
 A held workflow makes the test's timing exact: the test stops the process (SIGSTOP or a
 cgroup freezer) as soon as it reads `generate-done`, writes `go`, and resumes it when it
 chooses; `send` starts within milliseconds of the resume, so the gap DBOS records between
-`generate` and `send` is the stop and nothing else.
+`generate` and `send` is the stop and nothing else. `recv-start` lets a test stop the
+process inside the wait: DBOS writes the wait's `DBOS.sleep` placeholder, whose output is
+the deadline, within milliseconds after it.
 """
 
 import argparse
@@ -85,9 +91,10 @@ def send(label):
 
 
 @DBOS.workflow()
-def reply(label, hold):
+def reply(label, hold, recv_seconds=RECV_TIMEOUT_SECONDS):
     parse(label)
-    DBOS.recv("debounce", timeout_seconds=RECV_TIMEOUT_SECONDS)
+    say("PHASE", "recv-start", label, DBOS.workflow_id, f"{time.time():.6f}")
+    DBOS.recv("debounce", timeout_seconds=recv_seconds)
     generate(label)
     say("PHASE", "generate-done", label, DBOS.workflow_id, f"{time.time():.6f}")
     if hold:
@@ -135,11 +142,16 @@ def main():
         words = line.split()
         if not words:
             continue
-        if words[0] == "run" and len(words) == 3 and words[2] in ("hold", "free"):
+        if words[0] == "run" and len(words) in (3, 4) and words[2] in ("hold", "free"):
             label, hold = words[1], words[2] == "hold"
+            try:
+                recv_seconds = float(words[3]) if len(words) == 4 else RECV_TIMEOUT_SECONDS
+            except ValueError:
+                say("ERROR", f"RECV_SECONDS is not a number: {line.strip()!r}")
+                continue
             if hold:
                 gate(label)
-            handle = DBOS.start_workflow(reply, label, hold)
+            handle = DBOS.start_workflow(reply, label, hold, recv_seconds)
             handles.append(handle)
             say("STARTED", label, handle.get_workflow_id())
         elif words[0] == "go" and len(words) == 2:
