@@ -35,7 +35,8 @@ const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
 CREATE TABLE IF NOT EXISTS workflow_status (
     workflow_uuid TEXT PRIMARY KEY, status TEXT, name TEXT, queue_name TEXT,
-    recovery_attempts INTEGER DEFAULT 0, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+    recovery_attempts INTEGER DEFAULT 0, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,
+    started_at_epoch_ms INTEGER);
 CREATE INDEX IF NOT EXISTS workflow_status_created ON workflow_status (created_at);
 CREATE TABLE IF NOT EXISTS operation_outputs (
     workflow_uuid TEXT NOT NULL, function_id INTEGER NOT NULL, function_name TEXT NOT NULL DEFAULT '',

@@ -155,6 +155,7 @@ pub struct OpenWorkflow {
     pub workflow_name: String,
     /// The queue it runs on ("" when it was not enqueued).
     pub queue: String,
+    /// When it started running (dispatched from its queue), else when it was created.
     pub created_ns: i64,
     /// End of its latest completed row.
     pub last_completed_ns: Option<i64>,

@@ -56,7 +56,7 @@ impl Queries {
                  LIMIT ?3",
             ),
             open: both(
-                "SELECT w.workflow_uuid, coalesce(w.name, ''), w.created_at,
+                "SELECT w.workflow_uuid, coalesce(w.name, ''), coalesce(w.started_at_epoch_ms, w.created_at),
                         coalesce(w.queue_name, ''), coalesce(w.recovery_attempts, 0),
                         (SELECT max(o.completed_at_epoch_ms) FROM {s}operation_outputs o
                          WHERE o.workflow_uuid = w.workflow_uuid),
@@ -71,7 +71,8 @@ impl Queries {
                  WHERE w.status = 'PENDING' LIMIT ?1",
             ),
             depth: both(
-                "SELECT coalesce(queue_name, ''), status, count(*), min(created_at{f}) FROM {s}workflow_status
+                "SELECT coalesce(queue_name, ''), status, count(*), min(created_at{f}),
+                        max(coalesce(recovery_attempts, 0)) FROM {s}workflow_status
                  WHERE status IN ('PENDING', 'ENQUEUED') GROUP BY 1, 2",
             ),
             dead: both("SELECT count(*) FROM {s}workflow_status WHERE status = ?1"),
@@ -180,6 +181,14 @@ impl Source for DbosSource {
                     in_wait: in_recv_wait(&r[6], &r[7], &r[8]),
                 })
                 .collect(),
+        );
+        // Recovery re-enqueues a workflow before it runs again: count queued ones too.
+        obs.recovery_attempts_max = Some(
+            depth
+                .iter()
+                .filter_map(|r| r[4].as_i64())
+                .max()
+                .unwrap_or(0),
         );
         obs.queues = depth
             .iter()

@@ -56,6 +56,8 @@ pub struct Observation {
     pub steps: Vec<StepRow>,
     /// Workflows still open, when the source has workflows.
     pub open_workflows: Option<Vec<OpenWorkflow>>,
+    /// Highest recovery count of a workflow still to run (PENDING or ENQUEUED).
+    pub recovery_attempts_max: Option<i64>,
     /// Spend events since the previous poll: (time, USD).
     pub spend: Vec<(i64, f64)>,
     /// Timestamps that could not be read (counted and skipped).

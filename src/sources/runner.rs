@@ -407,7 +407,7 @@ impl SourceRunner {
                 })
                 .collect();
             self.status.lock().sources[self.index].stalled = listed;
-            self.workflow_health(d, open, &obs.queues, now);
+            self.workflow_health(d, open, &obs.queues, obs.recovery_attempts_max, now);
         }
 
         // An operator's query: set what is there, remove series that went away.
@@ -479,11 +479,12 @@ impl SourceRunner {
         d: &mut Derived,
         open: &[OpenWorkflow],
         queues: &[super::QueueStatus],
+        recovery_attempts_max: Option<i64>,
         now: i64,
     ) {
         let name = self.config.name.as_str();
         let sm = &self.metrics.sources;
-        let attempts = open.iter().map(|w| w.recovery_attempts).max().unwrap_or(0);
+        let attempts = recovery_attempts_max.unwrap_or(0);
         sm.dbos_recovery_attempts_max
             .with_label_values(&[name])
             .set(attempts as f64);

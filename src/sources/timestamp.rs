@@ -96,7 +96,9 @@ fn text_to_ns(t: &str) -> Result<i64, String> {
     let ns = time
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|_| format!("{t:?} is before 1970"))?
-        .as_nanos() as i64;
+        .as_nanos();
+    // i64 nanoseconds end in 2262: a later year must not wrap into the past.
+    let ns = i64::try_from(ns).map_err(|_| format!("{t:?} is too far in the future"))?;
     Ok(ns - offset_secs * NANOS_PER_SEC)
 }
 
@@ -188,5 +190,9 @@ mod tests {
         assert!(to_unix_ns(RawTime::Text("")).is_err());
         assert!(to_unix_ns(RawTime::Int(0)).is_err());
         assert!(to_unix_ns(RawTime::Float(f64::NAN)).is_err());
+        assert!(
+            to_unix_ns(RawTime::Text("2999-01-01T00:00:00Z")).is_err(),
+            "past i64 ns: no wrap"
+        );
     }
 }
