@@ -8,6 +8,7 @@ pub mod freeze;
 pub mod http;
 pub mod metrics;
 pub mod persist;
+pub mod report;
 pub mod sidecar;
 pub mod signals;
 pub mod sources;

@@ -1,5 +1,6 @@
 //! The `stallwatch` command line: parses arguments, loads config, maps errors to exit
-//! codes (2 for anything the operator must fix in config or environment, 1 otherwise).
+//! codes (2 for anything the operator must fix in config or environment, 1 otherwise;
+//! `verify` returns its verdict: 0 FIXED, 1 NOT FIXED, 3 NOT ENOUGH DATA).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,6 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use stallwatch::clock;
 use stallwatch::config::{default_data_dir, Config, LogFormat};
+use stallwatch::report::{self, Format, Outcome, TextFormat};
 
 /// Exit code for a problem the operator must fix in config or environment.
 const EXIT_CONFIG: u8 = 2;
@@ -49,6 +51,55 @@ enum Command {
         /// The TOML file to check.
         file: PathBuf,
     },
+    /// Every step gap and wait overrun in a DBOS system database's history, per UTC day,
+    /// longest first. Needs no stallwatch history; reads the app DB read-only.
+    Analyze {
+        /// The DBOS system database: a SQLite path or sqlite:/// URL, or a postgres:// URL.
+        #[arg(long)]
+        source: String,
+        /// Shortest gap or overrun reported (e.g. 60s, 5m).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        gap_min: std::time::Duration,
+        /// Gaps listed, overall and per day.
+        #[arg(long, default_value_t = stallwatch::report::DEFAULT_TOP)]
+        top: usize,
+        #[arg(long, value_enum, default_value = "text")]
+        format: TextFormat,
+    },
+    /// Freezes and episodes from the state DB over a window. Times: RFC 3339, a date, a
+    /// duration ago (7d) or now.
+    Report {
+        /// State directory of the sidecar (default as for `run`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Start of the window (default: a week before --until).
+        #[arg(long)]
+        since: Option<String>,
+        /// End of the window (default: now).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Did a change fix the freezes? Compares a before and an after window of the state
+    /// DB. Exit 0 FIXED, 1 NOT FIXED, 3 NOT ENOUGH DATA, 2 bad input.
+    #[command(group(clap::ArgGroup::new("windows").required(true).args(["before", "migrated_at"])))]
+    Verify {
+        /// State directory of the sidecar (default as for `run`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The window before the change: START..END.
+        #[arg(long, requires = "after", conflicts_with = "migrated_at")]
+        before: Option<String>,
+        /// The window after the change: START..END.
+        #[arg(long, requires = "before", conflicts_with = "migrated_at")]
+        after: Option<String>,
+        /// When the change was made: before is everything up to it, after is it to now.
+        #[arg(long)]
+        migrated_at: Option<String>,
+        #[arg(long, value_enum, default_value = "text")]
+        format: TextFormat,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +107,47 @@ fn main() -> ExitCode {
     let started = clock::read_clocks();
     let cli = Cli::parse();
     match cli.command {
+        Command::Analyze {
+            source,
+            gap_min,
+            top,
+            format,
+        } => finish(report::analyze(&report::AnalyzeArgs {
+            source,
+            gap_min,
+            top,
+            format: format.into(),
+        })),
+        Command::Report {
+            data_dir,
+            since,
+            until,
+            format,
+        } => finish(report::report(
+            &report::ReportArgs {
+                data_dir: data_dir.unwrap_or_else(default_data_dir),
+                since,
+                until,
+                format,
+            },
+            clock::real_ns(),
+        )),
+        Command::Verify {
+            data_dir,
+            before,
+            after,
+            migrated_at,
+            format,
+        } => finish(report::verify(
+            &report::VerifyArgs {
+                data_dir: data_dir.unwrap_or_else(default_data_dir),
+                before,
+                after,
+                migrated_at,
+                format: format.into(),
+            },
+            clock::real_ns(),
+        )),
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(_) => {
                 println!("{}: valid", file.display());
@@ -94,6 +186,17 @@ fn main() -> ExitCode {
                 Err(e) => fail(EXIT_CONFIG, &e.to_string()),
             }
         }
+    }
+}
+
+/// Prints an operator tool's output; any error is the operator's to fix (exit 2).
+fn finish(result: Result<Outcome, report::ToolError>) -> ExitCode {
+    match result {
+        Ok(outcome) => {
+            print!("{}", outcome.stdout);
+            ExitCode::from(outcome.exit_code)
+        }
+        Err(e) => fail(EXIT_CONFIG, &e.to_string()),
     }
 }
 

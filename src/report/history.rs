@@ -1,0 +1,459 @@
+//! The state DB as `report` and `verify` read it: opened read-only, never created,
+//! migrated or written (a sidecar may be running on it). Each read is one statement;
+//! totals are computed by SQLite (`GROUP BY`), and every list is bounded by a `LIMIT`, so
+//! a year of history costs what its index range costs, not what it holds.
+//!
+//! A state DB with no tables yet (`user_version` 0) reads as empty; one from a newer
+//! stallwatch is refused, naming the file; one from before episodes existed (version 1)
+//! reads with no episodes.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use serde::Serialize;
+
+use super::stats::rank_index;
+use super::time::Window;
+use crate::freeze::ChannelEstimate;
+use crate::state::{schema_version, STATE_DB_FILE};
+
+/// How long a read waits for the sidecar's writer.
+pub const READ_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The freeze kind that is a clock jump, not lost time (as `FreezeKind::is_lost_time`).
+pub const NOT_LOST_TIME: &str = "wall_clock_step";
+/// Episode kinds that are time lost between steps (their p99 is "gap p99").
+pub const GAP_KINDS: [&str; 2] = ["step_gap", "wait_overrun"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("no state database at {path}: stallwatch has not run with this data directory; pass --data-dir with the sidecar's data_dir")]
+    Missing { path: PathBuf },
+    #[error("state database {path} cannot be read: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    #[error("state database {path} has schema version {found}, newer than this stallwatch understands ({known}); use the stallwatch that wrote it")]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        known: i64,
+    },
+}
+
+/// Count, total and longest of one freeze kind in a window. For `wall_clock_step` the
+/// total is the signed sum of steps and `longest_ns` the largest step in either direction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KindTotal {
+    pub kind: String,
+    pub count: u64,
+    pub total_ns: i64,
+    pub longest_ns: i64,
+}
+
+impl KindTotal {
+    pub fn is_lost_time(&self) -> bool {
+        self.kind != NOT_LOST_TIME
+    }
+}
+
+/// Count, total and longest of one (episode kind, cause) in a window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EpisodeTotal {
+    pub kind: String,
+    pub cause: String,
+    pub count: u64,
+    pub total_ns: i64,
+    pub longest_ns: i64,
+}
+
+/// A freeze event as stored (kind kept as text, so a newer build's kinds show as they are).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreezeRow {
+    pub id: i64,
+    pub kind: String,
+    pub started_at_ns: i64,
+    pub duration_ns: i64,
+    pub channels: Vec<ChannelEstimate>,
+}
+
+/// An episode as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpisodeRow {
+    pub id: i64,
+    pub source: String,
+    pub kind: String,
+    pub cause: String,
+    pub workflow_id: String,
+    pub workflow_name: String,
+    pub from_step: String,
+    pub to_step: String,
+    pub started_at_ns: i64,
+    pub duration_ns: i64,
+    pub freeze_id: Option<i64>,
+}
+
+/// What the state DB says about when the sidecar was running.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Evidence {
+    /// Start of the earliest freeze or episode stored.
+    pub earliest_record_ns: Option<i64>,
+    /// Start of the earliest lost-time freeze stored.
+    pub earliest_freeze_ns: Option<i64>,
+    /// Latest time the sidecar wrote a freeze or episode (`detected_at_ns`).
+    pub latest_write_ns: Option<i64>,
+    /// Wall time of the heartbeat (the table keeps only the last one).
+    pub heartbeat_ns: Option<i64>,
+    /// Whether that heartbeat was written by an orderly shutdown.
+    pub heartbeat_clean: Option<bool>,
+    /// When the state DB file was created, where the filesystem records it.
+    pub created_ns: Option<i64>,
+}
+
+/// Everything stored, for "no data in this window" hints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Stored {
+    pub freezes: u64,
+    pub episodes: u64,
+    pub first_ns: Option<i64>,
+    pub last_ns: Option<i64>,
+}
+
+pub struct History {
+    /// `None`: the file exists but has no tables yet.
+    conn: Option<Connection>,
+    has_episodes: bool,
+    path: PathBuf,
+}
+
+impl History {
+    /// Opens `DATA_DIR/stallwatch.sqlite` read-only; a missing file is an error, never created.
+    pub fn open(data_dir: &Path) -> Result<History, HistoryError> {
+        let path = data_dir.join(STATE_DB_FILE);
+        if !path.is_file() {
+            return Err(HistoryError::Missing { path });
+        }
+        let unreadable = |e: rusqlite::Error| HistoryError::Unreadable {
+            path: path.clone(),
+            reason: e.to_string(),
+        };
+        let (conn, found) = match connect(&path, false) {
+            Ok(opened) => opened,
+            // A WAL database with no `-shm` beside it, in a directory this user cannot
+            // write (an operator reading the sidecar's DB as another user): SQLite cannot
+            // make the shared-memory file. With neither `-wal` nor `-shm` present no
+            // connection has it open and everything is in the main file, so it is read
+            // as immutable.
+            Err(e)
+                if is_read_only(&e)
+                    && !sidecar_file(&path, "-wal")
+                    && !sidecar_file(&path, "-shm") =>
+            {
+                connect(&path, true).map_err(unreadable)?
+            }
+            Err(e) => return Err(unreadable(e)),
+        };
+        let known = schema_version();
+        if found > known {
+            return Err(HistoryError::TooNew { path, found, known });
+        }
+        Ok(History {
+            // Version 0: the file exists but has no tables yet.
+            conn: (found > 0).then_some(conn),
+            has_episodes: found >= 2,
+            path,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, e: rusqlite::Error) -> HistoryError {
+        HistoryError::Unreadable {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Freezes per kind that started in `w`, by kind name.
+    pub fn freeze_totals(&self, w: Window) -> Result<Vec<KindTotal>, HistoryError> {
+        let Some(conn) = &self.conn else {
+            return Ok(Vec::new());
+        };
+        let run = || -> rusqlite::Result<Vec<KindTotal>> {
+            let mut stmt = conn.prepare_cached(
+                "SELECT kind, count(*), coalesce(sum(duration_ns), 0), coalesce(max(abs(duration_ns)), 0)
+                 FROM freeze_event WHERE started_at_ns >= ?1 AND started_at_ns < ?2
+                 GROUP BY kind ORDER BY kind",
+            )?;
+            let rows = stmt.query_map(params![w.start_ns, w.end_ns], |r| {
+                Ok(KindTotal {
+                    kind: r.get(0)?,
+                    count: r.get::<_, i64>(1)?.max(0) as u64,
+                    total_ns: r.get(2)?,
+                    longest_ns: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    /// Episodes per (kind, cause) that started in `w`.
+    pub fn episode_totals(&self, w: Window) -> Result<Vec<EpisodeTotal>, HistoryError> {
+        let Some(conn) = self.episodes_conn() else {
+            return Ok(Vec::new());
+        };
+        let run = || -> rusqlite::Result<Vec<EpisodeTotal>> {
+            let mut stmt = conn.prepare_cached(
+                "SELECT kind, cause, count(*), coalesce(sum(duration_ns), 0), coalesce(max(duration_ns), 0)
+                 FROM episode WHERE started_at_ns >= ?1 AND started_at_ns < ?2
+                 GROUP BY kind, cause ORDER BY kind, cause",
+            )?;
+            let rows = stmt.query_map(params![w.start_ns, w.end_ns], |r| {
+                Ok(EpisodeTotal {
+                    kind: r.get(0)?,
+                    cause: r.get(1)?,
+                    count: r.get::<_, i64>(2)?.max(0) as u64,
+                    total_ns: r.get(3)?,
+                    longest_ns: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    /// The `limit` longest freezes that started in `w`, longest first; lost time only
+    /// unless `all_kinds`.
+    pub fn longest_freezes(
+        &self,
+        w: Window,
+        limit: usize,
+        all_kinds: bool,
+    ) -> Result<Vec<FreezeRow>, HistoryError> {
+        let Some(conn) = &self.conn else {
+            return Ok(Vec::new());
+        };
+        let run = || -> rusqlite::Result<Vec<FreezeRow>> {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, kind, started_at_ns, duration_ns, channels FROM freeze_event
+                 WHERE started_at_ns >= ?1 AND started_at_ns < ?2 AND (?3 OR kind != ?4)
+                 ORDER BY abs(duration_ns) DESC, started_at_ns, id LIMIT ?5",
+            )?;
+            let rows = stmt.query_map(
+                params![w.start_ns, w.end_ns, all_kinds, NOT_LOST_TIME, limit as i64],
+                |r| {
+                    let channels: String = r.get(4)?;
+                    Ok(FreezeRow {
+                        id: r.get(0)?,
+                        kind: r.get(1)?,
+                        started_at_ns: r.get(2)?,
+                        duration_ns: r.get(3)?,
+                        channels: serde_json::from_str(&channels).unwrap_or_default(),
+                    })
+                },
+            )?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    /// The `limit` longest episodes that started in `w`, longest first.
+    pub fn longest_episodes(
+        &self,
+        w: Window,
+        limit: usize,
+    ) -> Result<Vec<EpisodeRow>, HistoryError> {
+        let Some(conn) = self.episodes_conn() else {
+            return Ok(Vec::new());
+        };
+        let run = || -> rusqlite::Result<Vec<EpisodeRow>> {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, source, kind, cause, workflow_id, workflow_name, from_step, to_step,
+                        started_at_ns, duration_ns, freeze_id
+                 FROM episode WHERE started_at_ns >= ?1 AND started_at_ns < ?2
+                 ORDER BY duration_ns DESC, started_at_ns, id LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![w.start_ns, w.end_ns, limit as i64], |r| {
+                Ok(EpisodeRow {
+                    id: r.get(0)?,
+                    source: r.get(1)?,
+                    kind: r.get(2)?,
+                    cause: r.get(3)?,
+                    workflow_id: r.get(4)?,
+                    workflow_name: r.get(5)?,
+                    from_step: r.get(6)?,
+                    to_step: r.get(7)?,
+                    started_at_ns: r.get(8)?,
+                    duration_ns: r.get(9)?,
+                    freeze_id: r.get(10)?,
+                })
+            })?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    /// The number of gap episodes (step gaps and wait overruns) that started in `w`, and
+    /// their nearest-rank `q` quantile: a count, then one row at that rank.
+    pub fn gap_quantile(&self, w: Window, q: f64) -> Result<(u64, Option<i64>), HistoryError> {
+        let Some(conn) = self.episodes_conn() else {
+            return Ok((0, None));
+        };
+        let run = || -> rusqlite::Result<(u64, Option<i64>)> {
+            let n: i64 = conn.query_row(
+                "SELECT count(*) FROM episode
+                 WHERE started_at_ns >= ?1 AND started_at_ns < ?2 AND kind IN (?3, ?4)",
+                params![w.start_ns, w.end_ns, GAP_KINDS[0], GAP_KINDS[1]],
+                |r| r.get(0),
+            )?;
+            let n = n.max(0) as u64;
+            let Some(at) = rank_index(n as usize, q) else {
+                return Ok((n, None));
+            };
+            let value = conn.query_row(
+                "SELECT duration_ns FROM episode
+                 WHERE started_at_ns >= ?1 AND started_at_ns < ?2 AND kind IN (?3, ?4)
+                 ORDER BY duration_ns LIMIT 1 OFFSET ?5",
+                params![w.start_ns, w.end_ns, GAP_KINDS[0], GAP_KINDS[1], at as i64],
+                |r| r.get(0),
+            )?;
+            Ok((n, Some(value)))
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    /// When the sidecar was seen running: records, heartbeat and the file's birth time.
+    pub fn evidence(&self) -> Result<Evidence, HistoryError> {
+        let created_ns = std::fs::metadata(&self.path)
+            .and_then(|m| m.created())
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_nanos()).ok());
+        let mut e = Evidence {
+            created_ns,
+            ..Evidence::default()
+        };
+        let Some(conn) = &self.conn else {
+            return Ok(e);
+        };
+        let run = |e: &mut Evidence| -> rusqlite::Result<()> {
+            let bounds = |table: &str| {
+                conn.query_row(
+                    &format!("SELECT min(started_at_ns), max(detected_at_ns) FROM {table}"),
+                    [],
+                    |r| Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, Option<i64>>(1)?)),
+                )
+            };
+            let (f0, f1) = bounds("freeze_event")?;
+            let (e0, e1) = if self.has_episodes {
+                bounds("episode")?
+            } else {
+                (None, None)
+            };
+            let (first, last) = (min_opt(f0, e0), f1.max(e1));
+            e.earliest_record_ns = first;
+            e.earliest_freeze_ns = conn.query_row(
+                "SELECT min(started_at_ns) FROM freeze_event WHERE kind != ?1",
+                [NOT_LOST_TIME],
+                |r| r.get(0),
+            )?;
+            e.latest_write_ns = last;
+            if let Some((real_ns, clean)) = conn
+                .query_row(
+                    "SELECT real_ns, clean FROM heartbeat WHERE id = 1",
+                    [],
+                    |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?)),
+                )
+                .optional()?
+            {
+                e.heartbeat_ns = Some(real_ns);
+                e.heartbeat_clean = Some(clean);
+            }
+            Ok(())
+        };
+        run(&mut e).map_err(|err| self.err(err))?;
+        Ok(e)
+    }
+
+    /// Everything stored, whatever the window.
+    pub fn stored(&self) -> Result<Stored, HistoryError> {
+        let Some(conn) = &self.conn else {
+            return Ok(Stored::default());
+        };
+        let run = || -> rusqlite::Result<Stored> {
+            let one = |table: &str| {
+                conn.query_row(
+                    &format!(
+                        "SELECT count(*), min(started_at_ns), max(started_at_ns) FROM {table}"
+                    ),
+                    [],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?.max(0) as u64,
+                            r.get::<_, Option<i64>>(1)?,
+                            r.get::<_, Option<i64>>(2)?,
+                        ))
+                    },
+                )
+            };
+            let (freezes, f0, f1) = one("freeze_event")?;
+            let (episodes, e0, e1) = if self.has_episodes {
+                one("episode")?
+            } else {
+                (0, None, None)
+            };
+            Ok(Stored {
+                freezes,
+                episodes,
+                first_ns: min_opt(f0, e0),
+                last_ns: f1.max(e1),
+            })
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    fn episodes_conn(&self) -> Option<&Connection> {
+        self.conn.as_ref().filter(|_| self.has_episodes)
+    }
+}
+
+/// A read-only connection and the schema version it sees.
+fn connect(path: &Path, immutable: bool) -> rusqlite::Result<(Connection, i64)> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = if immutable {
+        let escaped = path
+            .to_string_lossy()
+            .replace('%', "%25")
+            .replace('?', "%3f")
+            .replace('#', "%23");
+        Connection::open_with_flags(format!("file:{escaped}?immutable=1"), flags)?
+    } else {
+        Connection::open_with_flags(path, flags)?
+    };
+    conn.busy_timeout(READ_BUSY_TIMEOUT)?;
+    let found = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    Ok((conn, found))
+}
+
+fn is_read_only(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen)
+    )
+}
+
+fn sidecar_file(db: &Path, suffix: &str) -> bool {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    Path::new(&name).exists()
+}
+
+fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}

@@ -1,0 +1,481 @@
+//! Operator tools that look back, one-shot commands beside the sidecar:
+//!
+//! - `analyze`: an app's DBOS system database, with no stallwatch history at all — every
+//!   step gap and wait overrun in its `operation_outputs`, per UTC day, longest first.
+//! - `report`: the state DB over a window — freezes by kind, episodes by kind and cause,
+//!   the longest of each; text, JSON, Markdown or a self-contained HTML page with an SVG
+//!   timeline.
+//! - `verify`: the state DB over a before and an after window — FIXED, NOT FIXED or NOT
+//!   ENOUGH DATA, with the evidence and the statistics behind it.
+//!
+//! Pure logic takes values and returns values: [`time`] (parsing and printing times),
+//! [`stats`] (quantiles, Poisson), [`analyze`] (gap aggregation), [`verify`] (coverage,
+//! the verdict). I/O is thin: [`scan`] reads an app DB through the sources' read-only
+//! [`crate::sources::db::Database`], [`history`] reads the state DB read-only. [`render`]
+//! and [`html`] turn results into text. Nothing here writes to any database.
+//!
+//! Exit codes: 2 for anything the operator must fix (bad arguments, a URL that is not a
+//! DBOS DB, a missing or unreadable state DB); `verify` returns 0 FIXED, 1 NOT FIXED,
+//! 3 NOT ENOUGH DATA; everything else returns 0.
+
+pub mod analyze;
+pub mod history;
+pub mod html;
+pub mod render;
+pub mod scan;
+pub mod stats;
+pub mod time;
+pub mod verify;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::config::source::{parse_location, Location, SourceKind};
+use crate::sources::db::Database;
+use crate::sources::postgres::PgReader;
+use crate::sources::sqlite::SqliteReader;
+use analyze::Analyzer;
+use history::{
+    EpisodeRow, EpisodeTotal, Evidence, FreezeRow, History, HistoryError, KindTotal, Stored,
+};
+use scan::{ScanError, ScanStats};
+use time::{parse_time, parse_window, Window, DAY_NS};
+use verify::{Coverage, Decision, Sample};
+
+/// Default `analyze --gap-min`: a minute, well above any step-to-step latency and below
+/// any freeze worth a page.
+pub const DEFAULT_ANALYZE_GAP_MIN: Duration = Duration::from_secs(60);
+/// Default gaps listed, overall and per day.
+pub const DEFAULT_TOP: usize = 10;
+/// Default `report` window when `--since` is not given: the last week.
+pub const DEFAULT_REPORT_SPAN: Duration = Duration::from_secs(7 * 86_400);
+/// Longest freezes and episodes listed in a report.
+pub const REPORT_LONGEST: usize = 10;
+/// Most marks per lane group on the HTML timeline (the longest are kept): more would not
+/// be readable at a glance, nor small.
+pub const MAX_TIMELINE_MARKS: usize = 2_000;
+
+/// Output formats (not every command has every one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Markdown,
+    Html,
+}
+
+/// The formats of `analyze` and `verify`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TextFormat {
+    Text,
+    Json,
+}
+
+impl From<TextFormat> for Format {
+    fn from(f: TextFormat) -> Format {
+        match f {
+            TextFormat::Text => Format::Text,
+            TextFormat::Json => Format::Json,
+        }
+    }
+}
+
+/// A finished command: what goes to stdout, and the exit code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub stdout: String,
+    pub exit_code: u8,
+}
+
+/// A problem the operator must fix: one sentence, exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("{0}")]
+    Input(String),
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    #[error(transparent)]
+    History(#[from] HistoryError),
+}
+
+// ---- analyze ------------------------------------------------------------------------
+
+/// `stallwatch analyze` arguments.
+#[derive(Debug, Clone)]
+pub struct AnalyzeArgs {
+    pub source: String,
+    pub gap_min: Duration,
+    pub top: usize,
+    pub format: Format,
+}
+
+/// What `analyze` found, ready to render.
+#[derive(Debug)]
+pub struct AnalyzeResult {
+    /// The database as it may be shown (a path or a redacted URL).
+    pub source: String,
+    pub scan: ScanStats,
+    pub analyzer: Analyzer,
+    pub elapsed: Duration,
+}
+
+pub fn analyze(args: &AnalyzeArgs) -> Result<Outcome, ToolError> {
+    if !matches!(args.format, Format::Text | Format::Json) {
+        return Err(ToolError::Input(
+            "analyze prints --format text or json".into(),
+        ));
+    }
+    let location = parse_location(&args.source, SourceKind::Dbos)
+        .map_err(|p| ToolError::Input(format!("--source {p}")))?;
+    let shown = location.shown();
+    let mut db = match location {
+        Location::Postgres(url) => Database::Postgres(Box::new(PgReader::new(url))),
+        Location::Sqlite(path) | Location::File(path) => Database::Sqlite(SqliteReader::new(path)),
+    };
+    let gap_min_ns = i64::try_from(args.gap_min.as_nanos())
+        .map_err(|_| ToolError::Input("--gap-min is too long".into()))?;
+    let started = Instant::now();
+    let mut analyzer = Analyzer::new(gap_min_ns, args.top.min(analyze::MAX_TOP));
+    let scan = scan::scan(&mut db, &shown, &mut analyzer)?;
+    let result = AnalyzeResult {
+        source: shown,
+        scan,
+        analyzer,
+        elapsed: started.elapsed(),
+    };
+    let stdout = match args.format {
+        Format::Json => render::analyze_json(&result),
+        _ => render::analyze_text(&result),
+    };
+    Ok(Outcome {
+        stdout,
+        exit_code: 0,
+    })
+}
+
+// ---- report -------------------------------------------------------------------------
+
+/// `stallwatch report` arguments.
+#[derive(Debug, Clone)]
+pub struct ReportArgs {
+    pub data_dir: PathBuf,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub format: Format,
+}
+
+/// A report over one window, ready to render.
+#[derive(Debug, Clone)]
+pub struct ReportData {
+    pub state_db: String,
+    pub window: Window,
+    pub generated_ns: i64,
+    pub freezes: Vec<KindTotal>,
+    pub episodes: Vec<EpisodeTotal>,
+    pub longest_freezes: Vec<FreezeRow>,
+    pub longest_episodes: Vec<EpisodeRow>,
+    /// What the timeline draws: the longest [`MAX_TIMELINE_MARKS`] of each.
+    pub timeline_freezes: Vec<FreezeRow>,
+    pub timeline_episodes: Vec<EpisodeRow>,
+    pub stored: Stored,
+    pub evidence: Evidence,
+    /// The part of the window the sidecar may have watched.
+    pub covered: Window,
+}
+
+impl ReportData {
+    pub fn is_empty(&self) -> bool {
+        self.freezes.is_empty() && self.episodes.is_empty()
+    }
+
+    pub fn freeze_count(&self) -> u64 {
+        self.freezes
+            .iter()
+            .filter(|k| k.is_lost_time())
+            .map(|k| k.count)
+            .sum()
+    }
+
+    /// Lost time of every freeze that started in the window.
+    pub fn frozen_ns(&self) -> i64 {
+        self.freezes
+            .iter()
+            .filter(|k| k.is_lost_time())
+            .map(|k| k.total_ns)
+            .sum()
+    }
+
+    pub fn episode_count(&self) -> u64 {
+        self.episodes.iter().map(|e| e.count).sum()
+    }
+
+    pub fn timeline_truncated(&self) -> bool {
+        let freezes: u64 = self.freezes.iter().map(|k| k.count).sum();
+        freezes > self.timeline_freezes.len() as u64
+            || self.episode_count() > self.timeline_episodes.len() as u64
+    }
+}
+
+/// The report window: `--since` (default: a week before `--until`) to `--until` (default now).
+pub fn report_window(
+    since: Option<&str>,
+    until: Option<&str>,
+    now_ns: i64,
+) -> Result<Window, ToolError> {
+    let input = |flag: &str, e: String| ToolError::Input(format!("--{flag}: {e}"));
+    let end_ns = match until {
+        Some(t) => parse_time(t, now_ns).map_err(|e| input("until", e))?,
+        None => now_ns,
+    };
+    let start_ns = match since {
+        Some(t) => parse_time(t, now_ns).map_err(|e| input("since", e))?,
+        None => end_ns - DEFAULT_REPORT_SPAN.as_nanos() as i64,
+    };
+    if start_ns >= end_ns {
+        return Err(ToolError::Input(format!(
+            "--since {} is not before --until {}; give a window that runs forwards",
+            time::rfc3339(start_ns),
+            time::rfc3339(end_ns)
+        )));
+    }
+    Ok(Window { start_ns, end_ns })
+}
+
+pub fn report(args: &ReportArgs, now_ns: i64) -> Result<Outcome, ToolError> {
+    let window = report_window(args.since.as_deref(), args.until.as_deref(), now_ns)?;
+    let history = History::open(&args.data_dir)?;
+    let evidence = history.evidence()?;
+    let data = ReportData {
+        state_db: history.path().display().to_string(),
+        window,
+        generated_ns: now_ns,
+        freezes: history.freeze_totals(window)?,
+        episodes: history.episode_totals(window)?,
+        longest_freezes: history.longest_freezes(window, REPORT_LONGEST, false)?,
+        longest_episodes: history.longest_episodes(window, REPORT_LONGEST)?,
+        timeline_freezes: history.longest_freezes(window, MAX_TIMELINE_MARKS, true)?,
+        timeline_episodes: history.longest_episodes(window, MAX_TIMELINE_MARKS)?,
+        stored: history.stored()?,
+        evidence,
+        covered: verify::coverage(&evidence).covered(window, now_ns),
+    };
+    let stdout = match args.format {
+        Format::Text => render::report_text(&data),
+        Format::Json => render::report_json(&data),
+        Format::Markdown => render::report_markdown(&data),
+        Format::Html => html::report_html(&data),
+    };
+    Ok(Outcome {
+        stdout,
+        exit_code: 0,
+    })
+}
+
+// ---- verify -------------------------------------------------------------------------
+
+/// `stallwatch verify` arguments: `before` and `after`, or `migrated_at`.
+#[derive(Debug, Clone)]
+pub struct VerifyArgs {
+    pub data_dir: PathBuf,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub migrated_at: Option<String>,
+    pub format: Format,
+}
+
+/// One window's evidence.
+#[derive(Debug, Clone)]
+pub struct Side {
+    pub window: Window,
+    pub covered: Window,
+    /// Lost-time kinds only.
+    pub by_kind: Vec<KindTotal>,
+    pub freezes: u64,
+    pub frozen_ns: i64,
+    /// Wall-clock steps in the window: shown, not counted.
+    pub clock_steps: u64,
+    pub gaps: u64,
+    pub gap_p99_ns: Option<i64>,
+    /// Where the window's start came from, when the operator did not give it.
+    pub start_from: Option<StartFrom>,
+}
+
+/// Where "everything up to T" starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFrom {
+    /// The state DB file's creation: the sidecar cannot have watched before it.
+    Created,
+    /// The first freeze. It only marks the start, so it is not counted in the rate
+    /// (counting it would overstate the rate of a window that starts with it).
+    FirstFreeze,
+    /// The first episode (no freeze came earlier).
+    FirstRecord,
+    /// Nothing stored before T: the window is empty.
+    Nothing,
+}
+
+impl Side {
+    /// Freezes the rate is computed from.
+    pub fn counted(&self) -> u64 {
+        if self.start_from == Some(StartFrom::FirstFreeze) {
+            self.freezes.saturating_sub(1)
+        } else {
+            self.freezes
+        }
+    }
+
+    /// Frozen seconds per covered day.
+    pub fn frozen_seconds_per_day(&self) -> Option<f64> {
+        let covered = self.covered.len_ns();
+        (covered > 0).then(|| self.frozen_ns as f64 / 1e9 * DAY_NS as f64 / covered as f64)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct VerifyResult {
+    pub state_db: String,
+    pub now_ns: i64,
+    pub before: Side,
+    pub after: Side,
+    pub coverage: Coverage,
+    pub evidence: Evidence,
+    pub decision: Decision,
+}
+
+/// The two windows: `--before A..B --after C..D`, or `--migrated-at T` (everything
+/// before T; T to now).
+pub fn verify_windows(
+    before: Option<&str>,
+    after: Option<&str>,
+    migrated_at: Option<&str>,
+    now_ns: i64,
+) -> Result<(Window, Window), ToolError> {
+    let (b, a) = match (before, after, migrated_at) {
+        (Some(b), Some(a), None) => (
+            parse_window(b, now_ns).map_err(|e| ToolError::Input(format!("--before: {e}")))?,
+            parse_window(a, now_ns).map_err(|e| ToolError::Input(format!("--after: {e}")))?,
+        ),
+        (None, None, Some(t)) => {
+            let t = parse_time(t, now_ns)
+                .map_err(|e| ToolError::Input(format!("--migrated-at: {e}")))?;
+            if t >= now_ns {
+                return Err(ToolError::Input(format!(
+                    "--migrated-at {} is not in the past; there is no after window yet",
+                    time::rfc3339(t)
+                )));
+            }
+            (
+                Window {
+                    start_ns: i64::MIN,
+                    end_ns: t,
+                },
+                Window {
+                    start_ns: t,
+                    end_ns: now_ns,
+                },
+            )
+        }
+        _ => {
+            return Err(ToolError::Input(
+                "give --before A..B and --after C..D, or --migrated-at T".into(),
+            ))
+        }
+    };
+    if b.overlaps(&a) {
+        return Err(ToolError::Input(format!(
+            "--before and --after overlap ({} .. {} and {} .. {}); the windows must not share time",
+            time::rfc3339(b.start_ns),
+            time::rfc3339(b.end_ns),
+            time::rfc3339(a.start_ns),
+            time::rfc3339(a.end_ns)
+        )));
+    }
+    Ok((b, a))
+}
+
+fn side(
+    history: &History,
+    window: Window,
+    coverage: &Coverage,
+    now_ns: i64,
+) -> Result<Side, ToolError> {
+    let totals = history.freeze_totals(window)?;
+    let clock_steps = totals
+        .iter()
+        .filter(|k| !k.is_lost_time())
+        .map(|k| k.count)
+        .sum();
+    let by_kind: Vec<KindTotal> = totals.into_iter().filter(|k| k.is_lost_time()).collect();
+    let (gaps, gap_p99_ns) = history.gap_quantile(window, 0.99)?;
+    Ok(Side {
+        window,
+        covered: coverage.covered(window, now_ns),
+        freezes: by_kind.iter().map(|k| k.count).sum(),
+        frozen_ns: by_kind.iter().map(|k| k.total_ns).sum(),
+        by_kind,
+        clock_steps,
+        gaps,
+        gap_p99_ns,
+        start_from: None,
+    })
+}
+
+pub fn verify(args: &VerifyArgs, now_ns: i64) -> Result<Outcome, ToolError> {
+    if !matches!(args.format, Format::Text | Format::Json) {
+        return Err(ToolError::Input(
+            "verify prints --format text or json".into(),
+        ));
+    }
+    let (before_w, after_w) = verify_windows(
+        args.before.as_deref(),
+        args.after.as_deref(),
+        args.migrated_at.as_deref(),
+        now_ns,
+    )?;
+    let history = History::open(&args.data_dir)?;
+    let evidence = history.evidence()?;
+    let coverage = verify::coverage(&evidence);
+    let mut before = side(&history, before_w, &coverage, now_ns)?;
+    // "Everything up to T" starts where the evidence does.
+    if before_w.start_ns == i64::MIN {
+        let (start, from) = match (coverage.from_ns, evidence.earliest_record_ns) {
+            (Some(created), _) => (created, StartFrom::Created),
+            (None, Some(first)) if evidence.earliest_freeze_ns == Some(first) => {
+                (first, StartFrom::FirstFreeze)
+            }
+            (None, Some(first)) => (first, StartFrom::FirstRecord),
+            (None, None) => (before_w.end_ns, StartFrom::Nothing),
+        };
+        before.window.start_ns = start.min(before_w.end_ns);
+        before.covered = coverage.covered(before.window, now_ns);
+        before.start_from = Some(from);
+    }
+    let after = side(&history, after_w, &coverage, now_ns)?;
+    let decision = verify::decide(
+        Sample {
+            freezes: before.counted(),
+            covered_ns: before.covered.len_ns(),
+        },
+        Sample {
+            freezes: after.counted(),
+            covered_ns: after.covered.len_ns(),
+        },
+    );
+    let result = VerifyResult {
+        state_db: history.path().display().to_string(),
+        now_ns,
+        before,
+        after,
+        coverage,
+        evidence,
+        decision,
+    };
+    let stdout = match args.format {
+        Format::Json => render::verify_json(&result),
+        _ => render::verify_text(&result),
+    };
+    Ok(Outcome {
+        stdout,
+        exit_code: decision.verdict.exit_code(),
+    })
+}

@@ -1,0 +1,837 @@
+//! Issue 8, `stallwatch analyze`: every step gap and wait overrun in a DBOS system
+//! database's history, with no stallwatch history at all.
+//!
+//! - `incident_shape_on_sqlite_names_the_107_minute_gap_first`: a generated SQLite DB in
+//!   the DBOS 3.4 schema holding the incident (`parse_email` done at 15:11:15, a 60 s
+//!   `DBOS.recv` debounce with its `DBOS.sleep` placeholder, `generate_reply` at
+//!   16:59:28) among ordinary workflows, a 2 h `DBOS.sleep`, a 45 s gap, a 3 min gap and
+//!   a 10 min wait overrun on the next day. The incident's 6432.990 s gap is listed first,
+//!   exactly; the waits are not gaps; per-day counts, longest and quantiles are exact; the
+//!   threshold moves what is counted; the file is not modified.
+//! - `incident_shape_on_postgres_reads_the_same`: the same rows in schema `dbos` of a fresh
+//!   Postgres database give the same gaps.
+//! - `keyset_batches_lose_and_repeat_no_row`: 25,000 rows in 250 runs of 100 rows that
+//!   share one completion millisecond (ties across batch edges) are read exactly once each.
+//! - `a_long_gap_among_more_workflows_than_the_tracker_holds_is_found`: 12,000 workflows
+//!   (the gap tracker holds 10,000) pass during one workflow's 107-minute gap; it is found
+//!   and no workflow is evicted.
+//! - `not_a_dbos_database_is_one_sentence_and_exit_2`: a SQLite DB without
+//!   `operation_outputs`, a file that is not SQLite, a missing file, a Postgres database
+//!   without schema `dbos`, a bad --gap-min: one line on stderr, exit 2, no panic.
+//! - `real_dbos_app_stopped_between_steps_is_one_gap`: a real DBOS app (PyPI `dbos`,
+//!   `tests/dbos/app.py` in the venv `scripts/dbos-venv.sh` makes) SIGSTOPped for 5 s
+//!   between `generate` and `send`: `--gap-min 3s` finds that one gap, as long as the stop,
+//!   and `--gap-min 1s` still finds only it (the 2 s recv waits are not gaps).
+//!
+//! Nothing is skipped: without Postgres on 127.0.0.1:5432 or the DBOS venv the tests that
+//! need them fail, saying what is missing.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use common::{poll_until, process_state, run_to_exit, Finished};
+use postgres::{Client, NoTls};
+use rusqlite::{params, Connection};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// 2025-11-20T15:11:15.000Z: the incident's `parse_email` completes.
+const PARSE_DONE_MS: i64 = 1_763_651_475_000;
+const MIN_MS: i64 = 60_000;
+const HOUR_MS: i64 = 3_600_000;
+/// 2025-11-21T00:00:00Z.
+const DAY2_MS: i64 = 1_763_683_200_000;
+/// The incident's gap: 16:59:28.000 − 15:12:15.010 (the end of the debounce).
+const INCIDENT_GAP_SECONDS: f64 = 6_432.990;
+
+const PG_HOST: &str = "127.0.0.1";
+const PG_PORT: u16 = 5432;
+
+/// `operation_outputs` and `workflow_status` as DBOS 3.4 creates them on SQLite (the
+/// columns analyze does not read are kept, so the schema is the real one).
+const DBOS_SQLITE_SCHEMA: &str = "
+CREATE TABLE workflow_status (
+    workflow_uuid TEXT PRIMARY KEY, status TEXT, name TEXT, authenticated_user TEXT,
+    assumed_role TEXT, authenticated_roles TEXT, request TEXT, output TEXT, error TEXT,
+    executor_id TEXT, created_at INTEGER NOT NULL DEFAULT (strftime('%s','now') * 1000),
+    updated_at INTEGER NOT NULL DEFAULT (strftime('%s','now') * 1000),
+    application_version TEXT, application_id TEXT, class_name TEXT DEFAULT NULL,
+    config_name TEXT DEFAULT NULL, recovery_attempts INTEGER DEFAULT 0, queue_name TEXT,
+    workflow_timeout_ms INTEGER, workflow_deadline_epoch_ms INTEGER, inputs TEXT,
+    started_at_epoch_ms INTEGER, deduplication_id TEXT, priority INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX workflow_status_created_at_index ON workflow_status (created_at);
+CREATE TABLE operation_outputs (
+    workflow_uuid TEXT NOT NULL, function_id INTEGER NOT NULL,
+    function_name TEXT NOT NULL DEFAULT '', output TEXT, error TEXT, child_workflow_id TEXT,
+    started_at_epoch_ms INTEGER, completed_at_epoch_ms INTEGER, serialization TEXT,
+    application_name TEXT DEFAULT NULL,
+    retention_timestamp INTEGER NOT NULL DEFAULT (strftime('%s','now') * 1000),
+    PRIMARY KEY (workflow_uuid, function_id));
+CREATE INDEX idx_operation_outputs_completed_at_function_name_v2
+    ON operation_outputs (completed_at_epoch_ms, function_name, application_name);
+";
+
+/// The same tables on Postgres, in schema `dbos` (bigint epoch columns, as DBOS has them).
+const DBOS_PG_SCHEMA: &str = "
+CREATE SCHEMA dbos;
+CREATE TABLE dbos.workflow_status (
+    workflow_uuid TEXT PRIMARY KEY, status TEXT, name TEXT, queue_name TEXT,
+    recovery_attempts BIGINT DEFAULT 0, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL);
+CREATE TABLE dbos.operation_outputs (
+    workflow_uuid TEXT NOT NULL, function_id INTEGER NOT NULL, function_name TEXT NOT NULL DEFAULT '',
+    output TEXT, error TEXT, child_workflow_id TEXT,
+    started_at_epoch_ms BIGINT, completed_at_epoch_ms BIGINT,
+    PRIMARY KEY (workflow_uuid, function_id));
+CREATE INDEX idx_operation_outputs_completed_at ON dbos.operation_outputs (completed_at_epoch_ms);
+";
+
+/// One `operation_outputs` row.
+#[derive(Debug, Clone)]
+struct Op {
+    workflow: String,
+    function_id: i64,
+    name: &'static str,
+    started_ms: i64,
+    completed_ms: i64,
+    output: Option<String>,
+}
+
+fn op(
+    workflow: &str,
+    function_id: i64,
+    name: &'static str,
+    started_ms: i64,
+    completed_ms: i64,
+) -> Op {
+    Op {
+        workflow: workflow.into(),
+        function_id,
+        name,
+        started_ms,
+        completed_ms,
+        output: None,
+    }
+}
+
+/// A `DBOS.recv` of `timeout_ms` starting at `at_ms` as DBOS 3.4 writes it: the recv at
+/// `fid`, written at its end (`ends_ms`), and the `DBOS.sleep` placeholder at `fid + 1`,
+/// written 2 ms in, whose output is the deadline in epoch seconds.
+fn recv(workflow: &str, fid: i64, at_ms: i64, timeout_ms: i64, ends_ms: i64) -> [Op; 2] {
+    let placeholder_ms = at_ms + 2;
+    let deadline_ms = placeholder_ms + timeout_ms;
+    [
+        op(workflow, fid, "DBOS.recv", at_ms, ends_ms),
+        Op {
+            output: Some(format!("{}.{:03}", deadline_ms / 1000, deadline_ms % 1000)),
+            ..op(
+                workflow,
+                fid + 1,
+                "DBOS.sleep",
+                placeholder_ms,
+                placeholder_ms + 1,
+            )
+        },
+    ]
+}
+
+/// The incident's history among ordinary workflows: (operation rows, workflows).
+fn incident_history() -> (Vec<Op>, Vec<(String, &'static str)>) {
+    let mut ops = Vec::new();
+    let mut workflows = Vec::new();
+    let p = PARSE_DONE_MS;
+    // The incident: parse_email, a 60 s debounce (ends 15:12:15.010, the deadline was
+    // .006), then nothing until generate_reply at 16:59:28.
+    let wf = "3f1c2a9e-incident";
+    workflows.push((wf.to_string(), "reply_to_email"));
+    ops.push(op(wf, 1, "parse_email", p - 200, p));
+    ops.extend(recv(wf, 2, p + 4, 60_000, p + 60_010));
+    let generate = p + 6_493_000; // 16:59:28.000
+    ops.push(op(wf, 4, "generate_reply", generate, generate + 3_500));
+    ops.push(op(wf, 5, "send_reply", generate + 3_503, generate + 4_000));
+    // Ordinary workflows all day: fetch, summarize, send, gaps of 100-300 ms.
+    for i in 0..40 {
+        let wf = format!("bg-{i:03}");
+        workflows.push((wf.clone(), "digest"));
+        let t = p - 5 * HOUR_MS + i * 17 * MIN_MS;
+        ops.push(op(&wf, 1, "fetch", t, t + 900));
+        ops.push(op(
+            &wf,
+            2,
+            "summarize",
+            t + 1_000 + (i % 3) * 100,
+            t + 1_600 + (i % 3) * 100,
+        ));
+        ops.push(op(&wf, 3, "send", t + 1_900, t + 2_000));
+    }
+    // A two-hour DBOS.sleep: an intended wait (completed_at is the planned wake).
+    let wf = "sleepy";
+    workflows.push((wf.to_string(), "nightly"));
+    let t = p - 2 * HOUR_MS;
+    ops.push(op(wf, 1, "fetch", t - 500, t));
+    ops.push(Op {
+        output: Some(format!(
+            "{}.{:03}",
+            (t + 5 + 2 * HOUR_MS) / 1000,
+            (t + 5) % 1000
+        )),
+        ..op(wf, 2, "DBOS.sleep", t + 5, t + 5 + 2 * HOUR_MS)
+    });
+    ops.push(op(
+        wf,
+        3,
+        "summarize",
+        t + 2 * HOUR_MS + 15,
+        t + 2 * HOUR_MS + 400,
+    ));
+    // A 45 s gap between steps: below a 60 s threshold, above 30 s.
+    let wf = "slow-45";
+    workflows.push((wf.to_string(), "digest"));
+    let t = p + 30 * MIN_MS;
+    ops.push(op(wf, 1, "fetch", t - 300, t));
+    ops.push(op(wf, 2, "summarize", t + 45_000, t + 45_500));
+    // The next day: a 10-minute wait overrun (recv deadline 09:01:00.000, ended 09:11:00.000)
+    // and a 3-minute gap between steps.
+    let wf = "overrun-day2";
+    workflows.push((wf.to_string(), "reply_to_email"));
+    let t = DAY2_MS + 9 * HOUR_MS - 2;
+    ops.push(op(wf, 1, "parse_email", t - 300, t - 100));
+    ops.extend(recv(wf, 2, t, 60_000, t + 2 + 60_000 + 600_000));
+    ops.push(op(wf, 4, "generate_reply", t + 660_010, t + 662_000));
+    let wf = "gap-day2";
+    workflows.push((wf.to_string(), "digest"));
+    let t = DAY2_MS + 12 * HOUR_MS;
+    ops.push(op(wf, 1, "fetch", t - 500, t));
+    ops.push(op(wf, 2, "summarize", t + 180_000, t + 181_000));
+    (ops, workflows)
+}
+
+fn sqlite_db(dir: &Path, ops: &[Op], workflows: &[(String, &str)]) -> PathBuf {
+    let path = dir.join("dbos.sqlite");
+    let mut conn = Connection::open(&path).unwrap();
+    conn.pragma_update(None, "journal_mode", "wal").unwrap();
+    conn.execute_batch(DBOS_SQLITE_SCHEMA).unwrap();
+    let tx = conn.transaction().unwrap();
+    for (id, name) in workflows {
+        tx.execute(
+            "INSERT INTO workflow_status (workflow_uuid, status, name, created_at, updated_at)
+             VALUES (?1, 'SUCCESS', ?2, 0, 0)",
+            params![id, name],
+        )
+        .unwrap();
+    }
+    for o in ops {
+        tx.execute(
+            "INSERT INTO operation_outputs (workflow_uuid, function_id, function_name, output,
+                 started_at_epoch_ms, completed_at_epoch_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                o.workflow,
+                o.function_id,
+                o.name,
+                o.output,
+                o.started_ms,
+                o.completed_ms
+            ],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    path
+}
+
+#[track_caller]
+fn analyze(source: &str, gap_min: &str) -> Value {
+    let out = run_to_exit([
+        "analyze",
+        "--source",
+        source,
+        "--gap-min",
+        gap_min,
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "analyze failed: {out:?}");
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout))
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+}
+
+/// (kind, workflow, from, to, seconds) of the listed gaps, longest first.
+fn listed(v: &Value) -> Vec<(String, String, String, String, f64)> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            (
+                g["kind"].as_str().unwrap().to_string(),
+                g["workflow_id"].as_str().unwrap().to_string(),
+                g["from_step"].as_str().unwrap().to_string(),
+                g["to_step"].as_str().unwrap().to_string(),
+                f(&g["duration_seconds"]),
+            )
+        })
+        .collect()
+}
+
+#[track_caller]
+fn assert_seconds(what: &str, got: f64, want: f64) {
+    assert!((got - want).abs() < 1e-6, "{what}: {got} s, want {want} s");
+}
+
+/// What the incident history must give at --gap-min 60s, whatever the backend.
+fn assert_incident_analysis(v: &Value, rows: usize) {
+    assert_eq!(v["rows"], rows as u64);
+    assert_eq!(v["workflows_evicted"], 0);
+    assert_eq!(
+        (v["step_gaps"].as_u64(), v["wait_overruns"].as_u64()),
+        (Some(2), Some(1)),
+        "{v:#}"
+    );
+    let longest = listed(&v["longest"]);
+    let order: Vec<(&str, &str, &str, &str)> = longest
+        .iter()
+        .map(|(k, w, a, b, _)| (k.as_str(), w.as_str(), a.as_str(), b.as_str()))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            (
+                "step_gap",
+                "3f1c2a9e-incident",
+                "DBOS.recv",
+                "generate_reply"
+            ),
+            ("wait_overrun", "overrun-day2", "DBOS.recv", "DBOS.recv"),
+            ("step_gap", "gap-day2", "fetch", "summarize"),
+        ]
+    );
+    assert_seconds("incident gap", longest[0].4, INCIDENT_GAP_SECONDS);
+    assert_seconds("overrun", longest[1].4, 600.0);
+    assert_seconds("day-2 gap", longest[2].4, 180.0);
+    let first = &v["longest"][0];
+    assert_eq!(first["workflow_name"], "reply_to_email");
+    assert_eq!(first["started_at"], "2025-11-20T15:12:15.010Z");
+    assert_eq!(first["ended_at"], "2025-11-20T16:59:28.000Z");
+
+    let days = v["days"].as_array().unwrap();
+    let labels: Vec<&str> = days.iter().map(|d| d["day"].as_str().unwrap()).collect();
+    assert_eq!(labels, vec!["2025-11-20", "2025-11-21"]);
+    let d1 = &days[0]["step_gaps"];
+    assert_eq!(d1["count"], 1);
+    for q in ["longest_seconds", "p50_seconds", "p99_seconds"] {
+        assert_seconds(q, f(&d1[q]), INCIDENT_GAP_SECONDS);
+    }
+    assert_eq!(days[0]["wait_overruns"]["count"], 0);
+    let d2 = &days[1];
+    assert_eq!(
+        (
+            d2["step_gaps"]["count"].as_u64(),
+            d2["wait_overruns"]["count"].as_u64()
+        ),
+        (Some(1), Some(1))
+    );
+    assert_seconds(
+        "day 2 overrun p99",
+        f(&d2["wait_overruns"]["p99_seconds"]),
+        600.0,
+    );
+    let d2_ids: Vec<String> = listed(&d2["longest"]).into_iter().map(|g| g.1).collect();
+    assert_eq!(
+        d2_ids,
+        vec!["overrun-day2", "gap-day2"],
+        "per day, longest first"
+    );
+}
+
+#[test]
+fn incident_shape_on_sqlite_names_the_107_minute_gap_first() {
+    let dir = TempDir::new().unwrap();
+    let (ops, workflows) = incident_history();
+    let db = sqlite_db(dir.path(), &ops, &workflows);
+    let before = std::fs::read(&db).unwrap();
+    let url = format!("sqlite://{}", db.display());
+
+    let v = analyze(&url, "60s");
+    assert_incident_analysis(&v, ops.len());
+    assert_eq!(
+        (v["backend"].as_str(), v["journal_mode"].as_str()),
+        (Some("sqlite"), Some("wal"))
+    );
+    assert_eq!(v["first_row_at"], "2025-11-20T10:11:15.000Z");
+
+    // The threshold is inclusive and moves what is counted: the 45 s gap at 30 s and 45 s.
+    for gap_min in ["30s", "45s"] {
+        let v = analyze(db.to_str().unwrap(), gap_min);
+        assert_eq!(v["step_gaps"], 3, "--gap-min {gap_min}");
+    }
+    assert_eq!(analyze(db.to_str().unwrap(), "46s")["step_gaps"], 2);
+    // At no threshold at all, the two-hour sleep and the 60 s debounce are still no gap:
+    // nothing but the incident is longer than the 10-minute overrun.
+    let all = analyze(db.to_str().unwrap(), "0s");
+    let longest = listed(&all["longest"]);
+    assert!(longest.iter().skip(2).all(|g| g.4 <= 180.0), "{longest:#?}");
+    assert!(
+        !longest.iter().any(|g| g.1 == "sleepy" && g.4 > 1.0),
+        "{longest:#?}"
+    );
+
+    // Text: the incident is the first gap named, with its workflow.
+    let out = run_to_exit(["analyze", "--source", &url]);
+    assert!(out.status.success(), "{out:?}");
+    let first = out
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("1."))
+        .unwrap_or_else(|| panic!("no ranked gap:\n{}", out.stdout));
+    assert!(
+        first.contains("1h 47m 13s")
+            && first.contains("3f1c2a9e-incident (reply_to_email)")
+            && first.contains("DBOS.recv → generate_reply"),
+        "{first}\n{}",
+        out.stdout
+    );
+    eprintln!("{}", out.stdout);
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        before,
+        "analyze must not modify the app DB"
+    );
+}
+
+// ---- Postgres -----------------------------------------------------------------------
+
+fn admin_params(dbname: &str) -> String {
+    format!("host={PG_HOST} port={PG_PORT} user=postgres dbname={dbname} connect_timeout=10")
+}
+
+/// A database of the test's own, dropped (with its connections) when dropped.
+struct TestDb {
+    name: String,
+}
+
+impl TestDb {
+    fn create(tag: &str) -> TestDb {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "sw_analyze_{tag}_{}_{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut admin = Client::connect(&admin_params("postgres"), NoTls).unwrap_or_else(|e| {
+            panic!("cannot reach Postgres at {PG_HOST}:{PG_PORT} as postgres ({e}); this test needs PostgreSQL running there with trust auth")
+        });
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .unwrap();
+        TestDb { name }
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "postgresql://postgres@{PG_HOST}:{PG_PORT}/{}?sslmode=disable",
+            self.name
+        )
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&admin_params(&self.name), NoTls).unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let dropped = Client::connect(&admin_params("postgres"), NoTls).and_then(|mut c| {
+            c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+        });
+        if let Err(e) = dropped {
+            eprintln!("could not drop database {}: {e}", self.name);
+        }
+    }
+}
+
+#[test]
+fn incident_shape_on_postgres_reads_the_same() {
+    let db = TestDb::create("incident");
+    let (ops, workflows) = incident_history();
+    let mut c = db.client();
+    c.batch_execute(DBOS_PG_SCHEMA).unwrap();
+    let mut tx = c.transaction().unwrap();
+    for (id, name) in &workflows {
+        tx.execute(
+            "INSERT INTO dbos.workflow_status (workflow_uuid, status, name, created_at, updated_at)
+             VALUES ($1, 'SUCCESS', $2, 0, 0)",
+            &[id, name],
+        )
+        .unwrap();
+    }
+    for o in &ops {
+        tx.execute(
+            "INSERT INTO dbos.operation_outputs (workflow_uuid, function_id, function_name, output,
+                 started_at_epoch_ms, completed_at_epoch_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[
+                &o.workflow,
+                &(o.function_id as i32),
+                &o.name,
+                &o.output,
+                &o.started_ms,
+                &o.completed_ms,
+            ],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+
+    let v = analyze(&db.url(), "60s");
+    assert_eq!(
+        (v["backend"].as_str(), v["journal_mode"].as_str()),
+        (Some("postgres"), None)
+    );
+    assert_incident_analysis(&v, ops.len());
+    // The password-free URL is shown as given, minus the query.
+    assert!(
+        v["source"].as_str().unwrap().ends_with(&db.name),
+        "{}",
+        v["source"]
+    );
+}
+
+#[test]
+fn keyset_batches_lose_and_repeat_no_row() {
+    let dir = TempDir::new().unwrap();
+    // 250 workflows of 100 steps, 1 s apart; step i of every workflow completes in the same
+    // millisecond, so each of the 100 completion times is shared by 250 rows and batch
+    // edges (every 10,000 rows) fall inside ties. Workflow 137 waits 2 min before step 60.
+    let mut ops = Vec::new();
+    let base = PARSE_DONE_MS;
+    for w in 0..250 {
+        let wf = format!("wf-{w:03}");
+        for step in 0..100i64 {
+            let mut done = base + step * 1_000;
+            if w == 137 && step >= 60 {
+                done += 120_000;
+            }
+            ops.push(op(&wf, step + 1, "work", done - 200, done));
+        }
+    }
+    let workflows: Vec<(String, &str)> =
+        (0..250).map(|w| (format!("wf-{w:03}"), "batch")).collect();
+    let path = sqlite_db(dir.path(), &ops, &workflows);
+    let v = analyze(path.to_str().unwrap(), "60s");
+    assert_eq!(v["rows"], 25_000);
+    assert_eq!(v["batches"], 3);
+    assert_eq!(v["workflows_evicted"], 0);
+    let longest = listed(&v["longest"]);
+    assert_eq!(longest.len(), 1, "{longest:#?}");
+    assert_eq!(longest[0].1, "wf-137");
+    assert_seconds("gap", longest[0].4, 120.8);
+    // Every row once: 99 gaps per workflow at a zero threshold (a repeated row would add
+    // a gap, a lost one remove one).
+    let all = analyze(path.to_str().unwrap(), "0s");
+    assert_eq!(all["step_gaps"], 250 * 99);
+}
+
+#[test]
+fn a_long_gap_among_more_workflows_than_the_tracker_holds_is_found() {
+    // 12,000 short workflows (more than the gap tracker's 10,000) run while one workflow
+    // waits 107 minutes between its steps. Each workflow's row count comes with its
+    // function 1 row, so finished ones are forgotten and the stalled one is kept.
+    let dir = TempDir::new().unwrap();
+    let base = PARSE_DONE_MS;
+    let mut ops = vec![op("stalled", 1, "parse_email", base - 100, base)];
+    let mut workflows = vec![("stalled".to_string(), "reply_to_email")];
+    for w in 0..12_000i64 {
+        let wf = format!("short-{w:05}");
+        let t = base + 1_000 + w * 500;
+        ops.push(op(&wf, 1, "fetch", t, t + 100));
+        ops.push(op(&wf, 2, "send", t + 150, t + 200));
+        workflows.push((wf, "digest"));
+    }
+    let resume = base + 107 * MIN_MS;
+    ops.push(op("stalled", 2, "generate_reply", resume, resume + 1_000));
+    let path = sqlite_db(dir.path(), &ops, &workflows);
+    let v = analyze(path.to_str().unwrap(), "60s");
+    assert_eq!(
+        (v["rows"].as_u64(), v["workflows_evicted"].as_u64()),
+        (Some(24_002), Some(0)),
+        "{v:#}"
+    );
+    let longest = listed(&v["longest"]);
+    assert_eq!(longest.len(), 1, "{longest:#?}");
+    assert_eq!(
+        (longest[0].1.as_str(), longest[0].2.as_str()),
+        ("stalled", "parse_email")
+    );
+    assert_seconds("gap", longest[0].4, 107.0 * 60.0);
+}
+
+// ---- bad input ----------------------------------------------------------------------
+
+#[track_caller]
+fn assert_one_sentence_exit_2(out: &Finished, needle: &str) {
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let lines = out.stderr_lines();
+    assert_eq!(lines.len(), 1, "one line on stderr: {lines:#?}");
+    assert!(
+        lines[0].starts_with("stallwatch: ") && lines[0].contains(needle),
+        "{lines:?} lacks {needle:?}"
+    );
+    assert!(!out.stderr.contains("panicked"), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+}
+
+#[test]
+fn not_a_dbos_database_is_one_sentence_and_exit_2() {
+    let dir = TempDir::new().unwrap();
+    let other = dir.path().join("jobs.db");
+    Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE jobs (key TEXT PRIMARY KEY, status TEXT);")
+        .unwrap();
+    let out = run_to_exit([
+        "analyze",
+        "--source",
+        &format!("sqlite://{}", other.display()),
+    ]);
+    assert_one_sentence_exit_2(
+        &out,
+        "is not a DBOS system database: it has no operation_outputs table",
+    );
+
+    let text = dir.path().join("notes.txt");
+    std::fs::write(
+        &text,
+        "this is not a database, it is a text file of some length\n".repeat(100),
+    )
+    .unwrap();
+    let out = run_to_exit(["analyze", "--source", text.to_str().unwrap()]);
+    assert_one_sentence_exit_2(&out, "is not a SQLite database");
+
+    let missing = dir.path().join("missing.sqlite");
+    let out = run_to_exit(["analyze", "--source", missing.to_str().unwrap()]);
+    assert_one_sentence_exit_2(&out, "does not exist");
+    assert!(!missing.exists(), "analyze must not create the file");
+
+    let out = run_to_exit(["analyze", "--source", "mysql://h/db"]);
+    assert_one_sentence_exit_2(&out, "unknown scheme");
+
+    let pg = TestDb::create("empty");
+    let out = run_to_exit(["analyze", "--source", &pg.url()]);
+    assert_one_sentence_exit_2(&out, "is not a DBOS system database");
+
+    // clap's own usage errors are exit 2 too.
+    let out = run_to_exit([
+        "analyze",
+        "--source",
+        other.to_str().unwrap(),
+        "--format",
+        "html",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("possible values: text, json"),
+        "{out:?}"
+    );
+    let out = run_to_exit([
+        "analyze",
+        "--source",
+        other.to_str().unwrap(),
+        "--gap-min",
+        "soon",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(out.stderr.contains("--gap-min"), "{out:?}");
+}
+
+// ---- real DBOS ----------------------------------------------------------------------
+
+/// How long the app is stopped between `generate` and `send`.
+const STOP: Duration = Duration::from_secs(5);
+/// Python start-up plus `DBOS.launch()` on a fresh DB.
+const APP_READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// One workflow takes about 2.3 s (its recv times out after 2 s).
+const WORKFLOW_TIMEOUT: Duration = Duration::from_secs(30);
+/// What DBOS's own timestamps may add to the stop: the step starts within milliseconds
+/// of the resume, and the stop itself is measured from this process.
+const STOP_TOLERANCE_SECONDS: f64 = 0.5;
+
+/// The python of the venv with the pinned dbos (`scripts/dbos-venv.sh`).
+fn dbos_python() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(root.join("scripts/dbos-venv.sh"))
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run scripts/dbos-venv.sh: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/dbos-venv.sh failed ({}); this test needs Python 3 with venv and pip, and PyPI \
+         (or a wheel cache) for dbos:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// `tests/dbos/app.py` driven over stdin (`run LABEL hold|free`, `go LABEL`, `quit`).
+struct App {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    backlog: Vec<Vec<String>>,
+}
+
+impl App {
+    fn start(python: &Path, db: &Path, cwd: &Path) -> App {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dbos/app.py");
+        let mut child = Command::new(python)
+            .arg(&script)
+            .arg("--db")
+            .arg(db)
+            .arg("--journal")
+            .arg("wal")
+            .current_dir(cwd)
+            .env("PYTHONUNBUFFERED", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", script.display()));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut app = App {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            backlog: Vec::new(),
+        };
+        app.expect(&["READY"], APP_READY_TIMEOUT);
+        app
+    }
+
+    fn command(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .unwrap();
+    }
+
+    /// The first line (already read or to come) starting with the words `prefix`.
+    fn expect(&mut self, prefix: &[&str], timeout: Duration) -> Vec<String> {
+        let matches =
+            |w: &[String]| w.len() >= prefix.len() && w.iter().zip(prefix).all(|(a, b)| a == b);
+        if let Some(i) = self.backlog.iter().position(|w| matches(w)) {
+            return self.backlog.remove(i);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = self.lines.recv_timeout(left).unwrap_or_else(|e| {
+                panic!(
+                    "the app did not print {prefix:?} ({e}); unclaimed: {:?}",
+                    self.backlog
+                )
+            });
+            assert!(!line.starts_with("ERROR"), "the app said {line:?}");
+            let words: Vec<String> = line.split_whitespace().map(String::from).collect();
+            if matches(&words) {
+                return words;
+            }
+            self.backlog.push(words);
+        }
+    }
+
+    fn quit(mut self) {
+        self.command("quit");
+        drop(self.stdin.take());
+        let status = common::wait_with_timeout(&mut self.child, Duration::from_secs(20));
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the app did not exit cleanly: {status:?}"
+        );
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn real_dbos_app_stopped_between_steps_is_one_gap() {
+    let python = dbos_python();
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("dbos.sqlite");
+    let mut app = App::start(&python, &db, dir.path());
+    // Two ordinary runs: each has a 2 s recv wait that must not count as a gap.
+    for label in ["plain1", "plain2"] {
+        app.command(&format!("run {label} free"));
+        app.expect(&["STARTED", label], WORKFLOW_TIMEOUT);
+        app.expect(&["PHASE", "done", label], WORKFLOW_TIMEOUT);
+    }
+    app.command("run stopped hold");
+    let workflow_id = app.expect(&["STARTED", "stopped"], WORKFLOW_TIMEOUT)[2].clone();
+    app.expect(&["PHASE", "generate-done", "stopped"], WORKFLOW_TIMEOUT);
+    let pid = app.child.id() as i32;
+    common::signal(pid, libc::SIGSTOP);
+    let t0 = Instant::now();
+    poll_until(
+        "the app to be stopped",
+        Duration::from_secs(2),
+        || match process_state(pid) {
+            Some('T') => Ok(()),
+            other => Err(format!("state {other:?}")),
+        },
+    );
+    app.command("go stopped"); // read the moment it runs again
+    std::thread::sleep(STOP.saturating_sub(t0.elapsed()));
+    common::signal(pid, libc::SIGCONT);
+    let stopped = t0.elapsed().as_secs_f64();
+    app.expect(&["PHASE", "done", "stopped"], WORKFLOW_TIMEOUT);
+    app.quit();
+
+    let source = format!("sqlite://{}", db.display());
+    for gap_min in ["3s", "1s"] {
+        let v = analyze(&source, gap_min);
+        let longest = listed(&v["longest"]);
+        eprintln!("--gap-min {gap_min}: stopped {stopped:.3} s; found {longest:?}");
+        assert_eq!(
+            (v["step_gaps"].as_u64(), v["wait_overruns"].as_u64()),
+            (Some(1), Some(0)),
+            "{v:#}"
+        );
+        let (kind, wf, from, to, secs) = &longest[0];
+        assert_eq!(
+            (kind.as_str(), wf.as_str(), from.as_str(), to.as_str()),
+            ("step_gap", workflow_id.as_str(), "generate", "send")
+        );
+        assert!(
+            (secs - stopped).abs() <= STOP_TOLERANCE_SECONDS,
+            "gap {secs} s for a stop of {stopped:.3} s"
+        );
+        assert_eq!(v["longest"][0]["workflow_name"], "reply");
+    }
+    // The real rows: 3 workflows × (parse, recv, its placeholder, generate, send).
+    assert_eq!(analyze(&source, "0s")["rows"], 15);
+}
