@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 
 use super::history::{EpisodeRow, FreezeRow};
-use super::render::no_data_sentence;
+use super::render::{kind_cells, no_data_sentence};
 use super::time::{day_label, human, rfc3339, Window, DAY_NS};
 use super::ReportData;
 use crate::freeze::FreezeKind;
@@ -394,27 +394,7 @@ pub fn report_html(d: &ReportData) -> String {
         );
     }
     out.push_str("</section>\n<section><h2>Freezes by kind</h2>\n");
-    let rows: Vec<Vec<String>> = d
-        .freezes
-        .iter()
-        .map(|k| {
-            if k.is_lost_time() {
-                vec![
-                    k.kind.clone(),
-                    k.count.to_string(),
-                    human(k.total_ns),
-                    human(k.longest_ns),
-                ]
-            } else {
-                vec![
-                    format!("{} (not lost time)", k.kind),
-                    k.count.to_string(),
-                    "-".into(),
-                    format!("largest step {}", human(k.longest_ns)),
-                ]
-            }
-        })
-        .collect();
+    let rows: Vec<Vec<String>> = d.freezes.iter().map(kind_cells).collect();
     out.push_str(&table(
         &["kind", "count", "total", "longest"],
         &[1, 2, 3],

@@ -294,7 +294,8 @@ pub fn no_data_sentence(d: &ReportData) -> String {
     line
 }
 
-fn kind_cells(k: &KindTotal) -> Vec<String> {
+/// One row of the freezes-by-kind table, shared by the text, Markdown and HTML forms.
+pub(super) fn kind_cells(k: &KindTotal) -> Vec<String> {
     if k.is_lost_time() {
         vec![
             k.kind.clone(),
