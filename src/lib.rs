@@ -1,6 +1,7 @@
 //! stallwatch: a sidecar that tells an operator whether the machine froze or the job
 //! stalled. See ARCHITECTURE.md for the map; the binary's entry is `main.rs`.
 
+pub mod alerts;
 pub mod clock;
 pub mod config;
 pub mod demo;
