@@ -1,4 +1,5 @@
-//! The HTTP surface: `/metrics`, `/healthz`, `/readyz`, `/api/v1/freezes`, `/api/v1/status`.
+//! The HTTP surface: `/metrics`, `/healthz`, `/readyz`, `/api/v1/freezes`, `/api/v1/status`,
+//! `/api/v1/episodes`, `/api/v1/alerts`.
 //!
 //! Handlers read the metrics registry, the live status snapshot, or the state DB through
 //! a read-only connection on the blocking pool. None of them waits for the tick thread.
@@ -43,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/freezes", get(freezes))
         .route("/api/v1/status", get(status))
         .route("/api/v1/episodes", get(episodes))
+        .route("/api/v1/alerts", get(alerts))
         .with_state(state)
 }
 
@@ -289,4 +291,9 @@ async fn episodes(
             .collect::<Vec<_>>())
     })
     .await
+}
+
+async fn alerts(State(s): State<AppState>) -> Response {
+    let now = crate::clock::real_ns();
+    read_state(&s, move |r| r.alerts_view(now)).await
 }

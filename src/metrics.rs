@@ -13,7 +13,13 @@ use crate::freeze::downtime::DowntimeReason;
 use crate::freeze::FreezeKind;
 
 /// The bounded internal queues whose drops `stallwatch_dropped_total{queue}` counts.
-pub const DROP_QUEUES: [&str; 3] = ["state_events", "state_episodes", "reference_samples"];
+pub const DROP_QUEUES: [&str; 5] = [
+    "state_events",
+    "state_episodes",
+    "reference_samples",
+    "alert_freezes",
+    "alert_transitions",
+];
 
 /// Buckets for tick overruns: from scheduler noise (1 ms) to a long stall (60 s).
 const OVERRUN_BUCKETS: &[f64] = &[
@@ -41,6 +47,68 @@ pub struct Metrics {
     pub state_db_errors_total: IntCounter,
     pub dropped_total: IntCounterVec,
     pub sources: SourceMetrics,
+    pub alerts: AlertMetrics,
+}
+
+/// Outcomes counted by `stallwatch_notifications_total{channel,outcome}`.
+pub const NOTIFICATION_OUTCOMES: [&str; 4] = ["sent", "retried", "failed", "dropped"];
+
+/// Metrics of the alert engine and its outbox.
+pub struct AlertMetrics {
+    pub alerts_firing: GaugeVec,
+    pub notifications_total: IntCounterVec,
+    pub outbox_pending: Gauge,
+    pub outbox_oldest_age_seconds: Gauge,
+}
+
+impl AlertMetrics {
+    fn new(r: &Registry) -> AlertMetrics {
+        let m = AlertMetrics {
+            alerts_firing: GaugeVec::new(
+                opts("alerts_firing", "Alerts of the sidecar's own rules firing now, by rule."),
+                &["rule"],
+            )
+            .expect("valid metric"),
+            notifications_total: IntCounterVec::new(
+                opts(
+                    "notifications_total",
+                    "Notification attempts by channel and outcome (sent, retried, failed, dropped).",
+                ),
+                &["channel", "outcome"],
+            )
+            .expect("valid metric"),
+            outbox_pending: Gauge::with_opts(opts(
+                "outbox_pending",
+                "Notifications written to the outbox and not yet delivered.",
+            ))
+            .expect("valid metric"),
+            outbox_oldest_age_seconds: Gauge::with_opts(opts(
+                "outbox_oldest_age_seconds",
+                "Age of the oldest undelivered notification; 0 when none is pending.",
+            ))
+            .expect("valid metric"),
+        };
+        for rule in crate::config::RuleKind::ALL {
+            m.alerts_firing.with_label_values(&[rule.as_str()]).set(0.0);
+        }
+        r.register(Box::new(m.alerts_firing.clone()))
+            .expect("unique");
+        r.register(Box::new(m.notifications_total.clone()))
+            .expect("unique");
+        r.register(Box::new(m.outbox_pending.clone()))
+            .expect("unique");
+        r.register(Box::new(m.outbox_oldest_age_seconds.clone()))
+            .expect("unique");
+        m
+    }
+
+    /// Starts every configured channel's counters at 0, so `increase()` sees the first one.
+    pub fn register_channel(&self, channel: &str) {
+        for outcome in NOTIFICATION_OUTCOMES {
+            self.notifications_total
+                .with_label_values(&[channel, outcome]);
+        }
+    }
 }
 
 /// Buckets for step durations and gaps: from a fast step (10 ms) to a lost night.
@@ -290,6 +358,7 @@ impl Metrics {
             )
             .expect("valid metric"),
             sources: SourceMetrics::new(&registry),
+            alerts: AlertMetrics::new(&registry),
             registry,
         };
         let build_info = GaugeVec::new(

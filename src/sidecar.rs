@@ -12,6 +12,7 @@ use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::alerts::engine::{AlertEngine, FREEZE_QUEUE};
 use crate::clock::{self, ClockReading};
 use crate::config::source::Location;
 use crate::config::{Config, ReferenceSpec};
@@ -64,6 +65,8 @@ pub enum StartError {
     Listen { addr: SocketAddr, reason: String },
     #[error("cannot read the boot id from {}: {reason}", clock::BOOT_ID_PATH)]
     BootId { reason: String },
+    #[error("cannot open the alert outbox in {path}: {reason}")]
+    Outbox { path: String, reason: String },
 }
 
 /// Runs the sidecar until SIGTERM or SIGINT. `started` is the clock reading taken as
@@ -138,6 +141,7 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
     });
 
     // The gap since the previous run, before the first heartbeat of this one replaces it.
+    let mut startup_freezes = Vec::new();
     if let Some(last) = db.last_heartbeat()? {
         let gap = downtime::classify(
             &last,
@@ -160,6 +164,7 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
             seconds,
         });
         if let Some(event) = gap.event {
+            startup_freezes.push(event.clone());
             metrics.record_freeze(event.kind, event.started_at_ns, event.duration_ns);
             db.insert_event(&event, clock::real_ns())?;
             status.lock().events_recorded += 1;
@@ -178,7 +183,21 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
         .map(|_| StateReader::open(db.path()))
         .collect::<Result<Vec<_>, _>>()?;
 
+    let db_path = db.path().to_path_buf();
     let (writer, sink) = Writer::spawn(db, boot_id, metrics.clone(), status.clone());
+    let (announce, announced) = tokio::sync::mpsc::channel(FREEZE_QUEUE);
+    let alerts = AlertEngine::spawn(
+        config.alerts.clone(),
+        &db_path,
+        metrics.clone(),
+        status.clone(),
+        announced,
+        startup_freezes,
+    )
+    .map_err(|e| StartError::Outbox {
+        path: db_path.display().to_string(),
+        reason: e.to_string(),
+    })?;
     let stop = Arc::new(AtomicBool::new(false));
     let (sample_tx, sample_rx) = sync_channel::<NetworkSample>(NETWORK_SAMPLE_QUEUE);
     let mut slots = Vec::new();
@@ -234,6 +253,7 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
         metrics: metrics.clone(),
         status: status.clone(),
         events: sink,
+        announce,
         stop: stop.clone(),
     }
     .spawn();
@@ -244,6 +264,7 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
         tick_ms = config.freeze.tick.as_millis() as u64,
         references = ?names,
         sources = config.sources.len(),
+        channels = config.alerts.channels.len(),
         "stallwatch running"
     );
     if no_rtc {
@@ -287,6 +308,7 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
         for thread in source_threads {
             let _ = thread.join();
         }
+        alerts.stop();
         writer.stop();
     })
     .await

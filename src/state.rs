@@ -63,6 +63,39 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (source, kind, workflow_id, started_at_ns)
      );
      CREATE INDEX episode_started ON episode (started_at_ns);",
+    // 3: alerts and the notification outbox (see alerts/outbox.rs).
+    "CREATE TABLE alert (
+        fingerprint      TEXT    PRIMARY KEY,
+        rule             TEXT    NOT NULL,
+        severity         TEXT    NOT NULL,
+        labels           TEXT    NOT NULL,
+        title            TEXT    NOT NULL,
+        text             TEXT    NOT NULL,
+        state            TEXT    NOT NULL,
+        started_at_ns    INTEGER NOT NULL,
+        ended_at_ns      INTEGER,
+        last_notified_ns INTEGER NOT NULL,
+        updated_at_ns    INTEGER NOT NULL
+     );
+     CREATE INDEX alert_updated ON alert (updated_at_ns);
+     CREATE TABLE notification (
+        id                 INTEGER PRIMARY KEY,
+        key                TEXT    NOT NULL UNIQUE,
+        fingerprint        TEXT    NOT NULL,
+        channel            TEXT    NOT NULL,
+        kind               TEXT    NOT NULL,
+        severity           INTEGER NOT NULL,
+        message            TEXT    NOT NULL,
+        state              TEXT    NOT NULL,
+        attempts           INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at_ns INTEGER NOT NULL,
+        last_error         TEXT,
+        created_at_ns      INTEGER NOT NULL,
+        done_at_ns         INTEGER
+     );
+     CREATE INDEX notification_pending ON notification (channel, fingerprint, id)
+        WHERE state = 'pending';
+     CREATE INDEX notification_done ON notification (done_at_ns) WHERE state <> 'pending';",
 ];
 
 /// The schema version this build writes (`PRAGMA user_version` after migrating).
@@ -345,6 +378,14 @@ impl StateReader {
 
     pub fn events_since(&self, since_ns: i64, limit: i64) -> Result<Vec<StoredEvent>, StateError> {
         read_events(&self.conn, since_ns, limit).map_err(|e| classify(&self.path, e))
+    }
+
+    /// Firing and recent alerts, recent notifications and the outbox's size.
+    pub fn alerts_view(
+        &self,
+        now_ns: i64,
+    ) -> Result<crate::alerts::outbox::AlertsView, StateError> {
+        crate::alerts::outbox::read_view(&self.conn, now_ns).map_err(|e| classify(&self.path, e))
     }
 
     /// Lost-time freezes that may overlap `[from_ns, to_ns]` (started up to a day before it).

@@ -58,6 +58,45 @@ pub struct SourceStatus {
     pub blocked_queues: Vec<BlockedQueueStatus>,
     /// Highest `recovery_attempts` of an open DBOS workflow: climbing means a crash loop.
     pub recovery_attempts_max: Option<i64>,
+    /// When the current run of failed polls began (unix ns); `None` while up.
+    pub down_since_unix_ns: Option<i64>,
+    /// Running jobs past their lease, per queue (only queues that have some).
+    pub stuck: Vec<QueueCount>,
+    /// Age of the oldest job waiting to run, per queue (running jobs excluded).
+    pub waiting: Vec<QueueAge>,
+    /// Dead letters per queue: now, and how many appeared since the sidecar started.
+    pub dead_letters: Vec<DeadLetterStatus>,
+    /// Today's spend against the cap, when the source has a cap.
+    pub cost: Option<CostStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct QueueCount {
+    pub queue: String,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct QueueAge {
+    pub queue: String,
+    pub status: String,
+    pub oldest_unix_ns: i64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DeadLetterStatus {
+    pub queue: String,
+    pub current: u64,
+    /// Dead letters that appeared while this sidecar process watched.
+    pub new_since_start: u64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CostStatus {
+    pub today_usd: f64,
+    pub cap_usd: f64,
+    /// The cost day, `YYYY-MM-DD` in the source's cost timezone.
+    pub day: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -8,7 +8,12 @@
 //! full-jitter backoff from `backoff.rs`). Does not detect freezes or read sources: it
 //! reads what the detector and the sources already published.
 
+pub mod backoff;
 pub mod channels;
+pub mod engine;
+pub mod lifecycle;
+pub mod outbox;
+pub mod rules;
 
 use std::collections::BTreeMap;
 

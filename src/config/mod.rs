@@ -10,8 +10,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod alerts;
+pub mod channel;
 pub mod source;
 
+pub use alerts::{AlertsConfig, RuleConfig, RuleKind};
+pub use channel::ChannelConfig;
 pub use source::{SourceConfig, SourceDetail, SourceKind};
 
 /// Default listen address: the port DESIGN.md fixes, in the exporters' 9100–9999 range
@@ -43,6 +47,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub freeze: FreezeConfig,
     pub sources: Vec<SourceConfig>,
+    pub alerts: AlertsConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -174,6 +179,12 @@ struct RawConfig {
     freeze: RawFreeze,
     #[serde(default)]
     source: Vec<source::RawSource>,
+    #[serde(default)]
+    alerts: alerts::RawAlerts,
+    #[serde(default)]
+    channel: Vec<channel::RawChannel>,
+    #[serde(default)]
+    rule: Vec<alerts::RawRule>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,6 +232,7 @@ impl Config {
                 references_defaulted: true,
             },
             sources: Vec::new(),
+            alerts: AlertsConfig::default(),
         }
     }
 
@@ -360,6 +372,24 @@ impl Config {
                 .map_err(|(key, problem)| bad(&key, problem))?;
             config.sources.push(validated);
         }
+        if raw.channel.len() > channel::MAX_CHANNELS {
+            return Err(bad(
+                "channel",
+                format!(
+                    "lists {} channels; at most {} are supported",
+                    raw.channel.len(),
+                    channel::MAX_CHANNELS
+                ),
+            ));
+        }
+        let mut channels: Vec<ChannelConfig> = Vec::new();
+        for (i, raw_channel) in raw.channel.into_iter().enumerate() {
+            let validated = channel::validate(i, raw_channel, &channels)
+                .map_err(|(key, problem)| bad(&key, problem))?;
+            channels.push(validated);
+        }
+        config.alerts = alerts::validate(raw.alerts, raw.rule, channels)
+            .map_err(|(key, problem)| bad(&key, problem))?;
         Ok(config)
     }
 }

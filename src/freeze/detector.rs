@@ -67,11 +67,13 @@ struct Reading {
     started_at_ns: i64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Pending {
     readings: Vec<Reading>,
     window: (i64, i64),
     last_change_ns: i64,
+    /// Handed out by [`Detector::take_opened`] already.
+    announced: bool,
 }
 
 struct Reference {
@@ -93,6 +95,8 @@ pub struct Detector {
     lost: Option<Pending>,
     steps: Vec<Pending>,
     finished: Vec<FreezeEvent>,
+    /// Events that finished before anyone asked for them as opened.
+    unannounced: Vec<FreezeEvent>,
 }
 
 impl Detector {
@@ -108,6 +112,7 @@ impl Detector {
             lost: None,
             steps: Vec::new(),
             finished: Vec::new(),
+            unannounced: Vec::new(),
         }
     }
 
@@ -164,6 +169,7 @@ impl Detector {
                 }],
                 window: (prev.mono_ns, now.mono_ns),
                 last_change_ns: now.mono_ns,
+                announced: false,
             });
         } else {
             self.drift_ns += step;
@@ -241,6 +247,21 @@ impl Detector {
         std::mem::take(&mut self.finished)
     }
 
+    /// Events opened since the last call, as known so far (later evidence may still
+    /// refine them): alerts go out on these without waiting for the merge window.
+    pub fn take_opened(&mut self) -> Vec<FreezeEvent> {
+        let mut opened = std::mem::take(&mut self.unannounced);
+        let mut fresh: Vec<Pending> = Vec::new();
+        for p in self.lost.iter_mut().chain(self.steps.iter_mut()) {
+            if !p.announced {
+                p.announced = true;
+                fresh.push(p.clone());
+            }
+        }
+        opened.extend(fresh.into_iter().map(|p| self.compose(p)));
+        opened
+    }
+
     /// Forces every open event to finish (used at shutdown so nothing is lost).
     pub fn flush(&mut self) -> Vec<FreezeEvent> {
         self.finish_due(i64::MAX);
@@ -273,14 +294,14 @@ impl Detector {
         });
         if !overlaps {
             if let Some(done) = self.lost.take() {
-                let event = self.compose(done);
-                self.finished.push(event);
+                self.finish(done);
             }
         }
         let p = self.lost.get_or_insert_with(|| Pending {
             readings: Vec::new(),
             window: reading.window,
             last_change_ns: reading.window.1,
+            announced: false,
         });
         p.window = (
             p.window.0.min(reading.window.0),
@@ -306,9 +327,17 @@ impl Detector {
         done.extend(ready);
         done.sort_by_key(|p| p.window.0);
         for p in done {
-            let event = self.compose(p);
-            self.finished.push(event);
+            self.finish(p);
         }
+    }
+
+    fn finish(&mut self, p: Pending) {
+        let announced = p.announced;
+        let event = self.compose(p);
+        if !announced {
+            self.unannounced.push(event.clone());
+        }
+        self.finished.push(event);
     }
 
     fn compose(&self, p: Pending) -> FreezeEvent {
@@ -485,6 +514,25 @@ mod tests {
             "RTC kept pace: {:?}",
             e.channels
         );
+    }
+
+    #[test]
+    fn a_freeze_is_announced_on_the_tick_that_sees_it_and_only_once() {
+        let mut sim = Sim::new(true);
+        sim.run(5);
+        assert!(sim.d.take_opened().is_empty());
+        sim.tick(3 * S - 100 * MS);
+        let opened = sim.d.take_opened();
+        assert_eq!(opened.len(), 1, "{opened:?}");
+        assert_eq!(opened[0].kind, FreezeKind::ProcessStall);
+        assert!(
+            sim.events.is_empty(),
+            "not finished before the merge window"
+        );
+        sim.run(5);
+        assert!(sim.d.take_opened().is_empty(), "announced once");
+        assert_eq!(sim.events.len(), 1);
+        assert_eq!(sim.events[0].started_at_ns, opened[0].started_at_ns);
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub struct Runner {
     pub metrics: Arc<Metrics>,
     pub status: SharedStatus,
     pub events: EventSink,
+    /// Freezes as soon as they are seen, for the alert engine (bounded; full → dropped).
+    pub announce: tokio::sync::mpsc::Sender<super::FreezeEvent>,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -137,6 +139,14 @@ impl Runner {
                 }
             }
 
+            for event in detector.take_opened() {
+                if self.announce.try_send(event).is_err() {
+                    self.metrics
+                        .dropped_total
+                        .with_label_values(&["alert_freezes"])
+                        .inc();
+                }
+            }
             for event in detector.take_finished() {
                 self.events.record(event);
             }

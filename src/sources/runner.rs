@@ -25,7 +25,10 @@ use crate::signals::steps::{
     blocked_queues, is_intended_wait, stalled, GapKind, GapTracker, OpenWorkflow, WAIT_PLACEHOLDER,
 };
 use crate::state::StateReader;
-use crate::status::{BlockedQueueStatus, SharedStatus, StalledWorkflow, MAX_LISTED_STALLS};
+use crate::status::{
+    BlockedQueueStatus, CostStatus, DeadLetterStatus, QueueAge, QueueCount, SharedStatus,
+    StalledWorkflow, MAX_LISTED_STALLS,
+};
 
 /// Distinct step names per source kept as label values.
 pub const MAX_STEP_LABELS: usize = 100;
@@ -207,6 +210,7 @@ impl SourceRunner {
                     let s = &mut status.sources[self.index];
                     s.up = true;
                     s.last_error = None;
+                    s.down_since_unix_ns = None;
                     s.last_poll_seconds = elapsed;
                 }
                 // A source backing off reports its last failure again: nothing new to
@@ -240,6 +244,7 @@ impl SourceRunner {
         let s = &mut status.sources[self.index];
         s.up = false;
         s.last_error = Some(e.message);
+        s.down_since_unix_ns.get_or_insert_with(real_ns);
     }
 
     /// Passes a database clock reading to the freeze detector.
@@ -322,6 +327,7 @@ impl SourceRunner {
                 .with_label_values(&[name, queue])
                 .set(*n as f64);
         }
+        self.publish_queue_facts(&obs, &present);
         if obs.bad_timestamps > 0 {
             sm.source_errors_total
                 .with_label_values(&[name, "bad_timestamp"])
@@ -449,6 +455,14 @@ impl SourceRunner {
                 .with_label_values(&[name])
                 .set(d.cost.today_usd(now));
         }
+        if let Some(cap) = self.config.cost_cap_usd {
+            let day = crate::signals::cost::cost_day(now, self.config.cost_utc_offset_secs);
+            self.status.lock().sources[self.index].cost = Some(CostStatus {
+                today_usd: d.cost.today_usd(now),
+                cap_usd: cap,
+                day: crate::report::time::day_label(day),
+            });
+        }
 
         if obs.journal_mode != d.journal_mode {
             if let Some(old) = &d.journal_mode {
@@ -470,6 +484,62 @@ impl SourceRunner {
             }
             d.journal_mode = obs.journal_mode.clone();
             self.status.lock().sources[self.index].journal_mode = obs.journal_mode;
+        }
+    }
+
+    /// Stuck, waiting and dead-lettered jobs per queue, for the alert rules.
+    fn publish_queue_facts(
+        &self,
+        obs: &Observation,
+        present: &HashMap<(String, String), (u64, Option<i64>)>,
+    ) {
+        let running = self.running_status();
+        let mut waiting: Vec<QueueAge> = present
+            .iter()
+            .filter(|((_, status), _)| Some(status.as_str()) != running)
+            .filter_map(|((queue, status), (_, oldest))| {
+                oldest.map(|oldest_unix_ns| QueueAge {
+                    queue: queue.clone(),
+                    status: status.clone(),
+                    oldest_unix_ns,
+                })
+            })
+            .collect();
+        waiting.sort_by(|a, b| (&a.queue, &a.status).cmp(&(&b.queue, &b.status)));
+        let mut status = self.status.lock();
+        let s = &mut status.sources[self.index];
+        s.waiting = waiting;
+        s.stuck = obs
+            .stuck
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(queue, n)| QueueCount {
+                queue: queue.clone(),
+                count: *n,
+            })
+            .collect();
+        for dl in &obs.dead_letters {
+            match s.dead_letters.iter_mut().find(|d| d.queue == dl.queue) {
+                Some(known) => {
+                    known.current = dl.current;
+                    known.new_since_start += dl.new;
+                }
+                None => s.dead_letters.push(DeadLetterStatus {
+                    queue: dl.queue.clone(),
+                    current: dl.current,
+                    new_since_start: dl.new,
+                }),
+            }
+        }
+    }
+
+    /// The status of a job that is running (not waiting): DBOS `PENDING`, or the queue
+    /// table's running status.
+    fn running_status(&self) -> Option<&str> {
+        match &self.config.detail {
+            crate::config::SourceDetail::Dbos => Some("PENDING"),
+            crate::config::SourceDetail::QueueTable(layout) => layout.running_status.as_deref(),
+            _ => None,
         }
     }
 

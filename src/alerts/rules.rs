@@ -1,0 +1,572 @@
+//! The built-in alert rules, pure: facts and `now` in, the conditions that hold out.
+//!
+//! A rule never sends anything and never remembers a notification; deciding what to send
+//! is `lifecycle.rs`. The only memory here is [`RuleMemory`], the baseline a rule needs
+//! to see *new* things (dead letters), passed in by the caller.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::config::alerts::{AlertsConfig, RuleConfig, RuleKind};
+use crate::freeze::{FreezeEvent, FreezeKind};
+use crate::report::time::{human, rfc3339};
+use crate::status::{LiveStatus, SourceStatus};
+
+/// The outbox as the sidecar-health rules see it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct OutboxStats {
+    pub pending: u64,
+    /// Creation time of the oldest pending notification, unix ns.
+    pub oldest_created_ns: Option<i64>,
+    pub failed: u64,
+    pub dropped: u64,
+}
+
+/// Everything the rules look at in one evaluation.
+pub struct Facts<'a> {
+    pub now_ns: i64,
+    /// Freeze events announced since the last evaluation.
+    pub freezes: &'a [FreezeEvent],
+    pub status: &'a LiveStatus,
+    pub outbox: OutboxStats,
+}
+
+/// A condition that holds now (or, for a one-shot rule, an event that just happened).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    pub rule: RuleKind,
+    pub labels: BTreeMap<String, String>,
+    /// Tells apart two events of a one-shot rule with the same labels (a freeze's start).
+    pub instance: Option<String>,
+    pub title: String,
+    pub text: String,
+    /// When the condition began, unix ns (best known).
+    pub started_at_ns: i64,
+}
+
+impl Condition {
+    /// Rule + labels (+ the event, for one-shots): one alert's identity.
+    pub fn fingerprint(&self) -> String {
+        let labels: Vec<String> = self
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let mut f = format!("{}{{{}}}", self.rule.as_str(), labels.join(","));
+        if let Some(instance) = &self.instance {
+            f.push('@');
+            f.push_str(instance);
+        }
+        f
+    }
+}
+
+/// Baselines rules need across evaluations.
+#[derive(Debug, Default)]
+pub struct RuleMemory {
+    /// Dead letters seen so far per (source, queue): only an increase is news.
+    dead_letters: HashMap<(String, String), u64>,
+}
+
+/// Evaluates every enabled rule.
+pub fn evaluate(config: &AlertsConfig, facts: &Facts, memory: &mut RuleMemory) -> Vec<Condition> {
+    let mut out = Vec::new();
+    for rule in config.rules.iter().filter(|r| r.enabled) {
+        match rule.kind {
+            RuleKind::Freeze => freezes(rule, facts, &mut out),
+            RuleKind::WallClockStep => wall_steps(rule, facts, &mut out),
+            RuleKind::WorkflowStalled => per_source(facts, &mut out, stalled),
+            RuleKind::StuckJobs => per_source(facts, &mut out, |s, out| stuck(rule, s, out)),
+            RuleKind::QueueAge => per_source(facts, &mut out, |s, out| {
+                queue_age(rule, s, facts.now_ns, out)
+            }),
+            RuleKind::DeadLetters => dead_letters(rule, facts, memory, &mut out),
+            RuleKind::CostCap => per_source(facts, &mut out, |s, out| cost(rule, s, out)),
+            RuleKind::SourceDown => per_source(facts, &mut out, |s, out| {
+                source_down(rule, s, facts.now_ns, out)
+            }),
+            RuleKind::RecoveryLoop => per_source(facts, &mut out, |s, out| {
+                recovery_loop(rule, s, facts.now_ns, out)
+            }),
+            RuleKind::QueueBlocked => {
+                per_source(facts, &mut out, |s, out| blocked(s, facts.now_ns, out))
+            }
+            RuleKind::OutboxBacklog => outbox_backlog(rule, facts, &mut out),
+            RuleKind::StateDb => state_db(facts, &mut out),
+        }
+    }
+    out
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn per_source(
+    facts: &Facts,
+    out: &mut Vec<Condition>,
+    mut rule: impl FnMut(&SourceStatus, &mut Vec<Condition>),
+) {
+    for source in &facts.status.sources {
+        rule(source, out);
+    }
+}
+
+fn freezes(rule: &RuleConfig, facts: &Facts, out: &mut Vec<Condition>) {
+    let min = rule.threshold_duration().as_nanos() as i64;
+    for e in facts.freezes {
+        if !e.kind.is_lost_time() || e.duration_ns < min {
+            continue;
+        }
+        let what = match e.kind {
+            FreezeKind::VmPause => "the whole machine (VM) was paused",
+            FreezeKind::Suspend => "the machine was suspended",
+            FreezeKind::ProcessStall => "the sidecar's process did not run (stalled or starved)",
+            FreezeKind::Restart => "the sidecar was not running (killed and restarted)",
+            FreezeKind::Reboot => "the machine rebooted",
+            FreezeKind::WallClockStep => unreachable!("filtered above"),
+        };
+        out.push(Condition {
+            rule: rule.kind,
+            labels: labels(&[("kind", e.kind.as_str())]),
+            instance: Some(e.started_at_ns.to_string()),
+            title: format!("{}: frozen for {}", e.kind.as_str(), human(e.duration_ns)),
+            text: format!(
+                "{what} for {} from {} to {}. Evidence: {}. Jobs that were running lost this \
+                 time; a step gap of about this length in them is this freeze, not the app.",
+                human(e.duration_ns),
+                rfc3339(e.started_at_ns),
+                rfc3339(e.started_at_ns + e.duration_ns),
+                evidence(e),
+            ),
+            started_at_ns: e.started_at_ns,
+        });
+    }
+}
+
+fn evidence(e: &FreezeEvent) -> String {
+    e.channels
+        .iter()
+        .map(|c| format!("{} saw {}", c.channel, human(c.estimate_ns)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn wall_steps(rule: &RuleConfig, facts: &Facts, out: &mut Vec<Condition>) {
+    let min = rule.threshold_duration().as_nanos() as i64;
+    for e in facts.freezes {
+        if e.kind != FreezeKind::WallClockStep || e.duration_ns.abs() < min {
+            continue;
+        }
+        let direction = if e.duration_ns > 0 {
+            "forward"
+        } else {
+            "backward"
+        };
+        out.push(Condition {
+            rule: rule.kind,
+            labels: BTreeMap::new(),
+            instance: Some(e.started_at_ns.to_string()),
+            title: format!(
+                "wall clock stepped {direction} by {}",
+                human(e.duration_ns.abs())
+            ),
+            text: format!(
+                "The wall clock (CLOCK_REALTIME) jumped {direction} by {} at {} while the \
+                 monotonic clock ran on: an NTP step, a manual date change or a snapshot \
+                 restore. Timestamps written around then are off by that much; no time was lost.",
+                human(e.duration_ns.abs()),
+                rfc3339(e.started_at_ns),
+            ),
+            started_at_ns: e.started_at_ns,
+        });
+    }
+}
+
+fn stalled(s: &SourceStatus, out: &mut Vec<Condition>) {
+    for w in &s.stalled {
+        out.push(Condition {
+            rule: RuleKind::WorkflowStalled,
+            labels: labels(&[("source", &s.name), ("workflow_id", &w.workflow_id)]),
+            instance: None,
+            title: format!(
+                "{}: workflow {} stalled for {}",
+                s.name,
+                w.workflow_id,
+                human(secs_to_ns(w.idle_seconds))
+            ),
+            text: format!(
+                "Workflow {} ({}) of source {} has made no progress for {} while this machine \
+                 kept running: the app is stuck, not frozen.",
+                w.workflow_id,
+                w.workflow_name,
+                s.name,
+                human(secs_to_ns(w.idle_seconds)),
+            ),
+            started_at_ns: 0,
+        });
+    }
+}
+
+fn stuck(rule: &RuleConfig, s: &SourceStatus, out: &mut Vec<Condition>) {
+    for q in s.stuck.iter().filter(|q| q.count >= rule.threshold_count()) {
+        out.push(Condition {
+            rule: rule.kind,
+            labels: labels(&[("source", &s.name), ("queue", &q.queue)]),
+            instance: None,
+            title: format!("{}: {} job(s) stuck past their lease", s.name, q.count),
+            text: format!(
+                "{} running job(s) in queue {:?} of source {} are past their lease: the worker \
+                 that claimed them stopped (machine auto-stopped, killed, or frozen) and nobody \
+                 has picked them up.",
+                q.count, q.queue, s.name
+            ),
+            started_at_ns: 0,
+        });
+    }
+}
+
+fn queue_age(rule: &RuleConfig, s: &SourceStatus, now_ns: i64, out: &mut Vec<Condition>) {
+    let limit = rule.threshold_duration().as_nanos() as i64;
+    let mut oldest: BTreeMap<&str, (i64, &str)> = BTreeMap::new();
+    for w in &s.waiting {
+        let slot = oldest
+            .entry(&w.queue)
+            .or_insert((w.oldest_unix_ns, &w.status));
+        if w.oldest_unix_ns < slot.0 {
+            *slot = (w.oldest_unix_ns, &w.status);
+        }
+    }
+    for (queue, (since, status)) in oldest {
+        let age = now_ns - since;
+        if age < limit {
+            continue;
+        }
+        out.push(Condition {
+            rule: rule.kind,
+            labels: labels(&[("source", &s.name), ("queue", queue)]),
+            instance: None,
+            title: format!("{}: oldest {status} job has waited {}", s.name, human(age)),
+            text: format!(
+                "The oldest {status} job in queue {queue:?} of source {} has waited {} (since \
+                 {}): no worker is taking jobs from this queue.",
+                s.name,
+                human(age),
+                rfc3339(since)
+            ),
+            started_at_ns: since,
+        });
+    }
+}
+
+fn dead_letters(
+    rule: &RuleConfig,
+    facts: &Facts,
+    memory: &mut RuleMemory,
+    out: &mut Vec<Condition>,
+) {
+    for s in &facts.status.sources {
+        for d in &s.dead_letters {
+            // Counted from 0 at the sidecar's start (its first poll reports none as new).
+            let seen = memory
+                .dead_letters
+                .entry((s.name.clone(), d.queue.clone()))
+                .or_insert(0);
+            let new = d.new_since_start.saturating_sub(*seen);
+            if new < rule.threshold_count() {
+                continue; // below the threshold they add up until they reach it
+            }
+            *seen = d.new_since_start;
+            out.push(Condition {
+                rule: rule.kind,
+                labels: labels(&[("source", &s.name), ("queue", &d.queue)]),
+                instance: Some(format!("{}:{}", facts.now_ns, d.new_since_start)),
+                title: format!("{}: {new} new dead letter(s)", s.name),
+                text: format!(
+                    "{new} job(s) in queue {:?} of source {} were given up on and became dead \
+                     letters ({} dead letters there now). They will not run again on their own.",
+                    d.queue, s.name, d.current
+                ),
+                started_at_ns: facts.now_ns,
+            });
+        }
+    }
+}
+
+fn cost(rule: &RuleConfig, s: &SourceStatus, out: &mut Vec<Condition>) {
+    let Some(c) = &s.cost else { return };
+    if c.cap_usd <= 0.0 {
+        return;
+    }
+    let percent = c.today_usd / c.cap_usd * 100.0;
+    for level in rule.levels.iter().filter(|l| percent >= **l as f64) {
+        let level_text = level.to_string();
+        out.push(Condition {
+            rule: rule.kind,
+            labels: labels(&[("source", &s.name), ("level", &level_text), ("day", &c.day)]),
+            instance: None,
+            title: format!(
+                "{}: spend reached {level}% of the daily cap (${:.2} of ${:.2})",
+                s.name, c.today_usd, c.cap_usd
+            ),
+            text: format!(
+                "Source {} has spent ${:.2} on cost day {}, {:.0}% of its ${:.2} cap.",
+                s.name, c.today_usd, c.day, percent, c.cap_usd
+            ),
+            started_at_ns: 0,
+        });
+    }
+}
+
+fn source_down(rule: &RuleConfig, s: &SourceStatus, now_ns: i64, out: &mut Vec<Condition>) {
+    let Some(since) = s.down_since_unix_ns else {
+        return;
+    };
+    let down_for = now_ns - since;
+    if down_for < rule.threshold_duration().as_nanos() as i64 {
+        return;
+    }
+    out.push(Condition {
+        rule: rule.kind,
+        labels: labels(&[("source", &s.name)]),
+        instance: None,
+        title: format!("{}: source down for {}", s.name, human(down_for)),
+        text: format!(
+            "Source {} ({}) has failed every poll since {}: {}. Its jobs are not being watched.",
+            s.name,
+            s.kind,
+            rfc3339(since),
+            s.last_error.as_deref().unwrap_or("no error recorded"),
+        ),
+        started_at_ns: since,
+    });
+}
+
+fn recovery_loop(rule: &RuleConfig, s: &SourceStatus, now_ns: i64, out: &mut Vec<Condition>) {
+    let Some(attempts) = s.recovery_attempts_max else {
+        return;
+    };
+    if attempts < rule.threshold_count() as i64 {
+        return;
+    }
+    out.push(Condition {
+        rule: rule.kind,
+        labels: labels(&[("source", &s.name)]),
+        instance: None,
+        title: format!("{}: DBOS recovered a workflow {attempts} times", s.name),
+        text: format!(
+            "A workflow of source {} has been recovered {attempts} times: the app is crashing \
+             during start-up (out of memory, a bad deploy) and DBOS retries it at every boot \
+             until MAX_RECOVERY_ATTEMPTS_EXCEEDED.",
+            s.name
+        ),
+        started_at_ns: now_ns,
+    });
+}
+
+fn blocked(s: &SourceStatus, now_ns: i64, out: &mut Vec<Condition>) {
+    for b in &s.blocked_queues {
+        out.push(Condition {
+            rule: RuleKind::QueueBlocked,
+            labels: labels(&[("source", &s.name), ("queue", &b.queue)]),
+            instance: None,
+            title: format!(
+                "{}: queue {} blocked by workflow {}",
+                s.name, b.queue, b.blocking_workflow_id
+            ),
+            text: format!(
+                "Queue {:?} of source {} is held by workflow {} ({}), idle for {}, while {} \
+                 workflow(s) wait behind it.",
+                b.queue,
+                s.name,
+                b.blocking_workflow_id,
+                b.blocking_workflow_name,
+                human(secs_to_ns(b.idle_seconds)),
+                b.waiting
+            ),
+            started_at_ns: now_ns - secs_to_ns(b.idle_seconds),
+        });
+    }
+}
+
+fn outbox_backlog(rule: &RuleConfig, facts: &Facts, out: &mut Vec<Condition>) {
+    let Some(oldest) = facts.outbox.oldest_created_ns else {
+        return;
+    };
+    let age = facts.now_ns - oldest;
+    if age < rule.threshold_duration().as_nanos() as i64 {
+        return;
+    }
+    out.push(Condition {
+        rule: rule.kind,
+        labels: BTreeMap::new(),
+        instance: None,
+        title: format!(
+            "{} alert notification(s) undelivered for {}",
+            facts.outbox.pending,
+            human(age)
+        ),
+        text: format!(
+            "{} notification(s) are waiting in the outbox; the oldest since {}. A channel is \
+             failing: see /api/v1/alerts for the last error of each.",
+            facts.outbox.pending,
+            rfc3339(oldest)
+        ),
+        started_at_ns: oldest,
+    });
+}
+
+fn state_db(facts: &Facts, out: &mut Vec<Condition>) {
+    let Some(error) = &facts.status.state_db_error else {
+        return;
+    };
+    out.push(Condition {
+        rule: RuleKind::StateDb,
+        labels: BTreeMap::new(),
+        instance: None,
+        title: "state database cannot be written".into(),
+        text: format!(
+            "stallwatch cannot write its state database ({error}). Freeze detection goes on, \
+             but events are not being recorded."
+        ),
+        started_at_ns: facts.now_ns,
+    });
+}
+
+fn secs_to_ns(seconds: f64) -> i64 {
+    (seconds * 1e9) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::NANOS_PER_SEC;
+    use crate::freeze::ChannelEstimate;
+    use crate::status::{CostStatus, DeadLetterStatus, QueueAge, QueueCount};
+
+    const S: i64 = NANOS_PER_SEC;
+    const NOW: i64 = 1_800_000_000 * S;
+
+    fn source(name: &str) -> SourceStatus {
+        SourceStatus {
+            name: name.into(),
+            kind: "queue_table",
+            up: true,
+            ..Default::default()
+        }
+    }
+
+    fn run(
+        status: &LiveStatus,
+        freezes: &[FreezeEvent],
+        memory: &mut RuleMemory,
+    ) -> Vec<Condition> {
+        let facts = Facts {
+            now_ns: NOW,
+            freezes,
+            status,
+            outbox: OutboxStats::default(),
+        };
+        evaluate(&AlertsConfig::default(), &facts, memory)
+    }
+
+    #[test]
+    fn freezes_below_the_threshold_and_steps_below_theirs_stay_quiet() {
+        let freeze = |kind, secs: i64| FreezeEvent {
+            kind,
+            started_at_ns: NOW - 200 * S,
+            duration_ns: secs * S,
+            channels: vec![ChannelEstimate {
+                channel: "rtc".into(),
+                estimate_ns: secs * S,
+            }],
+        };
+        let events = [
+            freeze(FreezeKind::VmPause, 6480),
+            freeze(FreezeKind::ProcessStall, 3),
+            freeze(FreezeKind::WallClockStep, -60),
+            freeze(FreezeKind::WallClockStep, 2),
+        ];
+        let c = run(&LiveStatus::default(), &events, &mut RuleMemory::default());
+        assert_eq!(c.len(), 2, "{c:#?}");
+        assert_eq!(c[0].rule, RuleKind::Freeze);
+        assert_eq!(c[0].title, "vm_pause: frozen for 1h 48m");
+        assert!(c[0].text.contains("rtc saw 1h 48m"), "{}", c[0].text);
+        assert_eq!(c[1].rule, RuleKind::WallClockStep);
+        assert!(c[1].title.contains("backward by 1m"), "{}", c[1].title);
+        assert_ne!(c[0].fingerprint(), c[1].fingerprint());
+    }
+
+    #[test]
+    fn cost_levels_hold_once_crossed_and_carry_the_day() {
+        let mut status = LiveStatus::default();
+        let mut s = source("lab");
+        s.cost = Some(CostStatus {
+            today_usd: 8.5,
+            cap_usd: 10.0,
+            day: "2026-11-23".into(),
+        });
+        status.sources.push(s);
+        let c = run(&status, &[], &mut RuleMemory::default());
+        let levels: Vec<&str> = c.iter().map(|c| c.labels["level"].as_str()).collect();
+        assert_eq!(levels, ["50", "80"]);
+        assert_eq!(
+            c[0].fingerprint(),
+            "cost_cap{day=2026-11-23,level=50,source=lab}"
+        );
+    }
+
+    #[test]
+    fn a_source_is_down_only_after_the_threshold() {
+        let mut status = LiveStatus::default();
+        let mut s = source("app");
+        s.down_since_unix_ns = Some(NOW - 299 * S);
+        status.sources.push(s.clone());
+        assert!(run(&status, &[], &mut RuleMemory::default()).is_empty());
+        status.sources[0].down_since_unix_ns = Some(NOW - 300 * S);
+        let c = run(&status, &[], &mut RuleMemory::default());
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].fingerprint(), "source_down{source=app}");
+    }
+
+    #[test]
+    fn only_new_dead_letters_fire_and_stuck_and_waiting_queues_are_named() {
+        let mut status = LiveStatus::default();
+        let mut s = source("lab");
+        s.dead_letters = vec![DeadLetterStatus {
+            queue: "q".into(),
+            current: 7,
+            new_since_start: 0,
+        }];
+        s.stuck = vec![QueueCount {
+            queue: "q".into(),
+            count: 2,
+        }];
+        s.waiting = vec![QueueAge {
+            queue: "q".into(),
+            status: "PENDING".into(),
+            oldest_unix_ns: NOW - 3600 * S,
+        }];
+        status.sources.push(s);
+        let mut memory = RuleMemory::default();
+        let c = run(&status, &[], &mut memory);
+        let rules: Vec<RuleKind> = c.iter().map(|c| c.rule).collect();
+        assert_eq!(rules, [RuleKind::StuckJobs, RuleKind::QueueAge]);
+        status.sources[0].dead_letters[0].new_since_start = 2;
+        let c = run(&status, &[], &mut memory);
+        let dead: Vec<_> = c
+            .iter()
+            .filter(|c| c.rule == RuleKind::DeadLetters)
+            .collect();
+        assert_eq!(dead.len(), 1);
+        assert!(
+            dead[0].title.contains("2 new dead letter"),
+            "{}",
+            dead[0].title
+        );
+        let again = run(&status, &[], &mut memory);
+        assert!(again.iter().all(|c| c.rule != RuleKind::DeadLetters));
+    }
+}

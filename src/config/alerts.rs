@@ -1,0 +1,426 @@
+//! `[alerts]` and `[[rule]]`: delivery settings and overrides of the built-in rules.
+//!
+//! Owns the names of the built-in rules and their defaults, so that zero config gives
+//! sensible alerts. Validation errors are `(key, problem)` pairs like the sources'.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::channel::ChannelConfig;
+use super::HumanDuration;
+use crate::alerts::Severity;
+
+/// First retry waits up to this (full jitter), doubling per attempt.
+pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+/// Longest retry wait: a receiver back after an outage is used within five minutes.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Pending notifications kept; at ~1 KiB a row the outbox stays under ~20 MB of disk.
+pub const DEFAULT_OUTBOX_MAX: usize = 20_000;
+/// A reminder of a still-firing alert every four hours (Alertmanager's default).
+pub const DEFAULT_REPEAT_INTERVAL: Duration = Duration::from_secs(4 * 3600);
+/// A cleared condition must stay clear this long before the resolve goes out, so a
+/// flapping source does not buzz a phone on every poll.
+pub const DEFAULT_RESOLVE_AFTER: Duration = Duration::from_secs(30);
+/// Dead-man's switch ping period: healthchecks-style services expect about a minute.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(60);
+/// Where each alert's runbook section lives.
+pub const DEFAULT_RUNBOOK_BASE: &str =
+    "https://github.com/stallwatch/stallwatch/blob/main/alerts/RUNBOOK.md";
+
+/// The built-in rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RuleKind {
+    Freeze,
+    WallClockStep,
+    WorkflowStalled,
+    StuckJobs,
+    QueueAge,
+    DeadLetters,
+    CostCap,
+    SourceDown,
+    RecoveryLoop,
+    QueueBlocked,
+    OutboxBacklog,
+    StateDb,
+}
+
+/// What a rule's `threshold` is measured in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Threshold {
+    None,
+    Duration(Duration),
+    Count(u64),
+}
+
+impl RuleKind {
+    pub const ALL: [RuleKind; 12] = [
+        RuleKind::Freeze,
+        RuleKind::WallClockStep,
+        RuleKind::WorkflowStalled,
+        RuleKind::StuckJobs,
+        RuleKind::QueueAge,
+        RuleKind::DeadLetters,
+        RuleKind::CostCap,
+        RuleKind::SourceDown,
+        RuleKind::RecoveryLoop,
+        RuleKind::QueueBlocked,
+        RuleKind::OutboxBacklog,
+        RuleKind::StateDb,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleKind::Freeze => "freeze",
+            RuleKind::WallClockStep => "wall_clock_step",
+            RuleKind::WorkflowStalled => "workflow_stalled",
+            RuleKind::StuckJobs => "stuck_jobs",
+            RuleKind::QueueAge => "queue_age",
+            RuleKind::DeadLetters => "dead_letters",
+            RuleKind::CostCap => "cost_cap",
+            RuleKind::SourceDown => "source_down",
+            RuleKind::RecoveryLoop => "recovery_loop",
+            RuleKind::QueueBlocked => "queue_blocked",
+            RuleKind::OutboxBacklog => "outbox_backlog",
+            RuleKind::StateDb => "state_db",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<RuleKind> {
+        RuleKind::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// The section of alerts/RUNBOOK.md that tells the on-call person what to check.
+    pub fn runbook_anchor(self) -> &'static str {
+        match self {
+            RuleKind::Freeze => "stallwatchfreezerecorded",
+            RuleKind::WallClockStep => "stallwatchwallclockstep",
+            RuleKind::WorkflowStalled => "stallwatchstalledworkflows",
+            RuleKind::StuckJobs => "stallwatchstuckjobs",
+            RuleKind::QueueAge => "stallwatchqueueoldestagehigh",
+            RuleKind::DeadLetters => "stallwatchnewdeadletters",
+            RuleKind::CostCap => "stallwatchcostcapnear",
+            RuleKind::SourceDown => "stallwatchsourcedown",
+            RuleKind::RecoveryLoop => "stallwatchdbosrecoveryloop",
+            RuleKind::QueueBlocked => "stallwatchqueueblocked",
+            RuleKind::OutboxBacklog => "stallwatchoutboxbacklog",
+            RuleKind::StateDb => "stallwatchstatedberrors",
+        }
+    }
+
+    /// One-shot rules fire once per event and never repeat or resolve.
+    pub fn one_shot(self) -> bool {
+        matches!(
+            self,
+            RuleKind::Freeze | RuleKind::WallClockStep | RuleKind::DeadLetters | RuleKind::CostCap
+        )
+    }
+
+    /// The default threshold, which also fixes the unit `threshold` is written in.
+    pub fn default_threshold(self) -> Threshold {
+        let secs = |s| Threshold::Duration(Duration::from_secs(s));
+        match self {
+            // A phone buzz for a freeze long enough to hurt a job, not a scheduler hiccup.
+            RuleKind::Freeze => secs(10),
+            RuleKind::WallClockStep => secs(10),
+            RuleKind::StuckJobs | RuleKind::DeadLetters => Threshold::Count(1),
+            RuleKind::QueueAge => secs(15 * 60),
+            RuleKind::SourceDown => secs(5 * 60),
+            // DBOS gives up at 100 attempts by default; three boots in a row is a loop.
+            RuleKind::RecoveryLoop => Threshold::Count(3),
+            RuleKind::OutboxBacklog => secs(15 * 60),
+            RuleKind::WorkflowStalled
+            | RuleKind::CostCap
+            | RuleKind::QueueBlocked
+            | RuleKind::StateDb => Threshold::None,
+        }
+    }
+
+    pub fn default_severity(self) -> Severity {
+        match self {
+            RuleKind::Freeze
+            | RuleKind::StuckJobs
+            | RuleKind::RecoveryLoop
+            | RuleKind::QueueBlocked
+            | RuleKind::StateDb => Severity::Critical,
+            RuleKind::WallClockStep
+            | RuleKind::WorkflowStalled
+            | RuleKind::QueueAge
+            | RuleKind::DeadLetters
+            | RuleKind::CostCap
+            | RuleKind::SourceDown
+            | RuleKind::OutboxBacklog => Severity::Warning,
+        }
+    }
+}
+
+/// One rule with its settings, defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleConfig {
+    pub kind: RuleKind,
+    pub enabled: bool,
+    pub threshold: Threshold,
+    /// `cost_cap` only: percentages of the cap, ascending.
+    pub levels: Vec<u32>,
+    /// Channel names; empty means every channel.
+    pub channels: Vec<String>,
+    pub repeat_interval: Duration,
+    pub resolve_after: Duration,
+    pub hold: Duration,
+    pub severity: Severity,
+}
+
+impl RuleConfig {
+    pub fn default_for(kind: RuleKind) -> RuleConfig {
+        RuleConfig {
+            kind,
+            enabled: true,
+            threshold: kind.default_threshold(),
+            levels: if kind == RuleKind::CostCap {
+                vec![50, 80, 100]
+            } else {
+                Vec::new()
+            },
+            channels: Vec::new(),
+            repeat_interval: DEFAULT_REPEAT_INTERVAL,
+            resolve_after: DEFAULT_RESOLVE_AFTER,
+            hold: Duration::ZERO,
+            severity: kind.default_severity(),
+        }
+    }
+
+    /// The threshold as a duration (0 when the rule has none).
+    pub fn threshold_duration(&self) -> Duration {
+        match self.threshold {
+            Threshold::Duration(d) => d,
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The threshold as a count (1 when the rule has none).
+    pub fn threshold_count(&self) -> u64 {
+        match self.threshold {
+            Threshold::Count(n) => n,
+            _ => 1,
+        }
+    }
+}
+
+/// Delivery settings and every rule (all built-ins, overridden by `[[rule]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertsConfig {
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub outbox_max: usize,
+    pub heartbeat_url: Option<String>,
+    pub heartbeat_interval: Duration,
+    pub runbook_base: String,
+    pub rules: Vec<RuleConfig>,
+    pub channels: Vec<ChannelConfig>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            backoff_initial: DEFAULT_BACKOFF_INITIAL,
+            backoff_max: DEFAULT_BACKOFF_MAX,
+            outbox_max: DEFAULT_OUTBOX_MAX,
+            heartbeat_url: None,
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            runbook_base: DEFAULT_RUNBOOK_BASE.to_string(),
+            rules: RuleKind::ALL
+                .into_iter()
+                .map(RuleConfig::default_for)
+                .collect(),
+            channels: Vec::new(),
+        }
+    }
+}
+
+impl AlertsConfig {
+    pub fn rule(&self, kind: RuleKind) -> &RuleConfig {
+        self.rules
+            .iter()
+            .find(|r| r.kind == kind)
+            .expect("every rule kind has a config")
+    }
+}
+
+// ---- the file as written -------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAlerts {
+    backoff_initial: Option<HumanDuration>,
+    backoff_max: Option<HumanDuration>,
+    outbox_max: Option<usize>,
+    heartbeat_url: Option<String>,
+    heartbeat_interval: Option<HumanDuration>,
+    runbook_base: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRule {
+    rule: String,
+    enabled: Option<bool>,
+    threshold: Option<toml::Value>,
+    levels: Option<Vec<u32>>,
+    channels: Option<Vec<String>>,
+    repeat_interval: Option<HumanDuration>,
+    resolve_after: Option<HumanDuration>,
+    #[serde(rename = "for")]
+    hold: Option<HumanDuration>,
+    severity: Option<String>,
+}
+
+type Problem = (String, String);
+
+/// Builds the alerts config from `[alerts]`, `[[rule]]` and the validated channels.
+pub(super) fn validate(
+    raw: RawAlerts,
+    rules: Vec<RawRule>,
+    channels: Vec<ChannelConfig>,
+) -> Result<AlertsConfig, Problem> {
+    let mut config = AlertsConfig::default();
+    let bad = |key: &str, problem: &str| Err((key.to_string(), problem.to_string()));
+    if let Some(HumanDuration(d)) = raw.backoff_initial {
+        if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
+            return bad("alerts.backoff_initial", "must be between 100ms and 10m");
+        }
+        config.backoff_initial = d;
+    }
+    if let Some(HumanDuration(d)) = raw.backoff_max {
+        if d < config.backoff_initial || d > Duration::from_secs(24 * 3600) {
+            return bad(
+                "alerts.backoff_max",
+                "must be at least alerts.backoff_initial and at most 24h",
+            );
+        }
+        config.backoff_max = d;
+    }
+    if let Some(n) = raw.outbox_max {
+        if !(100..=1_000_000).contains(&n) {
+            return bad("alerts.outbox_max", "must be between 100 and 1000000");
+        }
+        config.outbox_max = n;
+    }
+    if let Some(url) = raw.heartbeat_url {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return bad("alerts.heartbeat_url", "must be an http:// or https:// URL");
+        }
+        config.heartbeat_url = Some(url);
+    }
+    if let Some(HumanDuration(d)) = raw.heartbeat_interval {
+        if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+            return bad("alerts.heartbeat_interval", "must be between 1s and 1h");
+        }
+        config.heartbeat_interval = d;
+    }
+    if let Some(base) = raw.runbook_base {
+        config.runbook_base = base.trim_end_matches('#').to_string();
+    }
+
+    let mut seen = Vec::new();
+    for (i, raw) in rules.into_iter().enumerate() {
+        let key = |k: &str| format!("rule[{i}].{k}");
+        let Some(kind) = RuleKind::parse(&raw.rule) else {
+            let names: Vec<_> = RuleKind::ALL.iter().map(|r| r.as_str()).collect();
+            return Err((
+                key("rule"),
+                format!(
+                    "{:?} is not a rule; use one of {}",
+                    raw.rule,
+                    names.join(", ")
+                ),
+            ));
+        };
+        if seen.contains(&kind) {
+            return Err((
+                key("rule"),
+                format!("repeats {:?}; write one [[rule]] per rule", raw.rule),
+            ));
+        }
+        seen.push(kind);
+        let slot = config
+            .rules
+            .iter_mut()
+            .find(|r| r.kind == kind)
+            .expect("every rule kind has a config");
+        if let Some(enabled) = raw.enabled {
+            slot.enabled = enabled;
+        }
+        if let Some(value) = raw.threshold {
+            slot.threshold = parse_threshold(kind, &value).map_err(|p| (key("threshold"), p))?;
+        }
+        if let Some(levels) = raw.levels {
+            if kind != RuleKind::CostCap {
+                return Err((key("levels"), "applies only to the cost_cap rule".into()));
+            }
+            let ascending = levels.windows(2).all(|w| w[0] < w[1]);
+            if levels.is_empty() || !ascending || levels.iter().any(|l| *l == 0 || *l > 1000) {
+                return Err((
+                    key("levels"),
+                    "must be ascending percentages between 1 and 1000, like [50, 80, 100]".into(),
+                ));
+            }
+            slot.levels = levels;
+        }
+        if let Some(names) = raw.channels {
+            for (j, name) in names.iter().enumerate() {
+                if !channels.iter().any(|c| &c.name == name) {
+                    return Err((
+                        format!("rule[{i}].channels[{j}]"),
+                        format!("names channel {name:?}, which no [[channel]] defines"),
+                    ));
+                }
+            }
+            slot.channels = names;
+        }
+        if let Some(HumanDuration(d)) = raw.repeat_interval {
+            if d < Duration::from_secs(1) {
+                return Err((key("repeat_interval"), "must be at least 1s".into()));
+            }
+            slot.repeat_interval = d;
+        }
+        if let Some(HumanDuration(d)) = raw.resolve_after {
+            slot.resolve_after = d;
+        }
+        if let Some(HumanDuration(d)) = raw.hold {
+            slot.hold = d;
+        }
+        if let Some(s) = raw.severity {
+            slot.severity = Severity::parse(&s).ok_or_else(|| {
+                (
+                    key("severity"),
+                    format!("{s:?} is not a severity; use info, warning or critical"),
+                )
+            })?;
+        }
+    }
+    config.channels = channels;
+    Ok(config)
+}
+
+fn parse_threshold(kind: RuleKind, value: &toml::Value) -> Result<Threshold, String> {
+    match (kind.default_threshold(), value) {
+        (Threshold::None, _) => Err(format!(
+            "does not apply to the {} rule (it has no threshold)",
+            kind.as_str()
+        )),
+        (Threshold::Duration(_), toml::Value::String(s)) => humantime::parse_duration(s.trim())
+            .map(Threshold::Duration)
+            .map_err(|_| format!("must be a duration like \"10s\" or \"5m\", not {s:?}")),
+        (Threshold::Duration(_), _) => Err(format!(
+            "must be a duration like \"10s\" for the {} rule",
+            kind.as_str()
+        )),
+        (Threshold::Count(_), toml::Value::Integer(n)) if *n >= 1 => {
+            Ok(Threshold::Count(*n as u64))
+        }
+        (Threshold::Count(_), _) => Err(format!(
+            "must be a whole number of at least 1 for the {} rule",
+            kind.as_str()
+        )),
+    }
+}

@@ -1,0 +1,831 @@
+//! `[[channel]]` tables: where alerts are delivered, validated per kind.
+//!
+//! One flat table per channel, like `[[source]]`: a key that does not apply to the
+//! channel's kind is an error naming both, so a `chat_id` on a `slack` channel cannot be
+//! silently ignored. Owns checking what a user wrote; rendering and sending live in
+//! `alerts::channels`. No error text ever carries a secret: tokens, signing keys, routing
+//! keys and user keys are never echoed, and a URL (whose path is the credential for Slack,
+//! Discord and ntfy) is never echoed either.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::Deserialize;
+
+use super::HumanDuration;
+
+/// Most channels one sidecar delivers to: each has its own delivery lane and metrics
+/// series, and a handful covers every phone and chat of a team.
+pub const MAX_CHANNELS: usize = 16;
+/// Default time one delivery attempt may take: long enough for a slow chat API, short
+/// enough that a hung receiver does not hold its lane for minutes.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Shortest accepted timeout: below this a TLS handshake over a slow link times out.
+pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// Longest accepted timeout: a lane waits at most this for one answer.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest channel name: it is a metric label value.
+pub const MAX_NAME_CHARS: usize = 64;
+/// Most ntfy tags: ntfy shows them as emojis and words next to the title.
+pub const MAX_TAGS: usize = 10;
+/// Longest ntfy tag.
+pub const MAX_TAG_CHARS: usize = 64;
+
+/// The Telegram Bot API when `url` is not set.
+pub const TELEGRAM_URL: &str = "https://api.telegram.org";
+/// Pushover's message API when `url` is not set.
+pub const PUSHOVER_URL: &str = "https://api.pushover.net/1/messages.json";
+/// PagerDuty's Events API v2 when `url` is not set (the EU service region is
+/// `https://events.eu.pagerduty.com/v2/enqueue`).
+pub const PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+/// The name the dead-man's switch pings use as their `channel` metric label.
+const RESERVED_NAME: &str = crate::alerts::engine::DEADMAN_CHANNEL;
+
+/// The service a channel delivers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChannelKind {
+    Webhook,
+    Ntfy,
+    Slack,
+    Discord,
+    Telegram,
+    Pushover,
+    Pagerduty,
+    Alertmanager,
+}
+
+impl ChannelKind {
+    pub const ALL: [ChannelKind; 8] = [
+        ChannelKind::Webhook,
+        ChannelKind::Ntfy,
+        ChannelKind::Slack,
+        ChannelKind::Discord,
+        ChannelKind::Telegram,
+        ChannelKind::Pushover,
+        ChannelKind::Pagerduty,
+        ChannelKind::Alertmanager,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::Webhook => "webhook",
+            ChannelKind::Ntfy => "ntfy",
+            ChannelKind::Slack => "slack",
+            ChannelKind::Discord => "discord",
+            ChannelKind::Telegram => "telegram",
+            ChannelKind::Pushover => "pushover",
+            ChannelKind::Pagerduty => "pagerduty",
+            ChannelKind::Alertmanager => "alertmanager",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ChannelKind> {
+        ChannelKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The URL used when `url` is not set; `None` where the user must give one.
+    pub fn default_url(self) -> Option<&'static str> {
+        match self {
+            ChannelKind::Telegram => Some(TELEGRAM_URL),
+            ChannelKind::Pushover => Some(PUSHOVER_URL),
+            ChannelKind::Pagerduty => Some(PAGERDUTY_URL),
+            _ => None,
+        }
+    }
+
+    /// Whether the URL's path is itself the credential (a Slack or Discord webhook, an
+    /// ntfy topic, a generic webhook with a token in its path).
+    pub fn url_path_is_secret(self) -> bool {
+        matches!(
+            self,
+            ChannelKind::Webhook | ChannelKind::Ntfy | ChannelKind::Slack | ChannelKind::Discord
+        )
+    }
+}
+
+/// A credential from the config. Its `Debug` shows `***`, so a config printed in a test
+/// failure or a debug log does not leak it; [`Secret::expose`] is the one way in.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+/// What only some kinds have, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelDetail {
+    /// Standard Webhooks signing key (`whsec_…`), if set.
+    Webhook {
+        secret: Option<Secret>,
+    },
+    Ntfy {
+        /// Access token, sent as `Authorization: Bearer`.
+        token: Option<Secret>,
+        /// Priority 1-5 for firing and repeat notifications instead of the one by severity.
+        priority: Option<u8>,
+        /// Tags added to the ones by severity.
+        tags: Vec<String>,
+    },
+    Slack,
+    Discord,
+    Telegram {
+        token: Secret,
+        chat_id: String,
+    },
+    Pushover {
+        token: Secret,
+        user: Secret,
+        /// Priority -2..=1 for firing and repeat notifications instead of the one by
+        /// severity (2, emergency, needs acknowledgement settings and is not offered).
+        priority: Option<i8>,
+    },
+    Pagerduty {
+        routing_key: Secret,
+    },
+    Alertmanager,
+}
+
+/// One validated channel.
+#[derive(Clone, PartialEq)]
+pub struct ChannelConfig {
+    pub name: String,
+    pub kind: ChannelKind,
+    /// Where requests go: as written, or the service's default. May hold a credential
+    /// (see [`ChannelKind::url_path_is_secret`]); show it only through [`Self::shown_url`].
+    pub url: String,
+    pub detail: ChannelDetail,
+    /// Time one delivery attempt may take.
+    pub timeout: Duration,
+}
+
+impl ChannelConfig {
+    /// The URL as it may appear in logs: scheme and host only when the path is a
+    /// credential, else without userinfo and query.
+    pub fn shown_url(&self) -> String {
+        let redacted = super::redact_url(&self.url);
+        if !self.kind.url_path_is_secret() {
+            return redacted;
+        }
+        match redacted.split_once("://") {
+            Some((scheme, rest)) => {
+                let host = rest.split('/').next().unwrap_or(rest);
+                format!("{scheme}://{host}/***")
+            }
+            None => "***".to_string(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ChannelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("url", &self.shown_url())
+            .field("detail", &self.detail)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawChannel {
+    name: Option<String>,
+    kind: Option<String>,
+    url: Option<String>,
+    timeout: Option<HumanDuration>,
+    // webhook
+    secret: Option<String>,
+    // ntfy, telegram, pushover
+    token: Option<String>,
+    // telegram
+    chat_id: Option<toml::Value>,
+    // pushover
+    user: Option<String>,
+    // pagerduty
+    routing_key: Option<String>,
+    // ntfy, pushover
+    priority: Option<toml::Value>,
+    // ntfy
+    tags: Option<Vec<String>>,
+}
+
+type Problem = (String, String);
+
+/// Validates `[[channel]]` number `index`; `earlier` are the channels before it.
+/// Errors are `(key, problem)`, e.g. `("channel[0].url", "is required for a slack channel")`.
+pub fn validate(
+    index: usize,
+    raw: RawChannel,
+    earlier: &[ChannelConfig],
+) -> Result<ChannelConfig, Problem> {
+    let key = |k: &str| format!("channel[{index}].{k}");
+    let name = raw
+        .name
+        .clone()
+        .ok_or_else(|| (key("name"), "is required".to_string()))?;
+    let name_ok = !name.is_empty()
+        && name.chars().count() <= MAX_NAME_CHARS
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !name_ok {
+        return Err((
+            key("name"),
+            format!("{name:?} must be 1-{MAX_NAME_CHARS} letters, digits, '_' or '-'"),
+        ));
+    }
+    if name == RESERVED_NAME {
+        return Err((
+            key("name"),
+            format!("{name:?} is reserved for the dead-man's switch pings; choose another name"),
+        ));
+    }
+    if earlier.iter().any(|c| c.name == name) {
+        return Err((key("name"), format!("{name:?} is used by another channel")));
+    }
+    let kind_names = || {
+        let names: Vec<&str> = ChannelKind::ALL.iter().map(|k| k.as_str()).collect();
+        let (last, rest) = names.split_last().expect("there are channel kinds");
+        format!("{} or {last}", rest.join(", "))
+    };
+    let kind_text = raw
+        .kind
+        .clone()
+        .ok_or_else(|| (key("kind"), format!("is required: {}", kind_names())))?;
+    let kind = ChannelKind::parse(&kind_text).ok_or_else(|| {
+        (
+            key("kind"),
+            format!("{kind_text:?} is not a channel kind; use {}", kind_names()),
+        )
+    })?;
+    let of_kind = format!("a {} channel", kind.as_str());
+
+    // Keys that only some kinds understand.
+    use ChannelKind as K;
+    let only: [(&str, bool, &[ChannelKind]); 7] = [
+        ("secret", raw.secret.is_some(), &[K::Webhook]),
+        (
+            "token",
+            raw.token.is_some(),
+            &[K::Ntfy, K::Telegram, K::Pushover],
+        ),
+        ("chat_id", raw.chat_id.is_some(), &[K::Telegram]),
+        ("user", raw.user.is_some(), &[K::Pushover]),
+        ("routing_key", raw.routing_key.is_some(), &[K::Pagerduty]),
+        ("priority", raw.priority.is_some(), &[K::Ntfy, K::Pushover]),
+        ("tags", raw.tags.is_some(), &[K::Ntfy]),
+    ];
+    if let Some((k, _, _)) = only
+        .iter()
+        .find(|(_, present, kinds)| *present && !kinds.contains(&kind))
+    {
+        return Err((key(k), format!("does not apply to {of_kind}")));
+    }
+
+    let url = match (raw.url.clone(), kind.default_url()) {
+        (Some(url), _) => url,
+        (None, Some(default)) => default.to_string(),
+        (None, None) => return Err((key("url"), format!("is required for {of_kind}"))),
+    };
+    check_url(&url).map_err(|p| (key("url"), p))?;
+
+    let timeout = raw.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0);
+    if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&timeout) {
+        return Err((key("timeout"), "must be between 1s and 60s".into()));
+    }
+
+    let required = |k: &str, value: &Option<String>| -> Result<Secret, Problem> {
+        let value = value
+            .clone()
+            .ok_or_else(|| (key(k), format!("is required for {of_kind}")))?;
+        credential(&value).map_err(|p| (key(k), p))?;
+        Ok(Secret(value))
+    };
+    let optional = |k: &str, value: &Option<String>| -> Result<Option<Secret>, Problem> {
+        match value {
+            None => Ok(None),
+            Some(_) => required(k, value).map(Some),
+        }
+    };
+
+    let detail = match kind {
+        K::Webhook => {
+            let secret = optional("secret", &raw.secret)?;
+            if let Some(s) = &secret {
+                signing_key(s.expose()).map_err(|e| (key("secret"), e.to_string()))?;
+            }
+            ChannelDetail::Webhook { secret }
+        }
+        K::Ntfy => ChannelDetail::Ntfy {
+            token: optional("token", &raw.token)?,
+            priority: raw
+                .priority
+                .as_ref()
+                .map(ntfy_priority)
+                .transpose()
+                .map_err(|p| (key("priority"), p))?,
+            tags: ntfy_tags(raw.tags.clone().unwrap_or_default()).map_err(|p| (key("tags"), p))?,
+        },
+        K::Slack => ChannelDetail::Slack,
+        K::Discord => ChannelDetail::Discord,
+        K::Telegram => {
+            let token = required("token", &raw.token)?;
+            if !token
+                .expose()
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ":_-".contains(c))
+            {
+                return Err((
+                    key("token"),
+                    "must be a bot token as @BotFather gives it: digits, ':' and letters".into(),
+                ));
+            }
+            let chat_id = raw
+                .chat_id
+                .as_ref()
+                .ok_or_else(|| (key("chat_id"), format!("is required for {of_kind}")))?;
+            ChannelDetail::Telegram {
+                token,
+                chat_id: telegram_chat(chat_id).map_err(|p| (key("chat_id"), p))?,
+            }
+        }
+        K::Pushover => ChannelDetail::Pushover {
+            token: required("token", &raw.token)?,
+            user: required("user", &raw.user)?,
+            priority: raw
+                .priority
+                .as_ref()
+                .map(pushover_priority)
+                .transpose()
+                .map_err(|p| (key("priority"), p))?,
+        },
+        K::Pagerduty => ChannelDetail::Pagerduty {
+            routing_key: required("routing_key", &raw.routing_key)?,
+        },
+        K::Alertmanager => ChannelDetail::Alertmanager,
+    };
+    Ok(ChannelConfig {
+        name,
+        kind,
+        url,
+        detail,
+        timeout,
+    })
+}
+
+/// An `http://` or `https://` URL with a host and nothing a request line cannot carry.
+/// The URL itself never appears in the problem: its path may be the credential.
+fn check_url(url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err("must be an http:// or https:// URL".into());
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err(format!(
+            "has scheme {:?}; it must be an http:// or https:// URL",
+            truncate_echo(scheme)
+        ));
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    if host.is_empty() || host.starts_with(':') {
+        return Err("has no host; it must be an http:// or https:// URL".into());
+    }
+    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must not contain spaces or control characters".into());
+    }
+    Ok(())
+}
+
+/// A token or key: non-empty, printable ASCII without spaces (it goes into a header, a
+/// URL path or a form field). Never echoed.
+fn credential(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(
+            "must be printable ASCII without spaces (check for a stray quote or newline)".into(),
+        );
+    }
+    Ok(())
+}
+
+/// A Standard Webhooks signing secret that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretError {
+    #[error("must start with \"whsec_\" (a Standard Webhooks signing secret)")]
+    Prefix,
+    #[error("must be base64 after \"whsec_\" (a Standard Webhooks signing secret)")]
+    Base64,
+    #[error("has no key after \"whsec_\"")]
+    Empty,
+}
+
+/// The HMAC key of a Standard Webhooks secret: the base64 after `whsec_`, decoded.
+pub fn signing_key(secret: &str) -> Result<Vec<u8>, SecretError> {
+    let encoded = secret.strip_prefix("whsec_").ok_or(SecretError::Prefix)?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .map_err(|_| SecretError::Base64)?;
+    if key.is_empty() {
+        return Err(SecretError::Empty);
+    }
+    Ok(key)
+}
+
+/// ntfy priority: 1-5 or its names (min, low, default, high, max/urgent).
+fn ntfy_priority(value: &toml::Value) -> Result<u8, String> {
+    let named = |s: &str| match s {
+        "min" => Some(1),
+        "low" => Some(2),
+        "default" => Some(3),
+        "high" => Some(4),
+        "max" | "urgent" => Some(5),
+        _ => s.parse::<u8>().ok().filter(|n| (1..=5).contains(n)),
+    };
+    let parsed = match value {
+        toml::Value::Integer(n) => u8::try_from(*n).ok().filter(|n| (1..=5).contains(n)),
+        toml::Value::String(s) => named(s.trim()),
+        _ => None,
+    };
+    parsed.ok_or_else(|| {
+        format!(
+            "{} is not an ntfy priority; use 1-5 or min, low, default, high, max",
+            shown_value(value)
+        )
+    })
+}
+
+/// Pushover priority -2..=1; 2 (emergency) needs `retry`/`expire` and is not offered.
+fn pushover_priority(value: &toml::Value) -> Result<i8, String> {
+    let n = match value {
+        toml::Value::Integer(n) => Some(*n),
+        toml::Value::String(s) => s.trim().parse::<i64>().ok(),
+        _ => None,
+    };
+    match n {
+        Some(n @ -2..=1) => Ok(n as i8),
+        Some(2) => {
+            Err("2 (emergency) is not supported: it repeats until acknowledged; use -2 to 1".into())
+        }
+        _ => Err(format!(
+            "{} is not a Pushover priority; use -2, -1, 0 or 1",
+            shown_value(value)
+        )),
+    }
+}
+
+fn ntfy_tags(tags: Vec<String>) -> Result<Vec<String>, String> {
+    if tags.len() > MAX_TAGS {
+        return Err(format!("lists {} tags; at most {MAX_TAGS}", tags.len()));
+    }
+    let mut out = Vec::with_capacity(tags.len());
+    for tag in tags {
+        let tag = tag.trim().to_string();
+        let ok = !tag.is_empty()
+            && tag.chars().count() <= MAX_TAG_CHARS
+            && !tag.chars().any(|c| c == ',' || c.is_control());
+        if !ok {
+            return Err(format!(
+                "{:?} must be 1-{MAX_TAG_CHARS} characters without ',' (like \"warning\" or \"rotating_light\")",
+                truncate_echo(&tag)
+            ));
+        }
+        out.push(tag);
+    }
+    Ok(out)
+}
+
+/// A Telegram chat: a numeric id (negative for groups and channels) or `@channelname`.
+fn telegram_chat(value: &toml::Value) -> Result<String, String> {
+    let text = match value {
+        toml::Value::Integer(n) => n.to_string(),
+        toml::Value::String(s) => s.trim().to_string(),
+        _ => String::new(),
+    };
+    let digits = text.strip_prefix('-').unwrap_or(&text);
+    let numeric = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+    let username = text
+        .strip_prefix('@')
+        .is_some_and(|u| u.len() >= 4 && u.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    if numeric || username {
+        Ok(text)
+    } else {
+        Err(format!(
+            "{} must be a chat id like \"-1001234567890\" or a channel like \"@mychannel\"",
+            shown_value(value)
+        ))
+    }
+}
+
+/// A value a user typed for a non-secret key, short enough for one sentence.
+fn shown_value(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => format!("{:?}", truncate_echo(s)),
+        other => truncate_echo(&other.to_string()),
+    }
+}
+
+/// At most 40 characters of a non-secret value, for an error message.
+fn truncate_echo(s: &str) -> String {
+    const MAX_ECHO_CHARS: usize = 40;
+    if s.chars().count() <= MAX_ECHO_CHARS {
+        s.to_string()
+    } else {
+        let mut t: String = s.chars().take(MAX_ECHO_CHARS - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("/etc/sw.toml"), text, &|_| None).map_err(|e| e.to_string())
+    }
+
+    fn channel(body: &str) -> Result<ChannelConfig, String> {
+        parse(&format!("[[channel]]\nname = \"c\"\n{body}")).map(|c| c.alerts.channels[0].clone())
+    }
+
+    #[track_caller]
+    fn fails(body: &str, want: &str) -> String {
+        let e = channel(body).expect_err(body);
+        assert!(e.contains(want), "{body}\n→ {e}\nwanted {want:?}");
+        e
+    }
+
+    const HOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    #[test]
+    fn each_kind_with_its_keys_is_accepted() {
+        let cases = [
+            ("kind = \"webhook\"\nurl = \"https://h.test/hook\"\n", ChannelKind::Webhook),
+            ("kind = \"ntfy\"\nurl = \"https://ntfy.sh/topic\"\ntoken = \"tk_x\"\npriority = 5\ntags = [\"fire\"]\n", ChannelKind::Ntfy),
+            ("kind = \"slack\"\nurl = \"https://hooks.slack.com/services/T/B/X\"\n", ChannelKind::Slack),
+            ("kind = \"discord\"\nurl = \"https://discord.com/api/webhooks/1/x\"\n", ChannelKind::Discord),
+            ("kind = \"telegram\"\ntoken = \"123:abc\"\nchat_id = -100123\n", ChannelKind::Telegram),
+            ("kind = \"pushover\"\ntoken = \"a1\"\nuser = \"u1\"\npriority = \"-1\"\n", ChannelKind::Pushover),
+            ("kind = \"pagerduty\"\nrouting_key = \"R0UT1NG\"\n", ChannelKind::Pagerduty),
+            ("kind = \"alertmanager\"\nurl = \"http://am:9093\"\n", ChannelKind::Alertmanager),
+        ];
+        for (body, kind) in cases {
+            let c = channel(body).unwrap_or_else(|e| panic!("{body}: {e}"));
+            assert_eq!(c.kind, kind);
+            assert_eq!(c.timeout, DEFAULT_TIMEOUT);
+        }
+    }
+
+    #[test]
+    fn defaults_fill_the_url_of_telegram_pushover_and_pagerduty() {
+        let t = channel("kind = \"telegram\"\ntoken = \"1:a\"\nchat_id = \"@alerts\"\n").unwrap();
+        assert_eq!(t.url, TELEGRAM_URL);
+        assert_eq!(
+            t.detail,
+            ChannelDetail::Telegram {
+                token: Secret::new("1:a"),
+                chat_id: "@alerts".into()
+            }
+        );
+        let p = channel("kind = \"pushover\"\ntoken = \"t\"\nuser = \"u\"\n").unwrap();
+        assert_eq!(p.url, PUSHOVER_URL);
+        let d = channel("kind = \"pagerduty\"\nrouting_key = \"k\"\n").unwrap();
+        assert_eq!(d.url, PAGERDUTY_URL);
+        let own = channel("kind = \"pagerduty\"\nrouting_key = \"k\"\nurl = \"https://events.eu.pagerduty.com/v2/enqueue\"\n").unwrap();
+        assert_eq!(own.url, "https://events.eu.pagerduty.com/v2/enqueue");
+    }
+
+    #[test]
+    fn unknown_kind_lists_the_kinds() {
+        let e = fails("kind = \"sms\"\n", "`channel[0].kind` \"sms\" is not a channel kind; use webhook, ntfy, slack, discord, telegram, pushover, pagerduty or alertmanager");
+        assert!(e.starts_with("config file /etc/sw.toml: key"), "{e}");
+        fails(
+            "url = \"https://x.test\"\n",
+            "`channel[0].kind` is required",
+        );
+    }
+
+    #[test]
+    fn names_are_required_plain_and_unique() {
+        let e = parse("[[channel]]\nkind = \"slack\"\nurl = \"https://h.test/x\"\n").unwrap_err();
+        assert!(e.contains("`channel[0].name` is required"), "{e}");
+        let bad = parse(
+            "[[channel]]\nname = \"my phone\"\nkind = \"slack\"\nurl = \"https://h.test/x\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            bad.contains("`channel[0].name` \"my phone\" must be 1-64 letters"),
+            "{bad}"
+        );
+        let empty =
+            parse("[[channel]]\nname = \"\"\nkind = \"slack\"\nurl = \"https://h.test/x\"\n")
+                .unwrap_err();
+        assert!(empty.contains("`channel[0].name`"), "{empty}");
+        let two = "[[channel]]\nname = \"a\"\nkind = \"slack\"\nurl = \"https://h.test/x\"\n[[channel]]\nname = \"a\"\nkind = \"discord\"\nurl = \"https://h.test/y\"\n";
+        let e = parse(two).unwrap_err();
+        assert!(
+            e.contains("`channel[1].name` \"a\" is used by another channel"),
+            "{e}"
+        );
+        let reserved = format!("[[channel]]\nname = \"{RESERVED_NAME}\"\nkind = \"slack\"\nurl = \"https://h.test/x\"\n");
+        assert!(parse(&reserved).unwrap_err().contains("reserved"));
+    }
+
+    #[test]
+    fn the_url_is_required_where_there_is_no_default_and_must_be_http() {
+        for kind in ["webhook", "ntfy", "slack", "discord", "alertmanager"] {
+            fails(
+                &format!("kind = \"{kind}\"\n"),
+                &format!("`channel[0].url` is required for a {kind} channel"),
+            );
+        }
+        fails(
+            "kind = \"slack\"\nurl = \"ftp://h.test/x\"\n",
+            "`channel[0].url` has scheme \"ftp\"",
+        );
+        fails(
+            "kind = \"slack\"\nurl = \"hooks.slack.com/x\"\n",
+            "must be an http:// or https:// URL",
+        );
+        fails("kind = \"slack\"\nurl = \"https:///x\"\n", "has no host");
+        fails(
+            "kind = \"slack\"\nurl = \"https://h.test/a b\"\n",
+            "must not contain spaces",
+        );
+    }
+
+    #[test]
+    fn a_key_of_another_kind_is_named() {
+        fails(
+            "kind = \"slack\"\nurl = \"https://h.test/x\"\nchat_id = \"1\"\n",
+            "`channel[0].chat_id` does not apply to a slack channel",
+        );
+        fails(
+            "kind = \"discord\"\nurl = \"https://h.test/x\"\nsecret = \"whsec_AAAA\"\n",
+            "`channel[0].secret` does not apply to a discord channel",
+        );
+        fails(
+            "kind = \"webhook\"\nurl = \"https://h.test/x\"\ntoken = \"t\"\n",
+            "`channel[0].token` does not apply to a webhook channel",
+        );
+        fails(
+            "kind = \"telegram\"\ntoken = \"1:a\"\nchat_id = 1\ntags = [\"x\"]\n",
+            "`channel[0].tags` does not apply to a telegram channel",
+        );
+        fails(
+            "kind = \"slack\"\nurl = \"https://h.test/x\"\nwebhook = \"x\"\n",
+            "`channel[0].webhook` is not a known setting",
+        );
+    }
+
+    #[test]
+    fn required_keys_of_each_kind() {
+        fails(
+            "kind = \"telegram\"\nchat_id = 1\n",
+            "`channel[0].token` is required for a telegram channel",
+        );
+        fails(
+            "kind = \"telegram\"\ntoken = \"1:a\"\n",
+            "`channel[0].chat_id` is required for a telegram channel",
+        );
+        fails(
+            "kind = \"pushover\"\nuser = \"u\"\n",
+            "`channel[0].token` is required for a pushover channel",
+        );
+        fails(
+            "kind = \"pushover\"\ntoken = \"t\"\n",
+            "`channel[0].user` is required for a pushover channel",
+        );
+        fails(
+            "kind = \"pagerduty\"\n",
+            "`channel[0].routing_key` is required for a pagerduty channel",
+        );
+        fails(
+            "kind = \"telegram\"\ntoken = \"1:a\"\nchat_id = \"my chat\"\n",
+            "`channel[0].chat_id` \"my chat\" must be a chat id",
+        );
+    }
+
+    #[test]
+    fn webhook_secrets_are_standard_webhooks_keys() {
+        let ok = channel(&format!(
+            "kind = \"webhook\"\nurl = \"https://h.test/x\"\nsecret = \"{HOOK_SECRET}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            ok.detail,
+            ChannelDetail::Webhook {
+                secret: Some(Secret::new(HOOK_SECRET))
+            }
+        );
+        assert_eq!(signing_key(HOOK_SECRET).unwrap().len(), 24);
+        let e = fails(
+            "kind = \"webhook\"\nurl = \"https://h.test/x\"\nsecret = \"hunter2-very-secret\"\n",
+            "`channel[0].secret` must start with \"whsec_\"",
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = fails(
+            "kind = \"webhook\"\nurl = \"https://h.test/x\"\nsecret = \"whsec_not*base64!\"\n",
+            "`channel[0].secret` must be base64 after \"whsec_\"",
+        );
+        assert!(!e.contains("not*base64"), "{e}");
+        fails(
+            "kind = \"webhook\"\nurl = \"https://h.test/x\"\nsecret = \"whsec_\"\n",
+            "has no key",
+        );
+    }
+
+    #[test]
+    fn priorities_and_tags_are_checked() {
+        let n = channel("kind = \"ntfy\"\nurl = \"https://n.test/t\"\npriority = \"high\"\ntags = [\" skull \", \"db\"]\n").unwrap();
+        assert_eq!(
+            n.detail,
+            ChannelDetail::Ntfy {
+                token: None,
+                priority: Some(4),
+                tags: vec!["skull".into(), "db".into()]
+            }
+        );
+        fails(
+            "kind = \"ntfy\"\nurl = \"https://n.test/t\"\npriority = 7\n",
+            "`channel[0].priority` 7 is not an ntfy priority",
+        );
+        fails(
+            "kind = \"ntfy\"\nurl = \"https://n.test/t\"\ntags = [\"a,b\"]\n",
+            "`channel[0].tags` \"a,b\" must be",
+        );
+        fails(
+            "kind = \"pushover\"\ntoken = \"t\"\nuser = \"u\"\npriority = 2\n",
+            "2 (emergency) is not supported",
+        );
+        fails(
+            "kind = \"pushover\"\ntoken = \"t\"\nuser = \"u\"\npriority = \"loud\"\n",
+            "\"loud\" is not a Pushover priority",
+        );
+    }
+
+    #[test]
+    fn timeout_is_bounded() {
+        let c =
+            channel("kind = \"slack\"\nurl = \"https://h.test/x\"\ntimeout = \"3s\"\n").unwrap();
+        assert_eq!(c.timeout, Duration::from_secs(3));
+        fails(
+            "kind = \"slack\"\nurl = \"https://h.test/x\"\ntimeout = \"500ms\"\n",
+            "`channel[0].timeout` must be between 1s and 60s",
+        );
+        fails(
+            "kind = \"slack\"\nurl = \"https://h.test/x\"\ntimeout = \"2m\"\n",
+            "`channel[0].timeout` must be between 1s and 60s",
+        );
+    }
+
+    #[test]
+    fn no_error_or_debug_text_shows_a_secret() {
+        let token = "SECRETTOKEN123";
+        let cases = [
+            format!("kind = \"slack\"\nurl = \"ftp://hooks.test/services/{token}\"\n"),
+            format!("kind = \"slack\"\nurl = \"https://hooks.test/services/{token} \"\n"),
+            format!("kind = \"telegram\"\ntoken = \"{token}/x\"\nchat_id = 1\n"),
+            format!("kind = \"telegram\"\ntoken = \"{token} \"\nchat_id = 1\n"),
+            format!("kind = \"pushover\"\ntoken = \"{token}\"\nuser = \"{token} x\"\n"),
+            format!("kind = \"pagerduty\"\nrouting_key = \"{token}\\n\"\n"),
+            format!("kind = \"webhook\"\nurl = \"https://h.test/x\"\nsecret = \"{token}\"\n"),
+            format!("kind = \"ntfy\"\nurl = \"https://u:{token}@n.test/t\"\ntoken = \"\"\n"),
+        ];
+        for body in &cases {
+            let e = channel(body).expect_err(body);
+            assert!(!e.contains(token), "{body}\n→ {e}");
+        }
+        // A valid config printed with {:?} (a test failure, a debug log) hides them too.
+        let all = format!(
+            "[[channel]]\nname = \"s\"\nkind = \"slack\"\nurl = \"https://hooks.test/services/{token}\"\n\
+             [[channel]]\nname = \"t\"\nkind = \"telegram\"\ntoken = \"1:{token}\"\nchat_id = 1\n\
+             [[channel]]\nname = \"p\"\nkind = \"pushover\"\ntoken = \"{token}\"\nuser = \"{token}U\"\n\
+             [[channel]]\nname = \"d\"\nkind = \"pagerduty\"\nrouting_key = \"{token}\"\n\
+             [[channel]]\nname = \"a\"\nkind = \"alertmanager\"\nurl = \"http://u:{token}@am:9093/?k={token}\"\n"
+        );
+        let config = parse(&all).unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains(token), "{shown}");
+        assert!(shown.contains("https://hooks.test/***"), "{shown}");
+    }
+}
