@@ -94,12 +94,15 @@ resolve_after = "0s"
     // healthy again.
     hook.come_up();
     hook.wait_until("the backlog delivered", Duration::from_secs(30), |r| {
-        r.iter().any(|q| q.json()["data"]["rule"] == "outbox_backlog")
+        r.iter()
+            .any(|q| q.json()["data"]["rule"] == "outbox_backlog")
     });
     let seen = heartbeat.requests().len();
-    heartbeat.wait_until("a healthy ping after recovery", Duration::from_secs(30), |r| {
-        r[seen..].iter().any(|q| q.path == PING)
-    });
+    heartbeat.wait_until(
+        "a healthy ping after recovery",
+        Duration::from_secs(30),
+        |r| r[seen..].iter().any(|q| q.path == PING),
+    );
     let metrics = sidecar.metrics();
     assert!(
         metrics.expect("stallwatch_notifications_total{channel=\"deadman\",outcome=\"sent\"}")

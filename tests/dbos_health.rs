@@ -10,11 +10,14 @@
 //! - An app SIGKILLed while a workflow is PENDING, then started again several times (DBOS
 //!   recovers it at every launch): `stallwatch_dbos_recovery_attempts_max` climbs with each
 //!   restart, always equal to DBOS's own `max(recovery_attempts)` of PENDING workflows,
-//!   and so does `recovery_attempts_max` in `/api/v1/status`.
+//!   and so does `recovery_attempts_max` in `/api/v1/status`; the sidecar's own
+//!   `recovery_loop` alert reaches its webhook once, at the threshold, and resolves when
+//!   the workflow finally completes.
 //! - A queue with concurrency 1 whose running workflow blocks inside a step past
 //!   `stall_after` while three more are ENQUEUED: `stallwatch_queue_blocked` is 1, the
-//!   oldest ENQUEUED age grows, `/api/v1/status` names the blocking workflow; both clear
-//!   when the step finishes.
+//!   oldest ENQUEUED age grows, `/api/v1/status` and the `queue_blocked` alert delivered
+//!   to a webhook name the blocking workflow; all clear (the alert resolves) when the step
+//!   finishes.
 //! - A DBOS SQLite DB left in DBOS's default rollback-journal mode is reported as
 //!   `journal_mode="delete"` in `stallwatch_source_info` and `/api/v1/status`, and the log
 //!   says so once, with the fix.
@@ -24,6 +27,8 @@
 //! Python or the venv the tests fail, saying what is missing.
 
 mod common;
+
+use common::receiver::{Received, Receiver as WebhookReceiver};
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -306,6 +311,16 @@ fn recovery_loop_climbs_with_each_crash() {
         *observed.last().unwrap() >= RECOVERY_ALERT_THRESHOLD,
         "the loop reached the alert threshold: {observed:?}"
     );
+    // The sidecar's own alert fired once, when the count reached the threshold, and not
+    // again as it climbed past it.
+    let fired = setup
+        .hook
+        .wait_until("the recovery-loop alert", METRICS_TIMEOUT, |r| {
+            !alerts_of(r, "recovery_loop", "firing").is_empty()
+        });
+    let firing = alerts_of(&fired, "recovery_loop", "firing");
+    assert_eq!(firing.len(), 1, "fired once: {firing:#?}");
+    assert_eq!(firing[0].json()["data"]["labels"]["source"], SOURCE);
 
     // Let it finish: nothing PENDING is left, the gauge drops to 0.
     fs::write(&release, b"go").unwrap();
@@ -317,6 +332,16 @@ fn recovery_loop_climbs_with_each_crash() {
             Some(n) => Err(format!("still PENDING with recovery_attempts {n}")),
         }
     });
+    setup
+        .hook
+        .wait_until("the recovery-loop alert to resolve", METRICS_TIMEOUT, |r| {
+            !alerts_of(r, "recovery_loop", "resolved").is_empty()
+        });
+    assert_eq!(
+        alerts_of(&setup.hook.requests(), "recovery_loop", "firing").len(),
+        1,
+        "no second firing"
+    );
     poll_until(
         "recovery_attempts_max 0 with nothing pending",
         METRICS_TIMEOUT,
@@ -346,6 +371,14 @@ fn agree_on_recovery_attempts(setup: &Setup) -> i64 {
         },
     );
     db_value
+}
+
+/// The webhook notifications of `rule` with notification kind `kind`.
+fn alerts_of<'a>(requests: &'a [Received], rule: &str, kind: &str) -> Vec<&'a Received> {
+    requests
+        .iter()
+        .filter(|r| r.json()["data"]["rule"] == rule && r.json()["data"]["kind"] == kind)
+        .collect()
 }
 
 /// `stallwatch_dbos_recovery_attempts_max{source}` and the status's `recovery_attempts_max`.
@@ -416,6 +449,19 @@ fn blocked_queue_names_the_blocking_workflow() {
         ),
         "{q:#}"
     );
+    // The sidecar's own alert names the blocking workflow.
+    let fired = setup
+        .hook
+        .wait_until("the queue-blocked alert", METRICS_TIMEOUT, |r| {
+            !alerts_of(r, "queue_blocked", "firing").is_empty()
+        });
+    let alert = alerts_of(&fired, "queue_blocked", "firing")[0].json();
+    let text = alert["data"]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains(blocking.as_str()),
+        "names the workflow: {alert:#}"
+    );
+    assert_eq!(alert["data"]["labels"]["queue"], "q", "{alert:#}");
     let idle = q["idle_seconds"].as_f64().unwrap_or(-1.0);
     assert!(
         idle > STALL_AFTER_SECONDS && idle <= now_secs() - last_progress + 0.1,
@@ -473,6 +519,11 @@ fn blocked_queue_names_the_blocking_workflow() {
             )),
         }
     });
+    setup
+        .hook
+        .wait_until("the queue-blocked alert to resolve", METRICS_TIMEOUT, |r| {
+            !alerts_of(r, "queue_blocked", "resolved").is_empty()
+        });
     app.quit();
 }
 
@@ -732,6 +783,8 @@ impl Journal {
 struct Setup {
     // Field order is drop order: the sidecar goes before its directory.
     sidecar: Sidecar,
+    /// The sidecar's alert channel: a webhook receiver.
+    hook: WebhookReceiver,
     db: PathBuf,
     dir: TempDir,
 }
@@ -750,6 +803,15 @@ impl Setup {
         for (key, value) in extra {
             config.push_str(&format!("{key} = \"{value}\"\n"));
         }
+        // The sidecar's own alerts for these conditions, to a webhook receiver.
+        let hook = WebhookReceiver::start();
+        config.push_str(&format!(
+            "[[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n\
+             [[rule]]\nrule = \"queue_blocked\"\nresolve_after = \"0s\"\n\
+             [[rule]]\nrule = \"recovery_loop\"\nresolve_after = \"0s\"\n\
+             threshold = {RECOVERY_ALERT_THRESHOLD}\n",
+            hook.url("/hook")
+        ));
         let app = App::start(dbos_python(), &db, journal, dir.path());
         let sidecar = Sidecar::start_with(
             &dir.path().join("data"),
@@ -769,7 +831,15 @@ impl Setup {
                 other => Err(format!("source_up = {other:?}")),
             },
         );
-        (Setup { sidecar, db, dir }, app)
+        (
+            Setup {
+                sidecar,
+                hook,
+                db,
+                dir,
+            },
+            app,
+        )
     }
 
     /// Starts the app again on the same DB (DBOS recovers what a killed run left PENDING).
