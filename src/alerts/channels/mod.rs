@@ -15,6 +15,8 @@ pub mod webhook;
 
 use std::time::Duration;
 
+use base64::Engine as _;
+
 use super::{Message, NotificationKind, Severity};
 use crate::clock::NANOS_PER_SEC;
 use crate::config::channel::{ChannelConfig, ChannelDetail};
@@ -272,7 +274,7 @@ pub fn json_request(url: String, body: &serde_json::Value) -> Request {
 }
 
 /// The parts of a configured URL that can carry a credential: the URL itself, its
-/// userinfo and its query, and its path where the path is the credential (a Slack or
+/// userinfo (also as the Basic credentials it is sent as) and its query, and its path where the path is the credential (a Slack or
 /// Discord webhook, an ntfy topic). Each is scrubbed from error text on its own, since a
 /// transport error may quote only a part.
 pub fn url_secrets(url: &str, path_is_secret: bool) -> Vec<String> {
@@ -290,6 +292,9 @@ pub fn url_secrets(url: &str, path_is_secret: bool) -> Vec<String> {
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     if let Some((userinfo, _)) = authority.rsplit_once('@') {
         out.push(userinfo.to_string());
+        // The HTTP client sends it as `Authorization: Basic base64(user:password)`,
+        // which a proxy's error page may echo.
+        out.push(base64::engine::general_purpose::STANDARD.encode(userinfo));
         if let Some((_, password)) = userinfo.split_once(':') {
             out.push(password.to_string());
         }
@@ -474,6 +479,7 @@ mod tests {
         for part in [
             "https://user:pw123@h.test/services/T1/B2/XyZ?token=abc#frag",
             "user:pw123",
+            "dXNlcjpwdzEyMw==",
             "pw123",
             "token=abc",
             "/services/T1/B2/XyZ",
@@ -491,7 +497,12 @@ mod tests {
         let cases: [(&str, &[&str]); 8] = [
             (
                 "kind = \"webhook\"\nurl = \"https://h.test/in/HOOKPATH1?sig=QUERY1\"\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
-                &["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "/in/HOOKPATH1", "sig=QUERY1"],
+                &[
+                    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                    "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                    "/in/HOOKPATH1",
+                    "sig=QUERY1",
+                ],
             ),
             (
                 "kind = \"ntfy\"\nurl = \"https://u:NTFYPASS@ntfy.test/TOPIC1\"\ntoken = \"tk_NTFYTOKEN\"\n",
@@ -507,7 +518,7 @@ mod tests {
             ),
             (
                 "kind = \"telegram\"\ntoken = \"123:TELEGRAMSECRET\"\nchat_id = 42\n",
-                &["123:TELEGRAMSECRET"],
+                &["123:TELEGRAMSECRET", "TELEGRAMSECRET"],
             ),
             (
                 "kind = \"pushover\"\ntoken = \"PUSHOVERTOKEN\"\nuser = \"PUSHOVERUSER\"\n",
@@ -519,7 +530,8 @@ mod tests {
             ),
             (
                 "kind = \"alertmanager\"\nurl = \"https://am:AMPASS@am.test\"\n",
-                &["AMPASS"],
+                // base64("am:AMPASS"), as the Basic credentials.
+                &["AMPASS", "YW06QU1QQVNT"],
             ),
         ];
         for (body, wanted) in cases {

@@ -76,7 +76,12 @@ impl Channel for Telegram {
 
     fn secrets(&self) -> Vec<String> {
         let mut out = url_secrets(&self.url, false);
-        out.push(self.token.expose().to_string());
+        let token = self.token.expose();
+        out.push(token.to_string());
+        // `<bot id>:<secret>`: the part after ':' is the credential on its own.
+        if let Some((_, secret)) = token.split_once(':') {
+            out.push(secret.to_string());
+        }
         out
     }
 }

@@ -122,7 +122,12 @@ impl Channel for Webhook {
 
     fn secrets(&self) -> Vec<String> {
         let mut out = url_secrets(&self.url, true);
-        out.extend(self.secret.iter().map(|s| s.expose().to_string()));
+        if let Some(secret) = &self.secret {
+            out.push(secret.expose().to_string());
+            // The base64 key alone, as a receiver's error page may quote it.
+            let key = secret.expose().trim_start_matches("whsec_");
+            out.push(key.to_string());
+        }
         out
     }
 }
