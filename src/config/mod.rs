@@ -253,7 +253,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut value: toml::Value = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.to_path_buf(),
-            reason: first_line(&e.to_string()),
+            reason: syntax_reason(text, &e),
         })?;
         expand_env(&mut value, "", env).map_err(|(key, problem)| ConfigError::Key {
             path: path.to_path_buf(),
@@ -501,6 +501,19 @@ fn describe_serde_error(path: &str, message: &str) -> (String, String) {
     (key, first_line(message))
 }
 
+/// A TOML syntax error as "line N: what is wrong", without the quoted source line: that
+/// line may hold a token or a password.
+fn syntax_reason(text: &str, e: &toml::de::Error) -> String {
+    let message = first_line(e.message());
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {message}")
+        }
+        None => message,
+    }
+}
+
 fn first_line(s: &str) -> String {
     s.lines()
         .map(str::trim)
@@ -587,6 +600,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`freeze.references[0]`"), "{e}");
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_line_but_never_shows_it() {
+        let e = parse("[alerts]\nheartbeat_url = \"https://hc.example/ping/SECRET-UUID\nx = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2"), "{e}");
+        assert!(!e.contains("SECRET-UUID"), "{e}");
     }
 
     #[test]
