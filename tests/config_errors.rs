@@ -226,3 +226,46 @@ references = ["rtc", "sntp:127.0.0.1:123", "http_date:http://127.0.0.1:8080/"]
         assert!(out.stderr.is_empty(), "stderr: {:?}", out.stderr);
     }
 }
+
+// ---- alerts: `[[channel]]` and `[[rule]]` (docs/alerts.md, Configuration) ---------------
+
+#[test]
+fn unknown_channel_kind_names_the_key_and_the_kind() {
+    assert_bad_config(
+        "[[channel]]\nname = \"phone\"\nkind = \"sms\"\nurl = \"https://sms.example/send\"\n",
+        &["channel[0].kind", "sms"],
+    );
+}
+
+#[test]
+fn webhook_channel_without_url_names_the_key() {
+    assert_bad_config(
+        "[[channel]]\nname = \"hook\"\nkind = \"webhook\"\n",
+        &["channel[0].url"],
+    );
+}
+
+#[test]
+fn rule_naming_an_unknown_channel_names_the_key_and_the_channel() {
+    assert_bad_config(
+        "[[channel]]\nname = \"phone\"\nkind = \"ntfy\"\nurl = \"https://ntfy.example/t\"\n\n\
+         [[rule]]\nrule = \"stuck_jobs\"\nchannels = [\"phone\", \"pager\"]\n",
+        &["rule[0].channels[1]", "pager"],
+    );
+}
+
+#[test]
+fn unknown_rule_names_the_key_and_the_rule() {
+    assert_bad_config(
+        "[[rule]]\nrule = \"disk_full\"\n",
+        &["rule[0].rule", "disk_full"],
+    );
+}
+
+#[test]
+fn bad_severity_names_the_key_and_the_value() {
+    assert_bad_config(
+        "[[rule]]\nrule = \"freeze\"\nseverity = \"page-me\"\n",
+        &["rule[0].severity", "page-me"],
+    );
+}

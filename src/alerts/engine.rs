@@ -41,8 +41,14 @@ pub const MAX_UNRECORDED: usize = 10_000;
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 /// Time given to sends in flight when the sidecar stops; what is left goes out next start.
 pub const STOP_DRAIN: Duration = Duration::from_secs(1);
-/// Longest response body read for an error message.
+/// Longest part of an error response kept in the error message (after scrubbing).
 const MAX_ERROR_BODY: usize = 300;
+/// Longest error response read: secrets are scrubbed from all of it before it is cut to
+/// [`MAX_ERROR_BODY`], so a secret straddling the cut cannot leave a fragment behind.
+const MAX_ERROR_READ: usize = 64 << 10;
+/// Secrets shorter than this are not scrubbed from other text: a 7-character URL path
+/// like `/alerts` would garble every message, and no token is that short.
+const MIN_SECRET_CHARS: usize = 8;
 
 /// Handle to the running engine.
 pub struct AlertEngine {
@@ -359,7 +365,12 @@ impl Engine {
             NotificationKind::Resolved => {
                 let ended = a.ended_at_ns.unwrap_or(now);
                 (
-                    format!("resolved: {}", a.title),
+                    format!(
+                        "resolved: {} ({}) after {}",
+                        a.rule.as_str(),
+                        a.labels.values().cloned().collect::<Vec<_>>().join(", "),
+                        human(ended - a.started_at_ns)
+                    ),
                     format!(
                         "Cleared at {} after {}. It was: {}",
                         rfc3339(ended),
@@ -481,7 +492,8 @@ impl Engine {
             ),
             Err(e) => (Verdict::Retry { retry_after: None }, e.clone()),
         };
-        let error = self.redact(&error);
+        let error: String = self.redact(&error).chars().take(MAX_ERROR_BODY).collect();
+        let error = error.trim().to_string();
         let lane = self.lanes.entry(done.channel).or_default();
         lane.in_flight = false;
         let stored = match verdict {
@@ -589,7 +601,11 @@ impl Engine {
 
     fn redact(&self, text: &str) -> String {
         let mut out = text.to_string();
-        for secret in self.secrets.iter().filter(|s| s.len() >= 4) {
+        for secret in self
+            .secrets
+            .iter()
+            .filter(|s| s.chars().count() >= MIN_SECRET_CHARS)
+        {
             out = out.replace(secret.as_str(), "***");
         }
         out
@@ -664,11 +680,7 @@ async fn send(
                 String::new()
             } else {
                 let text = response.text().await.unwrap_or_default();
-                text.chars()
-                    .take(MAX_ERROR_BODY)
-                    .collect::<String>()
-                    .trim()
-                    .to_string()
+                text.chars().take(MAX_ERROR_READ).collect::<String>()
             };
             Ok((status, retry_after, body))
         }
