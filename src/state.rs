@@ -95,6 +95,9 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX notification_pending ON notification (channel, fingerprint, id)
         WHERE state = 'pending';
+     CREATE INDEX notification_due ON notification (channel, next_attempt_at_ns)
+        WHERE state = 'pending';
+     CREATE INDEX notification_state ON notification (state, id);
      CREATE INDEX notification_done ON notification (done_at_ns) WHERE state <> 'pending';",
 ];
 

@@ -274,7 +274,8 @@ impl Engine {
             })
             .collect();
         batch.extend(self.refreshes(now));
-        if !batch.is_empty() || !self.unrecorded.is_empty() {
+        let recorded = !batch.is_empty() || !self.unrecorded.is_empty();
+        if recorded {
             self.unrecorded.extend(batch);
             match self.outbox.record(&self.unrecorded, now) {
                 Ok(dropped) => {
@@ -297,7 +298,13 @@ impl Engine {
                 }
             }
         }
-        self.publish(now);
+        // What was just recorded counts at once (a fresh read only when something was).
+        let outbox = if recorded {
+            self.outbox.stats().unwrap_or(outbox)
+        } else {
+            outbox
+        };
+        self.publish(now, outbox);
     }
 
     /// One notification per channel the rule sends to.
@@ -398,7 +405,7 @@ impl Engine {
         }
     }
 
-    fn publish(&self, now: i64) {
+    fn publish(&self, now: i64, outbox: OutboxStats) {
         let m = &self.metrics.alerts;
         let mut per_rule: HashMap<RuleKind, usize> = HashMap::new();
         for a in self.lifecycle.firing() {
@@ -409,14 +416,12 @@ impl Engine {
                 .with_label_values(&[rule.as_str()])
                 .set(per_rule.get(&rule).copied().unwrap_or(0) as f64);
         }
-        if let Ok(stats) = self.outbox.stats() {
-            m.outbox_pending.set(stats.pending as f64);
-            m.outbox_oldest_age_seconds.set(
-                stats
-                    .oldest_created_ns
-                    .map_or(0.0, |t| (now - t).max(0) as f64 / 1e9),
-            );
-        }
+        m.outbox_pending.set(outbox.pending as f64);
+        m.outbox_oldest_age_seconds.set(
+            outbox
+                .oldest_created_ns
+                .map_or(0.0, |t| (now - t).max(0) as f64 / 1e9),
+        );
     }
 
     // ---- delivering ---------------------------------------------------------------------

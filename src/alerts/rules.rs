@@ -17,8 +17,6 @@ pub struct OutboxStats {
     pub pending: u64,
     /// Creation time of the oldest pending notification, unix ns.
     pub oldest_created_ns: Option<i64>,
-    pub failed: u64,
-    pub dropped: u64,
 }
 
 /// Everything the rules look at in one evaluation.
