@@ -58,6 +58,10 @@ const REQUIRED_PANELS: &[(&str, &[&str])] = &[
             "Process RSS",
             "Process CPU",
             "Build info",
+            "Alerts firing",
+            "Notifications",
+            "Outbox pending",
+            "Oldest undelivered notification",
         ],
     ),
 ];

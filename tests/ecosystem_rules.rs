@@ -37,6 +37,14 @@ const REQUIRED_ALERTS: &[(&str, &str)] = &[
     ("StallwatchCostCapReached", "cost today at 100 % of the cap"),
     ("StallwatchStateDbErrors", "state DB errors"),
     ("StallwatchDroppedItems", "dropped items"),
+    (
+        "StallwatchOutboxBacklog",
+        "the sidecar's own notifications undelivered for 15 minutes",
+    ),
+    (
+        "StallwatchNotificationsFailing",
+        "notifications refused (failed) or dropped, by channel",
+    ),
     ("StallwatchDown", "the sidecar not answering (up == 0)"),
     (
         "StallwatchTargetMissing",
@@ -231,6 +239,48 @@ fn the_runbook_tells_how_to_check_first() {
                 r.name
             );
         }
+    }
+}
+
+/// The sidecar's own notifications link to `runbook_base` + `#` + their rule's
+/// `runbook_anchor()`: every one of those sections exists, and so does the section that
+/// tells the two kinds of alert apart.
+#[test]
+fn every_sidecar_rule_links_to_a_runbook_section_that_exists() {
+    let runbook =
+        std::fs::read_to_string(repo_file("alerts/RUNBOOK.md")).expect("alerts/RUNBOOK.md");
+    let anchors: BTreeSet<String> = runbook
+        .lines()
+        .filter(|l| l.starts_with('#'))
+        .map(|l| heading_anchor(l.trim_start_matches('#')))
+        .collect();
+    let missing: Vec<String> = stallwatch::config::RuleKind::ALL
+        .into_iter()
+        .filter(|k| !anchors.contains(k.runbook_anchor()))
+        .map(|k| format!("{} -> #{}", k.as_str(), k.runbook_anchor()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "sidecar rules whose runbook section is not a heading of alerts/RUNBOOK.md: {missing:?}"
+    );
+    assert!(
+        anchors.contains("the-sidecars-own-alerts"),
+        "RUNBOOK.md has no section ## The sidecar's own alerts"
+    );
+    // Each rule's section is named in that section's table, so a reader of a sidecar-side
+    // notification finds it from there too.
+    let own = runbook
+        .split("\n## ")
+        .find(|s| s.starts_with("The sidecar's own alerts\n"))
+        .unwrap();
+    for k in stallwatch::config::RuleKind::ALL {
+        assert!(
+            own.contains(&format!("| `{}`", k.as_str()))
+                && own.contains(&format!("(#{})", k.runbook_anchor())),
+            "## The sidecar's own alerts does not list rule {} with #{}",
+            k.as_str(),
+            k.runbook_anchor()
+        );
     }
 }
 

@@ -606,11 +606,6 @@ pub const PROMETHEUS_SYNTHETIC: &[&str] = &[
 /// still be declared in src/metrics.rs (checked), so a typo cannot hide here.
 pub const FIRST_EVENT_ONLY: &[(&str, &str, &str)] = &[
     (
-        "stallwatch_dropped_total",
-        "\"dropped_total\"",
-        "its queue labels are created on the first drop (not pre-initialised in src/metrics.rs)",
-    ),
-    (
         "stallwatch_wait_overrun_seconds_bucket",
         "\"wait_overrun_seconds\"",
         "a histogram with a source label appears with its first observation (an intended wait overrunning by gap_min)",
@@ -808,11 +803,18 @@ impl Demo {
     }
 
     /// A `stallwatch run` config watching this demo's app (the same data the demo's own
-    /// sidecar sees, under other source names) with the given references.
+    /// sidecar sees, under other source names) with the given references, and one webhook
+    /// channel: `stallwatch_notifications_total{channel,outcome}` is exported per
+    /// configured channel only. Its port is closed, so whatever the demo's alerts send is
+    /// retried and nothing leaves the machine.
     pub fn watching_config(&self, references: &[String]) -> String {
         let db = self.app_dir.join("app.sqlite");
         let log = self.app_dir.join("events.jsonl");
         let refs: Vec<String> = references.iter().map(|r| format!("{r:?}")).collect();
+        let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
         format!(
             r#"[freeze]
 reference_interval = "1s"
@@ -847,6 +849,11 @@ kind = "jsonl"
 url = "{log}"
 poll = "1s"
 cost_cap_usd = 5.0
+
+[[channel]]
+name = "hook"
+kind = "webhook"
+url = "http://127.0.0.1:{closed_port}/"
 "#,
             refs = refs.join(", "),
             db = db.display(),
