@@ -14,6 +14,8 @@ packages=(
   docker-compose        # tests/ecosystem_deploy.rs: `docker-compose config` on deploy/ (no engine needed)
   python3-yaml          # tests/ecosystem_*: reading rules and manifests
   systemd               # tests/ecosystem_deploy.rs: systemd-analyze verify on the unit
+  chromium              # tests/status_page.rs: loads the status page in headless Chromium (DevTools over a pipe)
+  fonts-dejavu-core     # tests/status_page.rs: text in the screenshot (chromium only recommends fonts)
 )
 
 missing=()

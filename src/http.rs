@@ -1,5 +1,5 @@
 //! The HTTP surface: `/metrics`, `/healthz`, `/readyz`, `/api/v1/freezes`, `/api/v1/status`,
-//! `/api/v1/episodes`, `/api/v1/alerts`.
+//! `/api/v1/episodes`, `/api/v1/alerts`, and the status page at `/` (`page/`).
 //!
 //! Handlers read the metrics registry, the live status snapshot, or the state DB through
 //! a read-only connection on the blocking pool. None of them waits for the tick thread.
@@ -38,6 +38,7 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(status_page))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -46,6 +47,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/episodes", get(episodes))
         .route("/api/v1/alerts", get(alerts))
         .with_state(state)
+}
+
+/// The live status page: a constant document whose script reads the API below.
+async fn status_page() -> Response {
+    (crate::page::headers(), crate::page::INDEX_HTML).into_response()
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
