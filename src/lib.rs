@@ -8,6 +8,7 @@ pub mod demo;
 pub mod freeze;
 pub mod http;
 pub mod metrics;
+pub mod otlp;
 pub mod page;
 pub mod persist;
 pub mod report;

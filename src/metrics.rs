@@ -13,12 +13,13 @@ use crate::freeze::downtime::DowntimeReason;
 use crate::freeze::FreezeKind;
 
 /// The bounded internal queues whose drops `stallwatch_dropped_total{queue}` counts.
-pub const DROP_QUEUES: [&str; 5] = [
+pub const DROP_QUEUES: [&str; 6] = [
     "state_events",
     "state_episodes",
     "reference_samples",
     "alert_freezes",
     "alert_transitions",
+    "otlp_spans",
 ];
 
 /// Buckets for tick overruns: from scheduler noise (1 ms) to a long stall (60 s).

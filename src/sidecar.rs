@@ -21,6 +21,7 @@ use crate::freeze::references;
 use crate::freeze::runner::{detector_config, NetworkSample, RefSlot, Runner};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::otlp::{Otlp, Setup as OtlpSetup};
 use crate::persist::{Writer, HEARTBEAT_INTERVAL};
 use crate::sources::runner::{SourceRunner, StopSignal};
 use crate::state::{StateDb, StateError, StateReader};
@@ -220,6 +221,20 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
     let detector = detector_config(&config);
     let settle_ns = detector.merge_window_ns + SETTLE_MARGIN_NS;
     let source_stop = Arc::new(StopSignal::default());
+    let (otlp, mut source_traces) = match &config.otlp {
+        Some(otlp) => {
+            let (exporter, traces) = Otlp::spawn(OtlpSetup {
+                config: otlp.clone(),
+                state_db: &db_path,
+                metrics: metrics.clone(),
+                sources: &config.sources,
+                settle_ns,
+                run_started_ns: started.real_ns,
+            })?;
+            (Some(exporter), traces.into_iter().map(Some).collect())
+        }
+        None => (None, Vec::new()),
+    };
     let source_threads: Vec<_> = config
         .sources
         .iter()
@@ -241,6 +256,7 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
                 freezes,
                 stop: source_stop.clone(),
                 settle_ns,
+                traces: source_traces.get_mut(index).and_then(Option::take),
             }
             .spawn()
         })
@@ -307,6 +323,10 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
         let _ = tick.join();
         for thread in source_threads {
             let _ = thread.join();
+        }
+        // After the sources: their last finished workflows are in its queue.
+        if let Some(otlp) = otlp {
+            otlp.stop();
         }
         alerts.stop();
         writer.stop();

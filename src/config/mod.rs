@@ -48,6 +48,8 @@ pub struct Config {
     pub freeze: FreezeConfig,
     pub sources: Vec<SourceConfig>,
     pub alerts: AlertsConfig,
+    /// `[otlp]`: where traces go; `None` exports none.
+    pub otlp: Option<crate::otlp::OtlpConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -185,6 +187,7 @@ struct RawConfig {
     channel: Vec<channel::RawChannel>,
     #[serde(default)]
     rule: Vec<alerts::RawRule>,
+    otlp: Option<crate::otlp::config::RawOtlp>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -233,6 +236,7 @@ impl Config {
             },
             sources: Vec::new(),
             alerts: AlertsConfig::default(),
+            otlp: None,
         }
     }
 
@@ -390,6 +394,11 @@ impl Config {
         }
         config.alerts = alerts::validate(raw.alerts, raw.rule, channels)
             .map_err(|(key, problem)| bad(&key, problem))?;
+        if let Some(otlp) = raw.otlp {
+            config.otlp = Some(
+                crate::otlp::config::validate(otlp).map_err(|(key, problem)| bad(&key, problem))?,
+            );
+        }
         Ok(config)
     }
 }

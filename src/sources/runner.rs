@@ -80,6 +80,8 @@ pub struct SourceRunner {
     pub stop: Arc<StopSignal>,
     /// How long after an episode ends before it is attributed.
     pub settle_ns: i64,
+    /// Where finished workflows go to become traces, when `[otlp]` is set.
+    pub traces: Option<crate::otlp::SourceTraces>,
 }
 
 struct Derived {
@@ -205,6 +207,9 @@ impl SourceRunner {
                         tracing::info!(source = %name, "source readable again");
                     }
                     sm.source_up.with_label_values(&[&name]).set(1.0);
+                    if let Some(traces) = &mut self.traces {
+                        traces.observe(&obs, now);
+                    }
                     self.apply(&mut d, obs, now);
                     let mut status = self.status.lock();
                     let s = &mut status.sources[self.index];
