@@ -434,8 +434,20 @@ impl Engine {
                 continue;
             }
             let due = match self.outbox.next_due(channel.name(), now) {
-                Ok(Some(due)) => due,
-                Ok(None) => continue,
+                Ok(next) => {
+                    if next.unreadable > 0 {
+                        tracing::error!(channel = %channel.name(), count = next.unreadable, "stored notifications could not be read; gave up on them (see /api/v1/alerts)");
+                        self.metrics
+                            .alerts
+                            .notifications_total
+                            .with_label_values(&[channel.name(), "failed"])
+                            .inc_by(next.unreadable);
+                    }
+                    match next.due {
+                        Some(due) => due,
+                        None => continue,
+                    }
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the outbox; delivery waits");
                     continue;

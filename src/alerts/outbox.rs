@@ -35,6 +35,14 @@ pub struct NewNotification {
     pub message: Message,
 }
 
+/// The next notification to send on a channel, and how many unreadable rows were given up
+/// on the way to it.
+#[derive(Debug)]
+pub struct NextDue {
+    pub due: Option<Due>,
+    pub unreadable: u64,
+}
+
 /// A pending notification, due now.
 #[derive(Debug, Clone)]
 pub struct Due {
@@ -235,34 +243,58 @@ impl Outbox {
     /// The next notification of `channel` due at `now_ns`: the oldest whose alert has no
     /// earlier notification still pending on this channel, so a resolve never overtakes
     /// its firing.
-    pub fn next_due(&self, channel: &str, now_ns: i64) -> rusqlite::Result<Option<Due>> {
-        self.conn
-            .query_row(
-                "SELECT n.id, n.attempts, n.message FROM notification n
-                 WHERE n.state = 'pending' AND n.channel = ?1 AND n.next_attempt_at_ns <= ?2
-                   AND NOT EXISTS (SELECT 1 FROM notification e
-                                   WHERE e.state = 'pending' AND e.channel = n.channel
-                                     AND e.fingerprint = n.fingerprint AND e.id < n.id)
-                 ORDER BY n.id LIMIT 1",
-                params![channel, now_ns],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, u32>(1)?,
-                        r.get::<_, String>(2)?,
-                    ))
-                },
-            )
-            .optional()
-            .map(|row| {
-                row.and_then(|(id, attempts, message)| {
-                    serde_json::from_str(&message).ok().map(|message| Due {
+    pub fn next_due(&self, channel: &str, now_ns: i64) -> rusqlite::Result<NextDue> {
+        let mut unreadable = 0;
+        loop {
+            let row = self
+                .conn
+                .query_row(
+                    "SELECT n.id, n.attempts, n.message FROM notification n
+                     WHERE n.state = 'pending' AND n.channel = ?1 AND n.next_attempt_at_ns <= ?2
+                       AND NOT EXISTS (SELECT 1 FROM notification e
+                                       WHERE e.state = 'pending' AND e.channel = n.channel
+                                         AND e.fingerprint = n.fingerprint AND e.id < n.id)
+                     ORDER BY n.id LIMIT 1",
+                    params![channel, now_ns],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, u32>(1)?,
+                            r.get::<_, String>(2)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((id, attempts, text)) = row else {
+                return Ok(NextDue {
+                    due: None,
+                    unreadable,
+                });
+            };
+            match serde_json::from_str::<Message>(&text) {
+                Ok(message) => {
+                    return Ok(NextDue {
+                        due: Some(Due {
+                            id,
+                            attempts,
+                            message,
+                        }),
+                        unreadable,
+                    })
+                }
+                // Written by another version, or edited by hand: it can never be sent, and
+                // left pending it would hold up every notification behind it.
+                Err(e) => {
+                    self.mark_failed(
                         id,
                         attempts,
-                        message,
-                    })
-                })
-            })
+                        &format!("the stored notification cannot be read: {e}"),
+                        now_ns,
+                    )?;
+                    unreadable += 1;
+                }
+            }
+        }
     }
 
     /// Earliest time a pending notification of `channel` becomes due.
@@ -570,22 +602,22 @@ mod tests {
             3,
         )
         .unwrap();
-        let first = o.next_due("hook", 10).unwrap().unwrap();
+        let first = o.next_due("hook", 10).unwrap().due.unwrap();
         assert_eq!(first.message.fingerprint, "a");
         o.mark_retry(first.id, 1, 1_000, "HTTP 503").unwrap();
         // a's firing is backing off: its resolve may not overtake it; b may go.
-        let next = o.next_due("hook", 10).unwrap().unwrap();
+        let next = o.next_due("hook", 10).unwrap().due.unwrap();
         assert_eq!(
             (next.message.fingerprint.as_str(), next.message.kind),
             ("b", NotificationKind::Firing)
         );
         o.mark_sent(next.id, 1, 10).unwrap();
-        assert!(o.next_due("hook", 10).unwrap().is_none());
+        assert!(o.next_due("hook", 10).unwrap().due.is_none());
         assert_eq!(o.next_attempt_at("hook").unwrap(), Some(2));
-        let again = o.next_due("hook", 1_000).unwrap().unwrap();
+        let again = o.next_due("hook", 1_000).unwrap().due.unwrap();
         assert_eq!((again.id, again.attempts), (first.id, 1));
         o.mark_sent(again.id, 2, 1_000).unwrap();
-        let resolve = o.next_due("hook", 1_000).unwrap().unwrap();
+        let resolve = o.next_due("hook", 1_000).unwrap().due.unwrap();
         assert_eq!(resolve.message.kind, NotificationKind::Resolved);
         let stats = o.stats().unwrap();
         assert_eq!((stats.pending, stats.oldest_created_ns), (1, Some(2)));
@@ -629,8 +661,51 @@ mod tests {
             .unwrap();
         assert_eq!((stats.pending, dropped), (100, 20));
         // The 20 oldest warnings went; every critical is still there.
-        let first = o.next_due("hook", 1_000).unwrap().unwrap();
+        let first = o.next_due("hook", 1_000).unwrap().due.unwrap();
         assert_eq!(first.message.fingerprint, "w20");
+    }
+
+    #[test]
+    fn an_unreadable_row_is_given_up_and_does_not_hold_up_the_rest() {
+        let (_d, mut o) = outbox(100);
+        o.record(
+            &[transition(
+                "a",
+                NotificationKind::Firing,
+                Severity::Warning,
+                1,
+            )],
+            1,
+        )
+        .unwrap();
+        o.record(
+            &[transition(
+                "b",
+                NotificationKind::Firing,
+                Severity::Warning,
+                2,
+            )],
+            2,
+        )
+        .unwrap();
+        o.conn
+            .execute(
+                "UPDATE notification SET message = '{\"old\": 1}' WHERE fingerprint = 'a'",
+                [],
+            )
+            .unwrap();
+        let next = o.next_due("hook", 10).unwrap();
+        assert_eq!(next.unreadable, 1);
+        assert_eq!(next.due.unwrap().message.fingerprint, "b");
+        let state: String = o
+            .conn
+            .query_row(
+                "SELECT state FROM notification WHERE fingerprint = 'a'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(state, "failed");
     }
 
     #[test]
