@@ -23,21 +23,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
-use common::{assert_near, poll_until, Freeze, Launch, Sidecar};
+use common::faketime::FakeClock;
+use common::{assert_near, poll_until, Freeze, Sidecar};
 
-/// Where Debian puts the preload library, for when `dpkg` cannot say.
-const KNOWN_LIBFAKETIME_PATHS: &[&str] = &[
-    "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
-    "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
-    "/usr/lib/faketime/libfaketimeMT.so.1",
-    "/usr/local/lib/faketime/libfaketimeMT.so.1",
-];
-/// The thread-safe build of the preload library (see the module doc).
-const LIBFAKETIME: &str = "libfaketimeMT.so.1";
 /// Normal running before a step.
 const WARM_UP: Duration = Duration::from_secs(1);
 /// How long an event may take to appear (the 2 s merge window plus a busy machine).
@@ -46,74 +37,6 @@ const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
 const SETTLE: Duration = Duration::from_secs(3);
 /// Tolerance issue 3 states for the size of each step.
 const STEP_TOLERANCE_SECONDS: f64 = 1.0;
-
-/// The thread-safe libfaketime preload library: `$STALLWATCH_TEST_LIBFAKETIME`, else what
-/// `dpkg -L` lists for the `libfaketime`/`faketime` packages, else the usual Debian paths.
-fn libfaketime() -> PathBuf {
-    if let Some(p) = std::env::var_os("STALLWATCH_TEST_LIBFAKETIME") {
-        return PathBuf::from(p);
-    }
-    for package in ["libfaketime", "faketime"] {
-        let listed = Command::new("dpkg").args(["-L", package]).output();
-        if let Ok(out) = listed {
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            if let Some(p) = text
-                .lines()
-                .find(|l| l.ends_with(&format!("/{LIBFAKETIME}")))
-                .map(PathBuf::from)
-                .filter(|p| p.is_file())
-            {
-                return p;
-            }
-        }
-    }
-    KNOWN_LIBFAKETIME_PATHS
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "{LIBFAKETIME} not found; install it with `apt-get install -y faketime` \
-                 (or point STALLWATCH_TEST_LIBFAKETIME at it). This test does not skip."
-            )
-        })
-}
-
-/// The offset file libfaketime reads on every clock call.
-struct FakeClock {
-    file: PathBuf,
-}
-
-impl FakeClock {
-    fn new(dir: &Path) -> FakeClock {
-        let clock = FakeClock {
-            file: dir.join("faketime.offset"),
-        };
-        clock.set("+0");
-        clock
-    }
-
-    /// Sets REALTIME to real time plus `offset` ("+120", "-60": seconds). Written to a
-    /// temporary file and renamed, so no read ever sees a half-written file.
-    fn set(&self, offset: &str) {
-        let tmp = self.file.with_extension("tmp");
-        std::fs::write(&tmp, format!("{offset}\n")).expect("writing the faketime file");
-        std::fs::rename(&tmp, &self.file).expect("renaming the faketime file");
-    }
-
-    fn launch(&self) -> Launch {
-        let env = [
-            ("LD_PRELOAD", libfaketime().display().to_string()),
-            ("FAKETIME_TIMESTAMP_FILE", self.file.display().to_string()),
-            ("FAKETIME_NO_CACHE", "1".into()),
-            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
-        ];
-        Launch {
-            config: None,
-            env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-        }
-    }
-}
 
 /// Waits for `n` events, showing the sidecar's own idea of the time (its `Date` header,
 /// which libfaketime fakes) if they do not come, to tell "faketime not in effect" from

@@ -166,6 +166,10 @@ impl PgReader {
         })?;
         config.connect_timeout(CONNECT_TIMEOUT);
         config.application_name("stallwatch");
+        let verify_root = match &tls {
+            Tls::VerifyFull(root) => Some(root.clone()),
+            _ => None,
+        };
         let connected = match tls {
             Tls::Disable => {
                 config.ssl_mode(SslMode::Disable);
@@ -186,7 +190,13 @@ impl PgReader {
                 config.connect(tls_connector(Some(roots)))
             }
         };
-        let mut client = connected.map_err(|e| self.error(e))?;
+        let mut client = connected.map_err(|e| match &verify_root {
+            Some(root) if unknown_issuer(&e) => SourceError::new(
+                ErrorKind::Io,
+                format!("{}: {}", self.shown, untrusted_certificate(root.as_deref())),
+            ),
+            _ => self.error(e),
+        })?;
         client
             .batch_execute(&format!(
                 "SET default_transaction_read_only = on; SET statement_timeout = {}; SET lock_timeout = {}",
@@ -241,6 +251,43 @@ pub fn classify(shown: &str, e: postgres::Error) -> SourceError {
         None => ErrorKind::Io,
     };
     SourceError::new(kind, format!("{shown}: {detail}"))
+}
+
+/// Whether a connection failed because the server's certificate chains to no trusted CA
+/// (rustls' `UnknownIssuer`, wrapped in an I/O error by the TLS stream).
+fn unknown_issuer(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        let tls = c.downcast_ref::<rustls::Error>().or_else(|| {
+            c.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)) =
+            tls
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// What to tell the operator when verification found no trusted CA for the server's
+/// certificate: rustls only says `UnknownIssuer`, which names neither the cause nor the fix.
+fn untrusted_certificate(root: Option<&std::path::Path>) -> String {
+    match root {
+        None => "the server's TLS certificate is not signed by a CA in the Mozilla roots \
+                 (invalid peer certificate: UnknownIssuer); name the CA that signed it with \
+                 sslrootcert=/path/to/ca.pem in the URL"
+            .to_string(),
+        Some(file) => format!(
+            "the server's TLS certificate is not signed by the CA in sslrootcert {} \
+             (invalid peer certificate: UnknownIssuer); point sslrootcert at the CA that \
+             signed it",
+            file.display()
+        ),
+    }
 }
 
 struct PgSession<'a> {
@@ -446,6 +493,32 @@ mod tests {
         assert!(
             split_sslmode("postgresql://h/db?sslrootcert=/etc/ca.pem&sslmode=require").is_err()
         );
+    }
+
+    #[test]
+    fn an_unknown_issuer_says_to_set_sslrootcert() {
+        use rustls::CertificateError;
+        let wrapped = |e: CertificateError| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(e),
+            )
+        };
+        assert!(unknown_issuer(&wrapped(CertificateError::UnknownIssuer)));
+        assert!(unknown_issuer(&rustls::Error::InvalidCertificate(
+            CertificateError::UnknownIssuer
+        )));
+        assert!(!unknown_issuer(&wrapped(CertificateError::Expired)));
+        assert!(!unknown_issuer(&std::io::Error::other(
+            "connection refused"
+        )));
+        let without = untrusted_certificate(None);
+        assert!(
+            without.contains("sslrootcert=/path/to/ca.pem") && !without.contains('\n'),
+            "{without}"
+        );
+        let with = untrusted_certificate(Some(std::path::Path::new("/etc/app/ca.pem")));
+        assert!(with.contains("sslrootcert /etc/app/ca.pem"), "{with}");
     }
 
     #[test]

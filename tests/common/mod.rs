@@ -8,6 +8,7 @@
 // Each test binary uses its own part of the harness.
 #![allow(dead_code)]
 
+pub mod faketime;
 pub mod receiver;
 pub mod servers;
 
