@@ -68,10 +68,10 @@ fn promtool_check_rules_accepts_the_rules_file() {
 
 #[test]
 fn promtool_unit_tests_of_the_rules_pass() {
-    // Run from alerts/ so the test file's relative rule_files path resolves as documented.
+    // promtool resolves the test file's rule_files relative to the test file itself.
     let ran = run(Command::new(promtool())
         .current_dir(repo_file("alerts"))
-        .args(["test", "rules", "stallwatch.rules.test.yml"]));
+        .args(["test", "rules", "tests/stallwatch.rules.test.yml"]));
     ran.expect_success();
     assert!(
         ran.stdout.contains("SUCCESS") && !ran.stdout.contains("FAILED"),
@@ -88,7 +88,7 @@ fn every_alert_has_a_firing_and_a_not_firing_unit_test() {
         .filter(|r| r.alert)
         .map(|r| r.name)
         .collect();
-    let tests = yaml(&repo_file("alerts/stallwatch.rules.test.yml"));
+    let tests = yaml(&repo_file("alerts/tests/stallwatch.rules.test.yml"));
     let mut firing: BTreeSet<String> = BTreeSet::new();
     let mut quiet: BTreeSet<String> = BTreeSet::new();
     for t in tests["tests"].as_array().expect("tests list") {
@@ -121,7 +121,7 @@ fn every_alert_has_a_firing_and_a_not_firing_unit_test() {
         .collect();
     assert!(
         missing.is_empty(),
-        "alerts/stallwatch.rules.test.yml lacks:\n  {}",
+        "alerts/tests/stallwatch.rules.test.yml lacks:\n  {}",
         missing.join("\n  ")
     );
 }
