@@ -117,10 +117,48 @@ pub struct Stored {
     pub last_ns: Option<i64>,
 }
 
+/// Alerts of one rule that started in the window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleTotal {
+    pub rule: String,
+    pub count: u64,
+    /// Of those, still firing when the report was made.
+    pub firing: u64,
+    /// Longest time one of them held (to the window's end if still firing); 0 for one-shots.
+    pub longest_ns: i64,
+}
+
+/// Notifications to one channel made in the window, by outcome so far.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NotificationTotal {
+    pub channel: String,
+    /// `sent`, `failed`, `dropped` or `pending`.
+    pub state: String,
+    pub count: u64,
+}
+
+/// The sidecar's own alerts in a window (schema v3 on).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct AlertHistory {
+    pub rules: Vec<RuleTotal>,
+    pub notifications: Vec<NotificationTotal>,
+}
+
+impl AlertHistory {
+    pub fn rule(&self, name: &str) -> Option<&RuleTotal> {
+        self.rules.iter().find(|r| r.rule == name)
+    }
+
+    pub fn count(&self) -> u64 {
+        self.rules.iter().map(|r| r.count).sum()
+    }
+}
+
 pub struct History {
     /// `None`: the file exists but has no tables yet.
     conn: Option<Connection>,
     has_episodes: bool,
+    has_alerts: bool,
     path: PathBuf,
 }
 
@@ -159,6 +197,7 @@ impl History {
             // Version 0: the file exists but has no tables yet.
             conn: (found > 0).then_some(conn),
             has_episodes: found >= 2,
+            has_alerts: found >= 3,
             path,
         })
     }
@@ -411,6 +450,57 @@ impl History {
             })
         };
         run().map_err(|e| self.err(e))
+    }
+
+    /// Alerts that started in `w` and notifications made in it; `None` when the state DB
+    /// predates alert history (schema < 3). `now_ns` ends a still-firing alert's duration.
+    pub fn alert_history(
+        &self,
+        w: Window,
+        now_ns: i64,
+    ) -> Result<Option<AlertHistory>, HistoryError> {
+        let Some(conn) = self.conn.as_ref().filter(|_| self.has_alerts) else {
+            return Ok(None);
+        };
+        let until = now_ns.min(w.end_ns);
+        let run = || -> rusqlite::Result<AlertHistory> {
+            let mut stmt = conn.prepare_cached(
+                "SELECT rule, count(*), coalesce(sum(state = 'firing'), 0),
+                        coalesce(max(CASE WHEN state = 'fired' THEN 0
+                                          ELSE coalesce(ended_at_ns, ?3) - started_at_ns END), 0)
+                 FROM alert WHERE started_at_ns >= ?1 AND started_at_ns < ?2
+                 GROUP BY rule ORDER BY rule",
+            )?;
+            let rules = stmt
+                .query_map(params![w.start_ns, w.end_ns, until], |r| {
+                    Ok(RuleTotal {
+                        rule: r.get(0)?,
+                        count: r.get::<_, i64>(1)?.max(0) as u64,
+                        firing: r.get::<_, i64>(2)?.max(0) as u64,
+                        longest_ns: r.get::<_, i64>(3)?.max(0),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT channel, state, count(*) FROM notification
+                 WHERE created_at_ns >= ?1 AND created_at_ns < ?2
+                 GROUP BY channel, state ORDER BY channel, state",
+            )?;
+            let notifications = stmt
+                .query_map(params![w.start_ns, w.end_ns], |r| {
+                    Ok(NotificationTotal {
+                        channel: r.get(0)?,
+                        state: r.get(1)?,
+                        count: r.get::<_, i64>(2)?.max(0) as u64,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(AlertHistory {
+                rules,
+                notifications,
+            })
+        };
+        run().map(Some).map_err(|e| self.err(e))
     }
 
     fn episodes_conn(&self) -> Option<&Connection> {

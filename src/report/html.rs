@@ -10,7 +10,9 @@
 use std::fmt::Write as _;
 
 use super::history::{EpisodeRow, FreezeRow};
-use super::render::{kind_cells, no_data_sentence};
+use super::render::{
+    alert_rows, kind_cells, no_data_sentence, notification_rows, NO_ALERT_HISTORY,
+};
 use super::time::{day_label, human, rfc3339, Window, DAY_NS};
 use super::ReportData;
 use crate::freeze::FreezeKind;
@@ -419,6 +421,26 @@ pub fn report_html(d: &ReportData) -> String {
         &[2, 3, 4],
         &rows,
     ));
+    out.push_str("</section>\n<section><h2>Alerts, stuck jobs and dead letters</h2>\n");
+    match &d.alerts {
+        None => {
+            let _ = writeln!(out, "<p class=\"note\">{}.</p>", escape(NO_ALERT_HISTORY));
+        }
+        Some(a) => {
+            out.push_str(&table(
+                &["rule", "count", "firing now", "longest"],
+                &[1, 2, 3],
+                &alert_rows(a),
+            ));
+            if !a.notifications.is_empty() {
+                out.push_str(&table(
+                    &["channel", "sent", "failed", "dropped", "pending"],
+                    &[1, 2, 3, 4],
+                    &notification_rows(a),
+                ));
+            }
+        }
+    }
     out.push_str("</section>\n");
     if !d.longest_freezes.is_empty() {
         out.push_str("<section><h2>Longest freezes</h2>\n");

@@ -181,11 +181,15 @@ pub struct ReportData {
     pub evidence: Evidence,
     /// The part of the window the sidecar may have watched.
     pub covered: Window,
+    /// The sidecar's own alerts; `None` when the state DB predates alert history.
+    pub alerts: Option<history::AlertHistory>,
 }
 
 impl ReportData {
     pub fn is_empty(&self) -> bool {
-        self.freezes.is_empty() && self.episodes.is_empty()
+        self.freezes.is_empty()
+            && self.episodes.is_empty()
+            && self.alerts.as_ref().is_none_or(|a| a.rules.is_empty())
     }
 
     pub fn freeze_count(&self) -> u64 {
@@ -258,6 +262,7 @@ pub fn report(args: &ReportArgs, now_ns: i64) -> Result<Outcome, ToolError> {
         stored: history.stored()?,
         evidence,
         covered: verify::coverage(&evidence).covered(window, now_ns),
+        alerts: history.alert_history(window, now_ns)?,
     };
     let stdout = match args.format {
         Format::Text => render::report_text(&data),

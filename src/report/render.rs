@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 
 use super::analyze::{Day, GapStats};
-use super::history::{EpisodeRow, FreezeRow, KindTotal};
+use super::history::{AlertHistory, EpisodeRow, FreezeRow, KindTotal};
 use super::time::{day_label, human, rfc3339, rfc3339_millis, Window};
 use super::verify::Reason;
 use super::{AnalyzeResult, ReportData, Side, StartFrom, VerifyResult};
@@ -394,6 +394,7 @@ pub fn report_text(d: &ReportData) -> String {
         ]
     }));
     out.push_str(&columns(&rows, "  "));
+    out.push_str(&alerts_text(d));
     if !d.longest_freezes.is_empty() {
         let _ = writeln!(out, "\nLongest freezes:");
         let mut rows = vec![["duration", "kind", "started (UTC)", "id", "seen by"]
@@ -419,6 +420,149 @@ pub fn report_text(d: &ReportData) -> String {
         out.push_str(&columns(&rows, "  "));
     }
     out
+}
+
+/// The sentence for a state DB without alert history.
+pub const NO_ALERT_HISTORY: &str =
+    "not stored: this state DB was written before stallwatch kept alert history";
+
+/// Stuck jobs, dead letters and every rule's alerts, then notifications by channel.
+pub fn alert_rows(a: &AlertHistory) -> Vec<Vec<String>> {
+    a.rules
+        .iter()
+        .map(|r| {
+            vec![
+                r.rule.clone(),
+                r.count.to_string(),
+                r.firing.to_string(),
+                if r.longest_ns > 0 {
+                    human(r.longest_ns)
+                } else {
+                    "-".into()
+                },
+            ]
+        })
+        .collect()
+}
+
+/// One row per channel: sent, failed, dropped, pending.
+pub fn notification_rows(a: &AlertHistory) -> Vec<Vec<String>> {
+    let mut channels: Vec<&str> = a.notifications.iter().map(|n| n.channel.as_str()).collect();
+    channels.dedup();
+    channels
+        .into_iter()
+        .map(|c| {
+            let of = |state: &str| {
+                a.notifications
+                    .iter()
+                    .filter(|n| n.channel == c && n.state == state)
+                    .map(|n| n.count)
+                    .sum::<u64>()
+                    .to_string()
+            };
+            vec![
+                c.to_string(),
+                of("sent"),
+                of("failed"),
+                of("dropped"),
+                of("pending"),
+            ]
+        })
+        .collect()
+}
+
+/// "2 alerts, longest 5m" for the stuck-job and dead-letter lines.
+fn rule_summary(a: &AlertHistory, rule: &str) -> String {
+    match a.rule(rule) {
+        None => "none".into(),
+        Some(r) if r.longest_ns > 0 => {
+            format!("{} alert(s), longest {}", r.count, human(r.longest_ns))
+        }
+        Some(r) => format!("{} alert(s)", r.count),
+    }
+}
+
+fn alerts_text(d: &ReportData) -> String {
+    let mut out = String::new();
+    let Some(a) = &d.alerts else {
+        let _ = writeln!(out, "\nAlerts: {NO_ALERT_HISTORY}");
+        return out;
+    };
+    let _ = writeln!(out, "\nStuck jobs: {}", rule_summary(a, "stuck_jobs"));
+    let _ = writeln!(out, "Dead letters: {}", rule_summary(a, "dead_letters"));
+    let _ = writeln!(out, "\nAlerts (the sidecar's own rules): {}", a.count());
+    if !a.rules.is_empty() {
+        let mut rows = vec![["rule", "count", "firing now", "longest"]
+            .map(String::from)
+            .to_vec()];
+        rows.extend(alert_rows(a));
+        out.push_str(&columns(&rows, "  "));
+    }
+    if !a.notifications.is_empty() {
+        let _ = writeln!(out, "\nNotifications:");
+        let mut rows = vec![["channel", "sent", "failed", "dropped", "pending"]
+            .map(String::from)
+            .to_vec()];
+        rows.extend(notification_rows(a));
+        out.push_str(&columns(&rows, "  "));
+    }
+    out
+}
+
+fn alerts_markdown(d: &ReportData) -> String {
+    let Some(a) = &d.alerts else {
+        return format!("\n## Alerts\n\n{NO_ALERT_HISTORY}.\n");
+    };
+    let mut out = format!(
+        "\n## Alerts\n\n- stuck jobs: {}\n- dead letters: {}\n- alerts of the sidecar's own rules: {}\n",
+        rule_summary(a, "stuck_jobs"),
+        rule_summary(a, "dead_letters"),
+        a.count()
+    );
+    if !a.rules.is_empty() {
+        out.push('\n');
+        out.push_str(&md_table(
+            &["rule", "count", "firing now", "longest"],
+            alert_rows(a),
+        ));
+    }
+    if !a.notifications.is_empty() {
+        out.push_str("\n### Notifications\n\n");
+        out.push_str(&md_table(
+            &["channel", "sent", "failed", "dropped", "pending"],
+            notification_rows(a),
+        ));
+    }
+    out
+}
+
+fn alerts_json(d: &ReportData) -> serde_json::Value {
+    let Some(a) = &d.alerts else {
+        return serde_json::Value::Null;
+    };
+    let summary = |rule: &str| {
+        let r = a.rule(rule);
+        json!({
+            "alerts": r.map_or(0, |r| r.count),
+            "longest_seconds": r.map_or(0.0, |r| secs(r.longest_ns)),
+        })
+    };
+    json!({
+        "count": a.count(),
+        "stuck_jobs": summary("stuck_jobs"),
+        "dead_letters": summary("dead_letters"),
+        "by_rule": a.rules.iter().map(|r| json!({
+            "rule": r.rule,
+            "count": r.count,
+            "firing": r.firing,
+            "longest_seconds": secs(r.longest_ns),
+        })).collect::<Vec<_>>(),
+        "notifications": a.notifications.iter().map(|n| json!({
+            "channel": n.channel,
+            "state": n.state,
+            "count": n.count,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 fn md_escape(s: &str) -> String {
@@ -476,6 +620,7 @@ pub fn report_markdown(d: &ReportData) -> String {
             })
         )
     );
+    let _ = writeln!(out, "{}", alerts_markdown(d).trim_start());
     if !d.longest_freezes.is_empty() {
         let _ = writeln!(
             out,
@@ -568,6 +713,7 @@ pub fn report_json(d: &ReportData) -> String {
             })).collect::<Vec<_>>(),
             "longest": d.longest_episodes.iter().map(episode_json).collect::<Vec<_>>(),
         },
+        "alerts": alerts_json(d),
     });
     serde_json::to_string_pretty(&v).expect("JSON values serialise") + "\n"
 }
