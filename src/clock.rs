@@ -1,5 +1,6 @@
 //! Thin readers of the machine's clocks and counters: MONOTONIC, REALTIME, BOOTTIME,
-//! absolute sleeps, `boot_id` and `/proc/stat` steal time.
+//! absolute sleeps, `boot_id`, `/proc/stat` steal time and the kernel's own idea of the
+//! wall clock's quality (`adjtimex`).
 //!
 //! Owns only the system calls. It decides nothing: readings go to the pure
 //! [`crate::freeze::detector`], which is where every threshold lives. All times are
@@ -98,6 +99,42 @@ pub fn gettime_clockid(clock: libc::clockid_t) -> io::Result<i64> {
     Ok(ts.tv_sec * NANOS_PER_SEC + ts.tv_nsec)
 }
 
+/// The kernel's view of the wall clock's quality, from `adjtimex(2)` in read-only mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelClock {
+    /// A time daemon disciplines the clock (`STA_UNSYNC` clear, state not `TIME_ERROR`).
+    pub synced: bool,
+    /// The kernel's bound on the wall clock's error (`maxerror`), in nanoseconds. While
+    /// unsynchronised it grows to 16 s and stops meaning anything.
+    pub max_error_ns: i64,
+    /// The kernel's estimated error (`esterror`), in nanoseconds.
+    pub est_error_ns: i64,
+}
+
+/// Reads the kernel clock state without changing it (`modes = 0`).
+pub fn kernel_clock() -> io::Result<KernelClock> {
+    // SAFETY: an all-zero timex is a valid argument; modes = 0 only reads.
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: `tx` is a valid, writable timex.
+    let state = unsafe { libc::adjtimex(&mut tx) };
+    if state < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(KernelClock {
+        synced: state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0,
+        max_error_ns: (tx.maxerror as i64).saturating_mul(1_000),
+        est_error_ns: (tx.esterror as i64).saturating_mul(1_000),
+    })
+}
+
+/// Where the kernel names the clocksource behind every clock.
+pub const CLOCKSOURCE_PATH: &str = "/sys/devices/system/clocksource/clocksource0/current_clocksource";
+
+/// The kernel's current clocksource (`kvm-clock`, `tsc`, `hpet`, …).
+pub fn clocksource() -> io::Result<String> {
+    Ok(std::fs::read_to_string(CLOCKSOURCE_PATH)?.trim().to_string())
+}
+
 /// Where the kernel publishes the id of the current boot.
 pub const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 
@@ -170,6 +207,13 @@ mod tests {
             "cpu  4578 0 2509 15191 320 0 91 657 0 0\ncpu0 2044 0 997 8314 25 0 10 314 0 0\n";
         assert_eq!(parse_steal_ticks(stat), Some(657));
         assert_eq!(parse_steal_ticks("intr 1 2\n"), None);
+    }
+
+    #[test]
+    fn the_kernel_clock_state_is_readable_without_privileges() {
+        let k = kernel_clock().unwrap();
+        assert!(k.max_error_ns >= 0, "{k:?}");
+        assert!(!clocksource().unwrap().is_empty());
     }
 
     #[test]

@@ -49,6 +49,53 @@ pub struct Metrics {
     pub dropped_total: IntCounterVec,
     pub sources: SourceMetrics,
     pub alerts: AlertMetrics,
+    pub host: HostClockMetrics,
+}
+
+/// What this machine's clocks can show: the kernel's sync state and whether a full VM
+/// pause would be seen now.
+pub struct HostClockMetrics {
+    pub clock_synchronised: Gauge,
+    pub clock_max_error_seconds: Gauge,
+    pub clock_info: GaugeVec,
+    pub vm_pause_visible: Gauge,
+}
+
+impl HostClockMetrics {
+    fn new(r: &Registry) -> HostClockMetrics {
+        let m = HostClockMetrics {
+            clock_synchronised: Gauge::with_opts(opts(
+                "clock_synchronised",
+                "1 when the kernel says a time daemon keeps the wall clock synchronised (adjtimex), else 0.",
+            ))
+            .expect("valid metric"),
+            clock_max_error_seconds: Gauge::with_opts(opts(
+                "clock_max_error_seconds",
+                "The kernel's bound on the wall clock's error (adjtimex maxerror; 16 when unsynchronised).",
+            ))
+            .expect("valid metric"),
+            clock_info: GaugeVec::new(
+                opts("clock_info", "The kernel clocksource behind every clock (value 1)."),
+                &["clocksource"],
+            )
+            .expect("valid metric"),
+            vm_pause_visible: Gauge::with_opts(opts(
+                "vm_pause_visible",
+                "1 when a reference clock that runs through a full VM pause is up now, else 0: \
+                 with 0 a pause is seen only if the wall clock is later stepped to the right time.",
+            ))
+            .expect("valid metric"),
+        };
+        for g in [
+            &m.clock_synchronised,
+            &m.clock_max_error_seconds,
+            &m.vm_pause_visible,
+        ] {
+            r.register(Box::new(g.clone())).expect("unique");
+        }
+        r.register(Box::new(m.clock_info.clone())).expect("unique");
+        m
+    }
 }
 
 /// Outcomes counted by `stallwatch_notifications_total{channel,outcome}`.
@@ -360,6 +407,7 @@ impl Metrics {
             .expect("valid metric"),
             sources: SourceMetrics::new(&registry),
             alerts: AlertMetrics::new(&registry),
+            host: HostClockMetrics::new(&registry),
             registry,
         };
         let build_info = GaugeVec::new(

@@ -286,8 +286,7 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
     if no_rtc {
         tracing::info!(
             path = references::rtc::RTC_SINCE_EPOCH,
-            "no RTC on this machine: a full VM pause is invisible without a reference clock; \
-             configure freeze.references (sntp:, http_date:) or watch a Postgres source"
+            "no RTC on this machine; left out of the default references"
         );
     }
 

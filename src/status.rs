@@ -17,6 +17,23 @@ pub struct ReferenceStatus {
     pub last_error: Option<String>,
 }
 
+/// The machine's clock facts and what they let the detector see.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ClockStatus {
+    /// The kernel clocksource (`kvm-clock`, `tsc`, …).
+    pub clocksource: Option<String>,
+    /// The kernel says a time daemon keeps the wall clock synchronised.
+    pub synchronised: Option<bool>,
+    /// The kernel's bound on the wall clock's error.
+    pub max_error_seconds: Option<f64>,
+    /// `freeze.forward_steps`.
+    pub forward_steps: &'static str,
+    /// A reference that runs through a full VM pause is up now.
+    pub vm_pause_visible: bool,
+    /// When a pause is not visible now: why, and the config that would fix it.
+    pub vm_pause_blind_spot: Option<String>,
+}
+
 /// What `/api/v1/status` shows, and what `/healthz` and `/readyz` decide on.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct LiveStatus {
@@ -36,6 +53,8 @@ pub struct LiveStatus {
     pub wall_clock_drift_seconds: f64,
     pub cpu_steal_seconds: f64,
     pub references: Vec<ReferenceStatus>,
+    /// What this machine's clocks can show.
+    pub clock: ClockStatus,
     /// Why the sidecar was down before this start, if it was.
     pub last_downtime: Option<DowntimeStatus>,
     pub state_db_error: Option<String>,

@@ -66,9 +66,39 @@ pub struct FreezeConfig {
     pub wall_step: Duration,
     pub reference_interval: Duration,
     pub references: Vec<ReferenceSpec>,
+    /// What a forward wall-clock step that nothing else explains is.
+    pub forward_steps: ForwardSteps,
     /// The references are the default (not written in the file): the RTC is then used
     /// only where the machine has one, instead of reporting it down forever.
     pub references_defaulted: bool,
+}
+
+/// How a forward step of REALTIME − MONOTONIC is judged (`freeze.forward_steps`). The
+/// rule behind `auto` is in ARCHITECTURE.md ("Forward steps").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ForwardSteps {
+    /// Lost time (a `vm_pause` seen by `wall_step`) unless a reference already counted
+    /// it, the step undoes measured drift or a reference's offset, or it is within the
+    /// kernel's own error bound for the clock: the safe default on VMs that are
+    /// snapshotted and restored (Firecracker, Fly).
+    #[default]
+    Auto,
+    /// Every forward step not already counted by a reference is lost time.
+    LostTime,
+    /// No forward step is lost time (every step is a `wall_clock_step`): for machines
+    /// whose clock is set late at boot with stallwatch already running.
+    ClockCorrection,
+}
+
+impl ForwardSteps {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardSteps::Auto => "auto",
+            ForwardSteps::LostTime => "lost_time",
+            ForwardSteps::ClockCorrection => "clock_correction",
+        }
+    }
 }
 
 /// A clock that keeps running while this machine is stopped.
@@ -198,6 +228,7 @@ struct RawFreeze {
     wall_step: Option<HumanDuration>,
     reference_interval: Option<HumanDuration>,
     references: Option<Vec<String>>,
+    forward_steps: Option<ForwardSteps>,
 }
 
 /// A duration written as `"250ms"`, `"5s"`, `"10m"`.
@@ -232,6 +263,7 @@ impl Config {
                 wall_step: DEFAULT_WALL_STEP,
                 reference_interval: DEFAULT_REFERENCE_INTERVAL,
                 references: vec![ReferenceSpec::Rtc],
+                forward_steps: ForwardSteps::Auto,
                 references_defaulted: true,
             },
             sources: Vec::new(),
@@ -341,6 +373,9 @@ impl Config {
                 ));
             }
             freeze.reference_interval = interval;
+        }
+        if let Some(mode) = f.forward_steps {
+            freeze.forward_steps = mode;
         }
         if let Some(refs) = f.references {
             freeze.references_defaulted = false;

@@ -3,7 +3,10 @@
 //! Channels (see DESIGN.md's clock table):
 //! - `tick`: a wake that came later than its deadline by ≥ `min` → `process_stall`.
 //! - `wall_step`: REALTIME − MONOTONIC changed by ≥ `wall_step` (beyond what a suspend
-//!   explains) → `wall_clock_step`; small changes accumulate as drift.
+//!   explains) → `wall_clock_step`; small changes accumulate as drift. A forward step
+//!   that nothing explains is time this machine did not run (a snapshot restore, a pause
+//!   with stopped clocks, caught up by a resync) → `vm_pause` seen by `wall_step`; the
+//!   rule is [`super::forward_step`].
 //! - `suspend`: BOOTTIME − MONOTONIC grew by ≥ `min` → `suspend`.
 //! - references (`rtc`, `ptp:…`, `sntp:…`, `http_date:…`): the reference moved forward
 //!   by ≥ `min` more than MONOTONIC did → `vm_pause`.
@@ -11,13 +14,15 @@
 //!
 //! Readings whose MONOTONIC windows overlap merge into one event, which is held open
 //! for `merge_window` so slower channels can add their estimate; then it is finished.
-//! Wall-clock steps are not lost time and never merge with the others.
+//! Wall-clock steps that are corrections are not lost time and never merge with the others.
 
 use std::collections::VecDeque;
 
 use super::event::{ChannelEstimate, FreezeEvent, FreezeKind};
+use super::forward_step::{self, StepEvidence, StepVerdict};
 use super::reference::{RefOutcome, RefSample, RefTracker};
-use crate::clock::{ClockReading, NANOS_PER_SEC};
+use crate::clock::{ClockReading, KernelClock, NANOS_PER_SEC};
+use crate::config::ForwardSteps;
 
 /// Window over which the wall-clock drift rate is measured.
 pub const DRIFT_WINDOW_NS: i64 = 60 * NANOS_PER_SEC;
@@ -26,6 +31,11 @@ pub const STEAL_HISTORY: usize = 600;
 /// Steal becomes evidence of a stall when it is at least 1/20 of the stall: less is the
 /// background steal any shared host shows.
 pub const STEAL_EVIDENCE_FRACTION: i64 = 20;
+/// How long a pause a reference counted waits for the wall-clock step that catches
+/// REALTIME up with it (NTP may take hours to step a clock after a restore).
+pub const RECONCILE_WINDOW_NS: i64 = 24 * 3600 * NANOS_PER_SEC;
+/// Counted pauses kept for reconciliation: a bound, far above any real rate of pauses.
+pub const MAX_UNRECONCILED: usize = 64;
 
 /// Thresholds of the decision, all in nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +45,8 @@ pub struct DetectorConfig {
     pub wall_step_ns: i64,
     /// How long an event stays open for other channels after its last reading.
     pub merge_window_ns: i64,
+    /// How a forward wall-clock step is judged.
+    pub forward_steps: ForwardSteps,
 }
 
 /// One wake of the tick loop.
@@ -55,6 +67,8 @@ pub struct WakeReport {
     pub overrun_ns: i64,
     /// A wall-clock step seen on this wake (signed).
     pub wall_step_ns: Option<i64>,
+    /// The verdict on that step when it was forward.
+    pub step_verdict: Option<StepVerdict>,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +111,19 @@ pub struct Detector {
     finished: Vec<FreezeEvent>,
     /// Events that finished before anyone asked for them as opened.
     unannounced: Vec<FreezeEvent>,
+    /// The kernel clock state last read (once a second), for judging the next step.
+    kernel: Option<KernelClock>,
+    /// MONOTONIC of the last wall-clock step, when the clock was last set.
+    last_step_mono_ns: Option<i64>,
+    /// `drift_ns` at the last step.
+    drift_at_last_step_ns: i64,
+    /// Pauses a reference counted, (MONOTONIC at the end, ns not yet matched by a step,
+    /// the reference's index).
+    unreconciled: VecDeque<(i64, i64, usize)>,
+    /// A forward step judged lost time while references exist: the first reference
+    /// sample after it that shows no jump withdraws it (the reference ran through the
+    /// time and says none was lost), and until then it is not announced.
+    awaiting_reference: Option<Reading>,
 }
 
 impl Detector {
@@ -113,7 +140,17 @@ impl Detector {
             steps: Vec::new(),
             finished: Vec::new(),
             unannounced: Vec::new(),
+            kernel: None,
+            last_step_mono_ns: None,
+            drift_at_last_step_ns: 0,
+            unreconciled: VecDeque::new(),
+            awaiting_reference: None,
         }
+    }
+
+    /// Feeds the kernel's clock state (read at most once a second).
+    pub fn on_kernel_clock(&mut self, kernel: KernelClock) {
+        self.kernel = Some(kernel);
     }
 
     /// Feeds one wake of the tick loop.
@@ -122,7 +159,7 @@ impl Detector {
         let prev = std::mem::replace(&mut self.last, now);
         let mut report = WakeReport {
             overrun_ns: (now.mono_ns - wake.deadline_ns).max(0),
-            wall_step_ns: None,
+            ..Default::default()
         };
 
         if report.overrun_ns >= self.cfg.min_ns {
@@ -158,25 +195,141 @@ impl Detector {
         let step = wall_moved - suspended;
         if step.abs() >= self.cfg.wall_step_ns {
             report.wall_step_ns = Some(step);
-            self.steps.push(Pending {
-                readings: vec![Reading {
+            // In the frame of the clock as it was before the step: the app's timestamps
+            // written before the resync are in that frame too.
+            let stale_now_ns = prev.real_ns + (now.mono_ns - prev.mono_ns);
+            let verdict = (step > 0).then(|| self.judge_forward_step(step, &prev, now.mono_ns));
+            report.step_verdict = verdict;
+            self.last_step_mono_ns = Some(now.mono_ns);
+            self.drift_at_last_step_ns = self.drift_ns;
+            let window = (prev.mono_ns, now.mono_ns);
+            match verdict {
+                Some(StepVerdict::LostTime {
+                    lost_ns,
+                    uncertainty_ns,
+                    ..
+                }) => {
+                    self.add_lost(Reading {
+                        kind: FreezeKind::VmPause,
+                        channel: "wall_step".into(),
+                        estimate_ns: lost_ns,
+                        uncertainty_ns,
+                        window,
+                        started_at_ns: stale_now_ns,
+                    });
+                    if !self.references.is_empty() {
+                        self.awaiting_reference = Some(Reading {
+                            kind: FreezeKind::WallClockStep,
+                            channel: "wall_step".into(),
+                            estimate_ns: step,
+                            uncertainty_ns: 0,
+                            window,
+                            started_at_ns: stale_now_ns,
+                        });
+                    }
+                }
+                _ => self.push_step(Reading {
                     kind: FreezeKind::WallClockStep,
                     channel: "wall_step".into(),
                     estimate_ns: step,
                     uncertainty_ns: 0,
-                    window: (prev.mono_ns, now.mono_ns),
-                    started_at_ns: prev.real_ns + (now.mono_ns - prev.mono_ns),
-                }],
-                window: (prev.mono_ns, now.mono_ns),
-                last_change_ns: now.mono_ns,
-                announced: false,
-            });
+                    window,
+                    started_at_ns: stale_now_ns,
+                }),
+            }
         } else {
             self.drift_ns += step;
         }
         self.update_drift_rate(now.mono_ns);
         self.finish_due(now.mono_ns);
         report
+    }
+
+    fn push_step(&mut self, reading: Reading) {
+        self.steps.push(Pending {
+            window: reading.window,
+            last_change_ns: reading.window.1,
+            readings: vec![reading],
+            announced: false,
+        });
+    }
+
+    /// A reference read after a step judged lost time saw no jump: it ran through that
+    /// time, so none was lost; the step was a correction after all.
+    fn withdraw_lost_step(&mut self, sample_mono_ns: i64) {
+        let Some(step) = self
+            .awaiting_reference
+            .take_if(|s| sample_mono_ns > s.window.1)
+        else {
+            return;
+        };
+        if let Some(p) = self.lost.as_mut() {
+            p.readings
+                .retain(|r| !(r.channel == "wall_step" && r.window == step.window));
+            if p.readings.is_empty() {
+                self.lost = None;
+            }
+        }
+        self.push_step(step);
+    }
+
+    /// Judges a forward step seen between `prev` and `now_mono_ns` from the evidence
+    /// gathered before it, and takes the counted pauses it reconciles.
+    fn judge_forward_step(
+        &mut self,
+        step_ns: i64,
+        prev: &ClockReading,
+        now_mono_ns: i64,
+    ) -> StepVerdict {
+        while self
+            .unreconciled
+            .front()
+            .is_some_and(|(end, _, _)| now_mono_ns - end > RECONCILE_WINDOW_NS)
+        {
+            self.unreconciled.pop_front();
+        }
+        let wall_offset = prev.real_ns - prev.mono_ns;
+        let closest_reference_offset_ns = self
+            .references
+            .iter()
+            .filter_map(|r| r.tracker.offset_ns())
+            .map(|o| o - wall_offset)
+            .min_by_key(|o| (o - step_ns).abs());
+        let evidence = StepEvidence {
+            unreconciled_pause_ns: self.unreconciled.iter().map(|(_, ns, _)| ns).sum(),
+            closest_reference_offset_ns,
+            drift_since_last_step_ns: self.drift_ns - self.drift_at_last_step_ns,
+            free_run_ns: now_mono_ns - self.last_step_mono_ns.unwrap_or(0),
+            kernel: self.kernel,
+        };
+        let verdict = forward_step::judge(
+            step_ns,
+            &evidence,
+            self.cfg.forward_steps,
+            self.cfg.wall_step_ns,
+            self.cfg.min_ns,
+        );
+        let reconciled = match verdict {
+            StepVerdict::LostTime { reconciled_ns, .. }
+            | StepVerdict::Correction { reconciled_ns, .. } => reconciled_ns,
+        };
+        self.reconcile(reconciled);
+        verdict
+    }
+
+    /// Marks `ns` of the counted pauses, oldest first, as caught up by a step.
+    fn reconcile(&mut self, mut ns: i64) {
+        while ns > 0 {
+            let Some(front) = self.unreconciled.front_mut() else {
+                return;
+            };
+            let take = front.1.min(ns);
+            front.1 -= take;
+            ns -= take;
+            if front.1 == 0 {
+                self.unreconciled.pop_front();
+            }
+        }
     }
 
     /// Registers a reference clock so it can be fed samples by index.
@@ -198,6 +351,13 @@ impl Detector {
         let name = r.name.clone();
         let uncertainty = r.uncertainty_ns;
         match outcome {
+            RefOutcome::Jump { .. } => self.awaiting_reference = None,
+            RefOutcome::Steady | RefOutcome::Resync { .. } => {
+                self.withdraw_lost_step(sample.mono_ns)
+            }
+            RefOutcome::Refined { .. } => {}
+        }
+        match outcome {
             RefOutcome::Jump {
                 estimate_ns,
                 from_mono_ns,
@@ -211,8 +371,16 @@ impl Detector {
                     window: (from_mono_ns, to_mono_ns),
                     started_at_ns: from_mono_ns + (to_mono_ns - from_mono_ns) / 2 + wall_offset,
                 });
+                if self.unreconciled.len() == MAX_UNRECONCILED {
+                    self.unreconciled.pop_front();
+                }
+                self.unreconciled.push_back((to_mono_ns, estimate_ns, index));
             }
             RefOutcome::Refined { estimate_ns } => {
+                // Only while no step has taken part of it yet.
+                if let Some(last) = self.unreconciled.back_mut().filter(|l| l.2 == index) {
+                    last.1 = estimate_ns;
+                }
                 if let Some(p) = self.lost.as_mut() {
                     if let Some(r) = p.readings.iter_mut().find(|r| r.channel == name) {
                         r.estimate_ns = estimate_ns;
@@ -252,8 +420,15 @@ impl Detector {
     pub fn take_opened(&mut self) -> Vec<FreezeEvent> {
         let mut opened = std::mem::take(&mut self.unannounced);
         let mut fresh: Vec<Pending> = Vec::new();
+        let awaiting = self.awaiting_reference.as_ref().map(|r| r.window);
         for p in self.lost.iter_mut().chain(self.steps.iter_mut()) {
-            if !p.announced {
+            // A step that a reference may still withdraw is not a freeze yet.
+            let only_awaiting = awaiting.is_some()
+                && p
+                    .readings
+                    .iter()
+                    .all(|r| r.channel == "wall_step" && Some(r.window) == awaiting);
+            if !p.announced && !only_awaiting {
                 p.announced = true;
                 fresh.push(p.clone());
             }
@@ -294,6 +469,7 @@ impl Detector {
         });
         if !overlaps {
             if let Some(done) = self.lost.take() {
+                self.awaiting_reference = None;
                 self.finish(done);
             }
         }
@@ -320,6 +496,7 @@ impl Detector {
         let mut done = Vec::new();
         if self.lost.as_ref().is_some_and(due) {
             done.push(self.lost.take().expect("checked above"));
+            self.awaiting_reference = None;
         }
         let (ready, waiting): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.steps).into_iter().partition(due);
@@ -407,6 +584,7 @@ mod tests {
             min_ns: 2 * S,
             wall_step_ns: S,
             merge_window_ns: 2 * S,
+            forward_steps: ForwardSteps::Auto,
         }
     }
 
@@ -579,6 +757,136 @@ mod tests {
         assert_eq!(kinds, vec![FreezeKind::VmPause, FreezeKind::WallClockStep]);
         assert!((secs(sim.events[0].duration_ns) - 3600.0).abs() < 0.5);
         assert!((secs(sim.events[1].duration_ns) - 3600.0).abs() < 0.01);
+    }
+
+    /// A Firecracker snapshot restore (or a pause with stopped clocks) on a machine with
+    /// no reference: only the resync shows the time, and it is lost time, not a step.
+    #[test]
+    fn a_resync_after_a_pause_nothing_saw_is_a_vm_pause_from_the_wall_step() {
+        let mut sim = Sim::new(false);
+        sim.run(10);
+        let before_ns = sim.clocks().real_ns;
+        sim.host += 13 * S; // every guest clock stops
+        sim.run(1);
+        assert!(sim.d.take_opened().is_empty(), "nothing visible yet");
+        sim.real_off += 13 * S + 500 * MS; // the resync catches up, with the lag
+        sim.tick(0);
+        let opened = sim.d.take_opened();
+        assert_eq!(opened.len(), 1, "announced on the tick that sees it: {opened:?}");
+        assert_eq!(opened[0].kind, FreezeKind::VmPause);
+        sim.run(5);
+        assert_eq!(sim.events.len(), 1, "{:?}", sim.events);
+        let e = &sim.events[0];
+        assert_eq!(e.kind, FreezeKind::VmPause);
+        assert_eq!(e.duration_ns, 13 * S + 500 * MS);
+        assert_eq!(e.channels[0].channel, "wall_step");
+        // In the stale clock's frame: it starts where the clock was before the resync.
+        let stale_at_step = before_ns + S + TICK;
+        assert!(
+            (e.started_at_ns - stale_at_step).abs() <= TICK,
+            "{} vs {}",
+            e.started_at_ns,
+            stale_at_step
+        );
+    }
+
+    #[test]
+    fn undoing_drift_is_a_wall_clock_step_not_lost_time() {
+        let mut sim = Sim::new(false);
+        for _ in 0..(100 * S / TICK) {
+            sim.real_off -= TICK / 100; // 1 % slow: 1 s behind after 100 s
+            sim.tick(0);
+        }
+        sim.real_off += S;
+        sim.run(5);
+        let kinds: Vec<_> = sim.events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, vec![FreezeKind::WallClockStep], "{:?}", sim.events);
+    }
+
+    #[test]
+    fn a_step_within_the_kernel_s_error_bound_is_a_wall_clock_step() {
+        let mut sim = Sim::new(false);
+        sim.d.on_kernel_clock(KernelClock {
+            synced: true,
+            max_error_ns: 5 * S,
+            est_error_ns: S,
+        });
+        sim.run(5);
+        sim.real_off += 3 * S;
+        sim.run(5);
+        let kinds: Vec<_> = sim.events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, vec![FreezeKind::WallClockStep]);
+    }
+
+    #[test]
+    fn forward_steps_can_be_configured_as_corrections() {
+        let mut sim = Sim::new(false);
+        sim.d.cfg.forward_steps = ForwardSteps::ClockCorrection;
+        sim.run(5);
+        sim.real_off += 120 * S;
+        sim.run(5);
+        let kinds: Vec<_> = sim.events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, vec![FreezeKind::WallClockStep]);
+    }
+
+    /// A reference read only now and then (a database clock) that is read again after the
+    /// step and shows no jump: it ran through the time, so the step was a correction. The
+    /// step is not announced as a freeze while that answer is pending.
+    #[test]
+    fn a_slow_reference_that_saw_no_jump_withdraws_a_lost_time_step() {
+        let mut sim = Sim::new(false);
+        let db = sim.d.add_reference("postgres:app".into());
+        let sample = |sim: &Sim| {
+            let offset = sim.host - sim.mono;
+            RefSample {
+                mono_ns: sim.mono,
+                lo_ns: offset - MS,
+                hi_ns: offset + MS,
+            }
+        };
+        sim.run(5);
+        sim.d.on_reference(db, sample(&sim));
+        sim.run(2);
+        sim.real_off += 120 * S; // a plain step: the host clock did not move
+        sim.tick(0);
+        assert!(sim.d.take_opened().is_empty(), "not a freeze before the reference answers");
+        sim.run(1);
+        sim.d.on_reference(db, sample(&sim));
+        sim.run(5);
+        let got: Vec<_> = sim.events.iter().map(|e| (e.kind, e.duration_ns)).collect();
+        assert_eq!(got, vec![(FreezeKind::WallClockStep, 120 * S)]);
+        let opened = sim.d.take_opened();
+        assert_eq!(opened.len(), 1);
+        assert_eq!(opened[0].kind, FreezeKind::WallClockStep);
+    }
+
+    #[test]
+    fn a_slow_reference_that_saw_the_jump_joins_the_lost_time_step() {
+        let mut sim = Sim::new(false);
+        let db = sim.d.add_reference("postgres:app".into());
+        let sample = |sim: &Sim| {
+            let offset = sim.host - sim.mono;
+            RefSample {
+                mono_ns: sim.mono,
+                lo_ns: offset - MS,
+                hi_ns: offset + MS,
+            }
+        };
+        sim.run(5);
+        sim.d.on_reference(db, sample(&sim));
+        sim.run(1);
+        sim.host += 30 * S; // paused, clocks stopped
+        sim.run(1);
+        sim.real_off += 30 * S; // resynced before the database was asked again
+        sim.run(1);
+        sim.d.on_reference(db, sample(&sim));
+        sim.run(5);
+        assert_eq!(sim.events.len(), 1, "{:?}", sim.events);
+        let e = &sim.events[0];
+        assert_eq!(e.kind, FreezeKind::VmPause);
+        let names: Vec<_> = e.channels.iter().map(|c| c.channel.as_str()).collect();
+        assert_eq!(names, vec!["wall_step", "postgres:app"]);
+        assert!((secs(e.duration_ns) - 30.0).abs() < 0.01, "{e:?}");
     }
 
     #[test]

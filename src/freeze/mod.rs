@@ -5,8 +5,10 @@
 pub mod detector;
 pub mod downtime;
 pub mod event;
+pub mod forward_step;
 pub mod reference;
 pub mod references;
 pub mod runner;
+pub mod visibility;
 
 pub use event::{ChannelEstimate, FreezeEvent, FreezeKind};

@@ -5,8 +5,8 @@
 //! `TIMER_ABSTIME`), not a runtime timer: nothing else scheduled on the runtime can
 //! delay it, and a late wake is never followed by a burst of catch-up ticks (the next
 //! deadline is one tick after the late wake). It does no blocking I/O besides local
-//! reference reads (sysfs, PTP) and `/proc/stat`; events go to the state writer
-//! through a bounded queue.
+//! reference reads (sysfs, PTP) and, at most once a second, `/proc/stat` and
+//! `adjtimex`; events go to the state writer through a bounded queue.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
@@ -14,17 +14,23 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::detector::{Detector, DetectorConfig, Wake};
+use super::forward_step::StepVerdict;
 use super::reference::{RefOutcome, RefSample};
 use super::references::LocalReference;
-use crate::clock::{read_clocks, sleep_until_mono, StealReader, NANOS_PER_SEC};
+use super::visibility::{self, Sight};
+use crate::clock::{self, read_clocks, sleep_until_mono, StealReader, NANOS_PER_SEC};
 use crate::config::source::Location;
 use crate::config::{Config, FreezeConfig, ReferenceSpec};
 use crate::metrics::Metrics;
 use crate::persist::EventSink;
 use crate::status::SharedStatus;
 
-/// How often steal time is read from `/proc/stat`.
+/// How often steal time (`/proc/stat`) and the kernel clock state (`adjtimex`) are read:
+/// neither needs tick resolution.
 pub const STEAL_INTERVAL_NS: i64 = NANOS_PER_SEC;
+/// How often the clocksource name is read again (it changes only when the kernel
+/// finds the current one unstable).
+pub const CLOCKSOURCE_INTERVAL_NS: i64 = 60 * NANOS_PER_SEC;
 /// Shortest time an event stays open for other channels to add evidence.
 pub const MIN_MERGE_WINDOW_NS: i64 = 2 * NANOS_PER_SEC;
 
@@ -78,6 +84,7 @@ pub fn detector_config(whole: &Config) -> DetectorConfig {
         min_ns: config.min.as_nanos() as i64,
         wall_step_ns: config.wall_step.as_nanos() as i64,
         merge_window_ns: (slowest + 2 * tick_ns).max(MIN_MERGE_WINDOW_NS),
+        forward_steps: config.forward_steps,
     }
 }
 
@@ -97,8 +104,12 @@ impl Runner {
         let steal = StealReader::new();
         let mut last_steal: Option<i64> = None;
         let mut next_steal_ns = 0;
+        let mut next_clocksource_ns = 0;
+        let mut was_visible: Option<bool> = None;
         let tick_ns = self.config.tick.as_nanos() as i64;
         let mut deadline = read_clocks().mono_ns + tick_ns;
+        // Every reference has been asked once by then (the merge window covers the slowest).
+        let first_sight_ns = deadline + self.detector.merge_window_ns;
 
         while !self.stop.load(Ordering::Relaxed) {
             let slept_at = crate::clock::mono_ns();
@@ -113,7 +124,7 @@ impl Runner {
                 .tick_overrun_seconds
                 .observe(report.overrun_ns as f64 / 1e9);
             if let Some(step) = report.wall_step_ns {
-                tracing::warn!(step_seconds = step as f64 / 1e9, "wall clock stepped");
+                log_step(step, report.step_verdict);
             }
 
             for i in 0..self.references.len() {
@@ -136,6 +147,14 @@ impl Runner {
                     }
                     last_steal = Some(total);
                     detector.on_steal(clocks.mono_ns, total);
+                }
+                self.read_kernel_clock(&mut detector);
+                if clocks.mono_ns >= next_clocksource_ns {
+                    next_clocksource_ns = clocks.mono_ns + CLOCKSOURCE_INTERVAL_NS;
+                    self.read_clocksource();
+                }
+                if clocks.mono_ns >= first_sight_ns {
+                    self.publish_sight(&mut was_visible);
                 }
             }
 
@@ -200,6 +219,74 @@ impl Runner {
         }
     }
 
+    fn read_kernel_clock(&self, detector: &mut Detector) {
+        let Ok(kernel) = clock::kernel_clock() else {
+            return;
+        };
+        detector.on_kernel_clock(kernel);
+        let host = &self.metrics.host;
+        host.clock_synchronised
+            .set(if kernel.synced { 1.0 } else { 0.0 });
+        host.clock_max_error_seconds
+            .set(kernel.max_error_ns as f64 / 1e9);
+        let mut status = self.status.lock();
+        status.clock.synchronised = Some(kernel.synced);
+        status.clock.max_error_seconds = Some(kernel.max_error_ns as f64 / 1e9);
+    }
+
+    fn read_clocksource(&self) {
+        let Ok(name) = clock::clocksource() else {
+            return;
+        };
+        let mut status = self.status.lock();
+        if status.clock.clocksource.as_deref() != Some(name.as_str()) {
+            self.metrics.host.clock_info.reset();
+            self.metrics
+                .host
+                .clock_info
+                .with_label_values(&[&name])
+                .set(1.0);
+            status.clock.clocksource = Some(name);
+        }
+    }
+
+    /// Whether a full VM pause is visible now, in the gauge and the status; said loudly
+    /// (WARN) whenever it stops being visible.
+    fn publish_sight(&self, was_visible: &mut Option<bool>) {
+        let mut status = self.status.lock();
+        let (up, down): (Vec<_>, Vec<_>) = status.references.iter().partition(|r| r.up);
+        let sight = Sight {
+            references_up: up.iter().map(|r| r.name.clone()).collect(),
+            references_down: down.iter().map(|r| r.name.clone()).collect(),
+            forward_steps: self.config.forward_steps,
+            state_db: true,
+        };
+        let pause = visibility::assess(&sight)
+            .into_iter()
+            .find(|l| l.kind == "vm_pause")
+            .expect("every kind is assessed");
+        let visible = pause.covered();
+        self.metrics
+            .host
+            .vm_pause_visible
+            .set(if visible { 1.0 } else { 0.0 });
+        status.clock.vm_pause_visible = visible;
+        status.clock.forward_steps = self.config.forward_steps.as_str();
+        status.clock.vm_pause_blind_spot = pause.missing.clone();
+        drop(status);
+        if *was_visible != Some(visible) {
+            if !visible {
+                tracing::warn!(
+                    problem = pause.missing.as_deref().unwrap_or_default(),
+                    "a full VM pause is not visible on this machine now"
+                );
+            } else if was_visible.is_some() {
+                tracing::info!(references = ?sight.references_up, "a full VM pause is visible again");
+            }
+            *was_visible = Some(visible);
+        }
+    }
+
     fn publish(&self, detector: &Detector, mono_ns: i64) {
         let drift_seconds = detector.drift_ns() as f64 / 1e9;
         self.metrics.wall_clock_drift_seconds.set(drift_seconds);
@@ -224,5 +311,23 @@ impl Runner {
         for (slot, offset) in status.references.iter_mut().zip(offsets) {
             slot.offset_seconds = offset;
         }
+    }
+}
+
+/// One log line per wall-clock step, saying what the detector made of it.
+fn log_step(step_ns: i64, verdict: Option<StepVerdict>) {
+    let step_seconds = step_ns as f64 / 1e9;
+    match verdict {
+        Some(StepVerdict::LostTime { lost_ns, .. }) => tracing::warn!(
+            step_seconds,
+            lost_seconds = lost_ns as f64 / 1e9,
+            "wall clock stepped forward over time this machine did not run: a freeze"
+        ),
+        Some(StepVerdict::Correction { why, .. }) => tracing::warn!(
+            step_seconds,
+            why = why.as_str(),
+            "wall clock stepped forward: a clock correction"
+        ),
+        None => tracing::warn!(step_seconds, "wall clock stepped back"),
     }
 }
