@@ -118,7 +118,12 @@ fn freezes(rule: &RuleConfig, facts: &Facts, out: &mut Vec<Condition>) {
         if !e.kind.is_lost_time() || e.duration_ns < min {
             continue;
         }
+        let seen_only_by_resync = e.channels.iter().all(|c| c.channel == "wall_step");
         let what = match e.kind {
+            FreezeKind::VmPause if seen_only_by_resync => {
+                "the whole machine did not run (a VM pause or snapshot restore with its clocks \
+                 stopped, seen when the wall clock was stepped to the right time)"
+            }
             FreezeKind::VmPause => "the whole machine (VM) was paused",
             FreezeKind::Suspend => "the machine was suspended",
             FreezeKind::ProcessStall => "the sidecar's process did not run (stalled or starved)",
