@@ -37,6 +37,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::faketime::FakeClock;
 use common::{assert_near, poll_until, process_state, Launch, Metrics, Sidecar};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::Deserialize;
@@ -189,6 +190,111 @@ fn wal_app_and_sidecar_frozen_together_is_a_freeze_gap() {
     assert_eq!(m.expect(&gaps_total("freeze")), 1.0);
     assert_eq!(m.expect(&gaps_total("stall")), 0.0);
     drop(cgroup);
+    app.quit();
+}
+
+/// Issue 13 item 2, the founding incident replayed on a Firecracker-like machine: `parse`
+/// ends, the machine stops with its clocks (a snapshot, a pause nothing inside sees), and
+/// the wall clock is stepped +6432 s when it comes back; only then does `DBOS.recv` start.
+/// The app (real DBOS) and the sidecar share one libfaketime clock, as they share one
+/// kernel clock on a VM, so DBOS's timestamps jump with it. The gap `parse` → `DBOS.recv`
+/// is the freeze's, in the app's clock frame: `cause = freeze` with the id of the
+/// `vm_pause` the resync revealed — not `stall`, which would blame the app. And `verify`
+/// counts that freeze in a before window: it is not "no freezes before".
+#[test]
+fn incident_replay_a_resync_between_parse_and_recv_is_a_freeze_gap() {
+    const STEP_SECONDS: f64 = 6432.0;
+    let dir = tempfile::tempdir().unwrap();
+    let clock = FakeClock::new(dir.path());
+    let env = clock.env();
+    let Setup {
+        dir,
+        db: _db,
+        mut app,
+        sidecar,
+    } = Setup::build(Journal::Wal, "", dir, env.clone());
+    let started = wall_now();
+
+    let label = "incident";
+    let workflow_id = app.start_workflow(label, Hold::AfterParse);
+    app.expect_phase("parse-done", label);
+    // The stale clock runs on for a moment after the resume, then the resync steps it.
+    std::thread::sleep(Duration::from_secs(1));
+    let stepped_at = wall_now();
+    clock.set(&format!("+{STEP_SECONDS}"));
+    std::thread::sleep(Duration::from_millis(1500));
+    app.command(&format!("go {label}"));
+    app.expect_phase("done", label);
+
+    let episodes = wait_for_episodes_where(&sidecar, "a step_gap episode", |es| {
+        es.iter().any(|e| e.kind == "step_gap")
+    });
+    let gaps: Vec<_> = episodes.iter().filter(|e| e.kind == "step_gap").collect();
+    assert_eq!(gaps.len(), 1, "{episodes:#?}");
+    let episode = gaps[0].clone();
+    let freezes = sidecar.freezes();
+    eprintln!("episode {episode:#?}\nfreezes {freezes:#?}");
+    assert_eq!(episode.workflow_id, workflow_id);
+    assert_eq!(
+        (episode.from_step.as_str(), episode.to_step.as_str()),
+        ("parse", "DBOS.sleep"),
+        "{episode:#?}"
+    );
+    assert_near("the gap", episode.duration_seconds, STEP_SECONDS + 2.5, 1.0);
+    assert_eq!(
+        episode.cause, "freeze",
+        "{episode:#?}\nfreezes: {freezes:#?}"
+    );
+    let freeze = freezes
+        .iter()
+        .find(|f| Some(f.id) == episode.freeze_id)
+        .unwrap_or_else(|| {
+            panic!("the episode names no recorded freeze: {episode:#?} {freezes:#?}")
+        });
+    assert_eq!(freeze.kind, "vm_pause", "{freeze:#?}");
+    assert!(freeze.channel("wall_step").is_some(), "{freeze:#?}");
+    assert_near("the freeze", freeze.duration_seconds, STEP_SECONDS, 1.0);
+    assert_eq!(
+        freezes.len(),
+        1,
+        "one freeze, no wall_clock_step: {freezes:#?}"
+    );
+    let m = sidecar.metrics();
+    assert_eq!(m.expect(&gaps_total("freeze")), 1.0);
+    assert_eq!(m.expect(&gaps_total("stall")), 0.0);
+
+    // `verify`, under the same clock: the before window holds the resync's freeze.
+    let rfc = |t: f64| {
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs_f64(t)).to_string()
+    };
+    let change = stepped_at + 5.0;
+    let out = Command::new(common::bin())
+        .args(["verify", "--format", "json", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--before")
+        .arg(format!("{}..{}", rfc(started - 60.0), rfc(change)))
+        .arg("--after")
+        .arg(format!("{}..now", rfc(change)))
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("running stallwatch verify");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let verdict: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "verify --format json: {e}\n{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(verdict["before"]["freezes_counted"], 1, "{verdict:#}");
+    assert_eq!(
+        verdict["before"]["by_kind"][0]["kind"], "vm_pause",
+        "{verdict:#}"
+    );
+    assert_ne!(
+        verdict["reason"].as_str().unwrap_or_default(),
+        "no freezes before",
+        "{verdict:#}"
+    );
     app.quit();
 }
 
@@ -527,9 +633,10 @@ fn normal_runs_then_sigstop(journal: Journal) {
     let rows = wait_until_sidecar_has_all_steps(&sidecar, &db, NORMAL_RUNS);
     let m = sidecar.metrics();
     assert_step_durations_match(&m, &rows);
-    // Gaps: two per workflow (recv → generate, generate → send), each what DBOS recorded.
+    // Gaps: three per workflow (parse → the recv's start, recv → generate, generate →
+    // send), each what DBOS recorded.
     let gaps = db_gaps(&rows);
-    assert_eq!(gaps.len(), 2 * NORMAL_RUNS, "{gaps:?}");
+    assert_eq!(gaps.len(), 3 * NORMAL_RUNS, "{gaps:?}");
     let gap_sum: f64 = gaps.iter().sum();
     let gap_count = m.expect(&gap_series("count"));
     let gap_metric_sum = m.expect(&gap_series("sum"));
@@ -934,7 +1041,9 @@ fn db_gaps(rows: &[Row]) -> Vec<f64> {
         rows.sort_by_key(|r| (r.completed_ms, r.function_id));
         let mut end: Option<i64> = None;
         for r in rows {
-            let wait = r.step.starts_with("DBOS.");
+            // A wait's placeholder row marks when the wait began: the time before it is
+            // a gap like the time before a step.
+            let wait = r.step.starts_with("DBOS.") && r.step != "DBOS.sleep";
             if let (Some(e), false) = (end, wait) {
                 gaps.push((r.started_ms.max(e) - e) as f64 / 1e3);
             }
@@ -978,10 +1087,14 @@ impl Setup {
 
     /// Like [`Setup::new`], with `extra` TOML lines in the source's table.
     fn with_config(journal: Journal, extra: &str) -> Setup {
+        Setup::build(journal, extra, tempfile::tempdir().unwrap(), Vec::new())
+    }
+
+    /// App and sidecar both under `env` (a libfaketime clock in `dir`), as on one machine.
+    fn build(journal: Journal, extra: &str, dir: TempDir, env: Vec<(String, String)>) -> Setup {
         let python = dbos_python();
-        let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("dbos.sqlite");
-        let app = App::start(python, &db, journal, dir.path());
+        let app = App::start_with_env(python, &db, journal, dir.path(), &env);
         let config = format!(
             "[[source]]\nname = \"{SOURCE}\"\nkind = \"dbos\"\nurl = \"sqlite://{}\"\n\
              poll = \"{POLL}\"\ngap_min = \"{GAP_MIN}\"\n{extra}",
@@ -991,7 +1104,7 @@ impl Setup {
             &dir.path().join("data"),
             &Launch {
                 config: Some(config),
-                env: Vec::new(),
+                env,
             },
         );
         // The source is up and reports the journal mode the app runs in.
@@ -1052,6 +1165,8 @@ fn dbos_python() -> &'static Path {
 enum Hold {
     No,
     AfterGenerate,
+    /// Between `parse` and `DBOS.recv`: the founding incident's gap.
+    AfterParse,
 }
 
 /// `tests/dbos/app.py`, driven over stdin; its stdout lines arrive on a channel.
@@ -1067,6 +1182,17 @@ struct App {
 
 impl App {
     fn start(python: &Path, db: &Path, journal: Journal, cwd: &Path) -> App {
+        App::start_with_env(python, db, journal, cwd, &[])
+    }
+
+    /// Like [`App::start`], with extra environment (a libfaketime clock).
+    fn start_with_env(
+        python: &Path,
+        db: &Path,
+        journal: Journal,
+        cwd: &Path,
+        env: &[(String, String)],
+    ) -> App {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dbos/app.py");
         let stderr = NamedTempFile::new().expect("temp file for the app's stderr");
         let mut child = Command::new(python)
@@ -1077,6 +1203,7 @@ impl App {
             .arg(journal.as_str())
             .current_dir(cwd)
             .env("PYTHONUNBUFFERED", "1")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr.reopen().expect("reopen"))
@@ -1172,10 +1299,10 @@ impl App {
         hold: Hold,
         recv_seconds: Option<f64>,
     ) -> String {
-        let how = if hold == Hold::AfterGenerate {
-            "hold"
-        } else {
-            "free"
+        let how = match hold {
+            Hold::No => "free",
+            Hold::AfterGenerate => "hold",
+            Hold::AfterParse => "hold-parse",
         };
         let recv = recv_seconds.map_or(String::new(), |s| format!(" {s}"));
         self.command(&format!("run {label} {how}{recv}"));

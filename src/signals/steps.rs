@@ -1,8 +1,10 @@
 //! Step gaps and stalls from an app's own step records.
 //!
 //! A **gap** is the time from the end of a workflow's last activity to the start of its
-//! next step. Intended waits (`DBOS.recv`, `DBOS.sleep`, `DBOS.getEvent`) are activity:
-//! their span moves the end forward, so a 60 s debounce is not a 60 s gap. Rows must be
+//! next step, or of its next wait (the wait's `DBOS.sleep` placeholder row: a wait that
+//! begins late is a gap too — the founding incident's `parse_email` → `DBOS.recv` shape).
+//! Intended waits (`DBOS.recv`, `DBOS.sleep`, `DBOS.getEvent`) are activity: their span
+//! moves the end forward, so a 60 s debounce is not a 60 s gap. Rows must be
 //! fed in the order they completed. A **stall** is a workflow still pending whose last
 //! progress is older than `stall_after`.
 
@@ -106,7 +108,14 @@ impl GapTracker {
         };
         let found = if row.step == WAIT_PLACEHOLDER && row.deadline_ns.is_some() {
             activity.deadline_ns = row.deadline_ns;
-            None
+            (!fresh).then(|| {
+                gap(
+                    GapKind::Step,
+                    &activity.last_step,
+                    activity.end_ns,
+                    row.started_ns.max(activity.end_ns),
+                )
+            })
         } else if is_intended_wait(&row.step) {
             activity
                 .deadline_ns
@@ -267,7 +276,8 @@ mod tests {
         // Frozen 8 s in the middle of a 2 s recv: no gap between steps, the wait overruns.
         let mut t = GapTracker::default();
         t.observe(&row("parse", 0, 100));
-        assert_eq!(t.observe(&placeholder(105, 2_105)), None);
+        let begun = t.observe(&placeholder(105, 2_105)).unwrap();
+        assert_eq!((begun.kind, begun.duration_ns()), (GapKind::Step, 5 * MS));
         let o = t.observe(&row("DBOS.recv", 104, 10_105)).unwrap();
         assert_eq!(
             (o.kind, o.start_ns, o.duration_ns()),
@@ -275,6 +285,25 @@ mod tests {
         );
         let g = t.observe(&row("generate", 10_110, 10_300)).unwrap();
         assert_eq!((g.kind, g.duration_ns()), (GapKind::Step, 5 * MS));
+    }
+
+    /// The founding incident's shape on a machine whose clock is set right only after a
+    /// restore: `parse` ends, the machine stops, the clock is stepped, the wait begins.
+    #[test]
+    fn a_wait_that_begins_late_is_a_gap_before_it() {
+        let mut t = GapTracker::default();
+        t.observe(&row("parse", 0, 100));
+        let g = t.observe(&placeholder(6_432_100, 6_492_100)).unwrap();
+        assert_eq!(
+            (
+                g.kind,
+                g.from_step.as_str(),
+                g.to_step.as_str(),
+                g.duration_ns()
+            ),
+            (GapKind::Step, "parse", "DBOS.sleep", 6_432_000 * MS)
+        );
+        assert_eq!(t.observe(&row("DBOS.recv", 6_432_099, 6_440_000)), None);
     }
 
     #[test]

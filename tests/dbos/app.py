@@ -16,6 +16,8 @@ The test drives it over stdin, one command per line:
     run LABEL free [RECV_SECONDS]   start a workflow that runs straight through
     run LABEL hold [RECV_SECONDS]   start one that, after `generate`, waits for `go LABEL`
                                     before `send`
+    run LABEL hold-parse [RECV_S]   start one that, after `parse`, waits for `go LABEL`
+                                    before `DBOS.recv` (the founding incident's gap)
     go LABEL                        release a held workflow
     quit                            shut DBOS down and exit (so does end of input)
 
@@ -25,6 +27,7 @@ and reads machine-readable lines on stdout (flushed; DBOS logs go to stderr):
 
     READY journal_mode=<mode> pid=<pid>
     STARTED <label> <workflow_id>
+    PHASE parse-done <label> <workflow_id> <epoch seconds>
     PHASE recv-start <label> <workflow_id> <epoch seconds>   (just before DBOS.recv)
     PHASE generate-done <label> <workflow_id> <epoch seconds>
     PHASE done <label> <workflow_id> <epoch seconds>
@@ -36,6 +39,11 @@ chooses; `send` starts within milliseconds of the resume, so the gap DBOS record
 `generate` and `send` is the stop and nothing else. `recv-start` lets a test stop the
 process inside the wait: DBOS writes the wait's `DBOS.sleep` placeholder, whose output is
 the deadline, within milliseconds after it.
+
+Under libfaketime (FAKETIME_TIMESTAMP_FILE set, as tests that step the wall clock run it),
+`time.sleep` becomes a `select` timeout: libfaketime 0.9.10 breaks Python's absolute
+CLOCK_MONOTONIC `clock_nanosleep` (EINVAL, wolfcw/libfaketime#426); a relative timeout
+is not faked, so DBOS and the steps keep their real timing.
 """
 
 import argparse
@@ -45,7 +53,12 @@ import sys
 import threading
 import time
 
-from dbos import DBOS
+if os.environ.get("FAKETIME_TIMESTAMP_FILE"):
+    import select
+
+    time.sleep = lambda seconds: select.select([], [], [], max(0.0, seconds))
+
+from dbos import DBOS  # noqa: E402  (after the sleep fix, which DBOS's threads need)
 
 # DBOS app names: at least 3 characters, lowercase.
 APP_NAME = "stallwatch-test"
@@ -93,11 +106,14 @@ def send(label):
 @DBOS.workflow()
 def reply(label, hold, recv_seconds=RECV_TIMEOUT_SECONDS):
     parse(label)
+    say("PHASE", "parse-done", label, DBOS.workflow_id, f"{time.time():.6f}")
+    if hold == "hold-parse":
+        gate(label).wait()
     say("PHASE", "recv-start", label, DBOS.workflow_id, f"{time.time():.6f}")
     DBOS.recv("debounce", timeout_seconds=recv_seconds)
     generate(label)
     say("PHASE", "generate-done", label, DBOS.workflow_id, f"{time.time():.6f}")
-    if hold:
+    if hold == "hold":
         gate(label).wait()
     send(label)
     say("PHASE", "done", label, DBOS.workflow_id, f"{time.time():.6f}")
@@ -142,14 +158,14 @@ def main():
         words = line.split()
         if not words:
             continue
-        if words[0] == "run" and len(words) in (3, 4) and words[2] in ("hold", "free"):
-            label, hold = words[1], words[2] == "hold"
+        if words[0] == "run" and len(words) in (3, 4) and words[2] in ("hold", "hold-parse", "free"):
+            label, hold = words[1], words[2]
             try:
                 recv_seconds = float(words[3]) if len(words) == 4 else RECV_TIMEOUT_SECONDS
             except ValueError:
                 say("ERROR", f"RECV_SECONDS is not a number: {line.strip()!r}")
                 continue
-            if hold:
+            if hold != "free":
                 gate(label)
             handle = DBOS.start_workflow(reply, label, hold, recv_seconds)
             handles.append(handle)
