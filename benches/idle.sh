@@ -40,6 +40,11 @@
 #
 # ~4 minutes with defaults, plus the build (minutes if sources changed on a busy box).
 #
+# BASELINE=<git revision> adds a fifth idle process: stallwatch built from that revision
+# (in a git worktree, its own target dir under target/baseline), at the default config,
+# so a change's idle cost is shown before/after next to node_exporter in one run (issue
+# 13: the adjtimex and clock-fact reads must not raise it). The stall part is unchanged.
+#
 # Environment: IDLE_SECONDS (60), STALL_RUNS (20), STALL_STOP_SECONDS (3),
 # STALL_GAP_SECONDS (4), STALL_SEED (1), STALL_SERIAL (0), SETTLE_SECONDS (5),
 # KEEP_TMP (0: delete the temp dir with the logs at exit).
@@ -103,6 +108,15 @@ if ! command -v prometheus-node-exporter >/dev/null 2>&1; then
         { $SUDO apt-get update >/dev/null && $SUDO apt-get install -y prometheus-node-exporter >/dev/null; }
 fi
 NODE_EXPORTER=$(command -v prometheus-node-exporter)
+
+BASE_BIN=
+if [[ -n "${BASELINE:-}" ]]; then
+    echo "building baseline $BASELINE ..." >&2
+    git -C "$REPO" worktree add --detach --force "$TMP/baseline-src" "$BASELINE" >/dev/null 2>&1
+    (cd "$TMP/baseline-src" && CARGO_TARGET_DIR="$REPO/target/baseline" cargo build --release --quiet --bin stallwatch)
+    git -C "$REPO" worktree remove --force "$TMP/baseline-src" >/dev/null 2>&1 || true
+    BASE_BIN="$REPO/target/baseline/release/stallwatch"
+fi
 
 # --- the driver (python3 stdlib) ----------------------------------------------------
 cat >"$TMP/driver.py" <<'PY'
@@ -301,7 +315,10 @@ def print_idle(idle_s, n_scrapes, res):
     hdr = f"{'tool':<16}{'CPU % sched':>12}{'CPU % stat':>12}{'RSS MiB':>9}{'peak MiB':>10}{'threads':>8}{'scrape wire B':>14}{'raw B':>8}{'series':>8}{'scrape ms':>10}"
     print(hdr)
     print("-" * len(hdr))
-    for name, r in (("stallwatch", sw), ("node_exporter", ne)):
+    rows = [("stallwatch", sw), ("node_exporter", ne)]
+    if "before" in res:
+        rows.insert(1, ("sw baseline", res["before"]))
+    for name, r in rows:
         wire = f"{r['scrape_wire_bytes']:.0f}{' gz' if r['scrape_gzip'] else ''}"
         print(f"{name:<16}{r['cpu_pct_sched']:>12.4f}{r['cpu_pct_stat']:>12.3f}{r['VmRSS'] / MiB:>9.2f}{r['VmHWM'] / MiB:>10.2f}"
               f"{r['Threads']:>8}{wire:>14}{r['scrape_raw_bytes']:>8.0f}{r['scrape_series']:>8}{r['scrape_ms']:>10.1f}")
@@ -316,6 +333,10 @@ def print_idle(idle_s, n_scrapes, res):
     print(f"(CPU seconds in window: stallwatch {sw['cpu_sched_s'] * 1e3:.1f} ms sched / {sw['cpu_ticks']} ticks; "
           f"node_exporter {ne['cpu_sched_s'] * 1e3:.1f} ms sched / {ne['cpu_ticks']} ticks. "
           f"Threads created/exited in window: sw {sw['threads_born']}/{sw['threads_exited']}, ne {ne['threads_born']}/{ne['threads_exited']})")
+    if "before" in res:
+        b = res["before"]
+        print(f"{'ratio sw/base':<16}{ratio(sw['cpu_pct_sched'], b['cpu_pct_sched']):>12}{ratio(sw['cpu_pct_stat'], b['cpu_pct_stat']):>12}"
+              f"{ratio(sw['VmRSS'], b['VmRSS']):>9}{ratio(sw['VmHWM'], b['VmHWM']):>10}   (this tree / BASELINE={os.environ.get('BASELINE')})")
     print()
     print("targets (CPU judged on schedstat; MiB = 2^20 bytes):")
     print(f"  {verdict(sw['cpu_pct_sched'] <= 0.2)}  stallwatch CPU {sw['cpu_pct_sched']:.4f} % <= 0.2 % at the default tick")
@@ -506,15 +527,15 @@ for s in socks:
     s.close()' "$1"
 }
 
-read -r P_SW P_NE P_SW100 P_SW50 <<<"$(free_ports 4)"
+read -r P_SW P_NE P_SW100 P_SW50 P_BASE <<<"$(free_ports 5)"
 
 LAST_PID=
-start_stallwatch() { # name port [config]; sets LAST_PID
-    local name=$1 port=$2 cfg=${3:-}
+start_stallwatch() { # name port [config [binary]]; sets LAST_PID
+    local name=$1 port=$2 cfg=${3:-} bin=${4:-$BIN}
     mkdir -p "$TMP/$name"
     local args=(run --listen "127.0.0.1:$port" --data-dir "$TMP/$name")
     [[ -n "$cfg" ]] && args+=(--config "$cfg")
-    "$BIN" "${args[@]}" >"$TMP/$name.log" 2>&1 &
+    "$bin" "${args[@]}" >"$TMP/$name.log" 2>&1 &
     LAST_PID=$!
     PIDS+=("$LAST_PID")
 }
@@ -548,6 +569,12 @@ node_exporter - $PID_NE $P_NE
 tick100 100ms $PID_SW100 $P_SW100
 tick50 50ms $PID_SW50 $P_SW50
 EOF
+PID_BASE=
+if [[ -n "$BASE_BIN" ]]; then
+    start_stallwatch before "$P_BASE" "" "$BASE_BIN"
+    PID_BASE=$LAST_PID
+    echo "before 250ms $PID_BASE $P_BASE" >>"$TMP/idle.procs"
+fi
 cat >"$TMP/stall.procs" <<EOF
 stallwatch 250ms $PID_SW $P_SW
 tick100 100ms $PID_SW100 $P_SW100
@@ -558,6 +585,10 @@ python3 "$TMP/driver.py" idle "$TMP/idle.procs" "$TMP/idle.json"
 
 kill -TERM "$PID_NE" 2>/dev/null || true
 wait "$PID_NE" 2>/dev/null || true
+if [[ -n "$PID_BASE" ]]; then
+    kill -TERM "$PID_BASE" 2>/dev/null || true
+    wait "$PID_BASE" 2>/dev/null || true
+fi
 PIDS=("$PID_SW" "$PID_SW100" "$PID_SW50") # node_exporter is gone; never signal a reused PID
 
 python3 "$TMP/driver.py" stall "$TMP/stall.procs" "$TMP/idle.json"
