@@ -128,11 +128,14 @@ pub fn kernel_clock() -> io::Result<KernelClock> {
 }
 
 /// Where the kernel names the clocksource behind every clock.
-pub const CLOCKSOURCE_PATH: &str = "/sys/devices/system/clocksource/clocksource0/current_clocksource";
+pub const CLOCKSOURCE_PATH: &str =
+    "/sys/devices/system/clocksource/clocksource0/current_clocksource";
 
 /// The kernel's current clocksource (`kvm-clock`, `tsc`, `hpet`, …).
 pub fn clocksource() -> io::Result<String> {
-    Ok(std::fs::read_to_string(CLOCKSOURCE_PATH)?.trim().to_string())
+    Ok(std::fs::read_to_string(CLOCKSOURCE_PATH)?
+        .trim()
+        .to_string())
 }
 
 /// Where the kernel publishes the id of the current boot.

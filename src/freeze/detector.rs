@@ -374,7 +374,8 @@ impl Detector {
                 if self.unreconciled.len() == MAX_UNRECONCILED {
                     self.unreconciled.pop_front();
                 }
-                self.unreconciled.push_back((to_mono_ns, estimate_ns, index));
+                self.unreconciled
+                    .push_back((to_mono_ns, estimate_ns, index));
             }
             RefOutcome::Refined { estimate_ns } => {
                 // Only while no step has taken part of it yet.
@@ -424,8 +425,7 @@ impl Detector {
         for p in self.lost.iter_mut().chain(self.steps.iter_mut()) {
             // A step that a reference may still withdraw is not a freeze yet.
             let only_awaiting = awaiting.is_some()
-                && p
-                    .readings
+                && p.readings
                     .iter()
                     .all(|r| r.channel == "wall_step" && Some(r.window) == awaiting);
             if !p.announced && !only_awaiting {
@@ -772,7 +772,11 @@ mod tests {
         sim.real_off += 13 * S + 500 * MS; // the resync catches up, with the lag
         sim.tick(0);
         let opened = sim.d.take_opened();
-        assert_eq!(opened.len(), 1, "announced on the tick that sees it: {opened:?}");
+        assert_eq!(
+            opened.len(),
+            1,
+            "announced on the tick that sees it: {opened:?}"
+        );
         assert_eq!(opened[0].kind, FreezeKind::VmPause);
         sim.run(5);
         assert_eq!(sim.events.len(), 1, "{:?}", sim.events);
@@ -849,7 +853,10 @@ mod tests {
         sim.run(2);
         sim.real_off += 120 * S; // a plain step: the host clock did not move
         sim.tick(0);
-        assert!(sim.d.take_opened().is_empty(), "not a freeze before the reference answers");
+        assert!(
+            sim.d.take_opened().is_empty(),
+            "not a freeze before the reference answers"
+        );
         sim.run(1);
         sim.d.on_reference(db, sample(&sim));
         sim.run(5);

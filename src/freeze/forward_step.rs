@@ -86,10 +86,7 @@ pub enum StepVerdict {
         reconciled_ns: i64,
     },
     /// A clock correction; `reconciled_ns` of it matched a counted pause.
-    Correction {
-        why: Correction,
-        reconciled_ns: i64,
-    },
+    Correction { why: Correction, reconciled_ns: i64 },
 }
 
 /// Judges a forward step of `step_ns` (> 0) under `mode`, with `wall_step_ns` the step
@@ -245,7 +242,10 @@ mod tests {
             closest_reference_offset_ns: Some(10 * MS),
             ..evidence()
         };
-        assert!(matches!(auto(30 * S, &agreed), StepVerdict::LostTime { .. }));
+        assert!(matches!(
+            auto(30 * S, &agreed),
+            StepVerdict::LostTime { .. }
+        ));
     }
 
     #[test]
@@ -319,7 +319,13 @@ mod tests {
     #[test]
     fn clock_correction_mode_never_calls_a_step_lost_time() {
         assert!(matches!(
-            judge(6432 * S, &evidence(), ForwardSteps::ClockCorrection, S, 2 * S),
+            judge(
+                6432 * S,
+                &evidence(),
+                ForwardSteps::ClockCorrection,
+                S,
+                2 * S
+            ),
             StepVerdict::Correction {
                 why: Correction::Configured,
                 ..
