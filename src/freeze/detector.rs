@@ -117,6 +117,8 @@ pub struct Detector {
     last_step_mono_ns: Option<i64>,
     /// `drift_ns` at the last step.
     drift_at_last_step_ns: i64,
+    /// How far backward steps since the last forward step set the clock back.
+    stepped_back_ns: i64,
     /// Pauses a reference counted, (MONOTONIC at the end, ns not yet matched by a step,
     /// the reference's index).
     unreconciled: VecDeque<(i64, i64, usize)>,
@@ -143,6 +145,7 @@ impl Detector {
             kernel: None,
             last_step_mono_ns: None,
             drift_at_last_step_ns: 0,
+            stepped_back_ns: 0,
             unreconciled: VecDeque::new(),
             awaiting_reference: None,
         }
@@ -199,6 +202,11 @@ impl Detector {
             // written before the resync are in that frame too.
             let stale_now_ns = prev.real_ns + (now.mono_ns - prev.mono_ns);
             let verdict = (step > 0).then(|| self.judge_forward_step(step, &prev, now.mono_ns));
+            self.stepped_back_ns = if step > 0 {
+                0
+            } else {
+                self.stepped_back_ns.saturating_sub(step)
+            };
             report.step_verdict = verdict;
             self.last_step_mono_ns = Some(now.mono_ns);
             self.drift_at_last_step_ns = self.drift_ns;
@@ -299,6 +307,7 @@ impl Detector {
             unreconciled_pause_ns: self.unreconciled.iter().map(|(_, ns, _)| ns).sum(),
             closest_reference_offset_ns,
             drift_since_last_step_ns: self.drift_ns - self.drift_at_last_step_ns,
+            stepped_back_ns: self.stepped_back_ns,
             free_run_ns: now_mono_ns - self.last_step_mono_ns.unwrap_or(0),
             kernel: self.kernel,
         };
@@ -805,6 +814,26 @@ mod tests {
         sim.run(5);
         let kinds: Vec<_> = sim.events.iter().map(|e| e.kind).collect();
         assert_eq!(kinds, vec![FreezeKind::WallClockStep], "{:?}", sim.events);
+    }
+
+    #[test]
+    fn a_clock_set_back_and_forth_is_two_steps_not_a_freeze() {
+        let mut sim = Sim::new(false);
+        sim.run(5);
+        for _ in 0..3 {
+            sim.real_off -= 10 * S;
+            sim.run(3);
+            sim.real_off += 10 * S;
+            sim.run(3);
+        }
+        assert!(
+            sim.events
+                .iter()
+                .all(|e| e.kind == FreezeKind::WallClockStep),
+            "{:?}",
+            sim.events
+        );
+        assert_eq!(sim.events.len(), 6);
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!    (the step only catches REALTIME up with it; it must not be counted twice);
 //! 2. the step brings REALTIME to a reference it had fallen behind (a reference's
 //!    offset before the step matches the step);
-//! 3. the step undoes drift of REALTIME against MONOTONIC measured since the last step;
+//! 3. the step undoes drift of REALTIME against MONOTONIC measured since the last step,
+//!    or backward steps since the last forward one (a flapping clock set back and forth);
 //! 4. the step is within the kernel's own error bound for the clock: `maxerror` while a
 //!    time daemon keeps it synchronised, else [`FREE_RUN_PPM`] of the time it has run
 //!    free since it was last set (the last step seen, or boot).
@@ -39,6 +40,8 @@ pub struct StepEvidence {
     pub closest_reference_offset_ns: Option<i64>,
     /// REALTIME − MONOTONIC drift measured since the last step (negative: the clock fell behind).
     pub drift_since_last_step_ns: i64,
+    /// How far backward steps since the last forward step set the clock back (≥ 0).
+    pub stepped_back_ns: i64,
     /// MONOTONIC time since the clock was last set (the last step, or boot).
     pub free_run_ns: i64,
     /// The kernel clock state last read before the step, if readable.
@@ -108,7 +111,7 @@ pub fn judge(
         return correction(Correction::CountedByReference);
     }
     let tolerance = (wall_step_ns / 2).max(residual / 10);
-    let drift_owed = (-evidence.drift_since_last_step_ns).max(0);
+    let drift_owed = (-evidence.drift_since_last_step_ns).max(0) + evidence.stepped_back_ns.max(0);
     let error_bound = clock_error_bound_ns(evidence);
     if mode == ForwardSteps::Auto {
         if let Some(offset) = evidence.closest_reference_offset_ns {
@@ -260,6 +263,26 @@ mod tests {
                 why: Correction::UndoesDrift,
                 ..
             }
+        ));
+    }
+
+    #[test]
+    fn undoing_a_backward_step_is_a_correction() {
+        // A clock set back 10 s, then forward again: a flapping time source, not lost time.
+        let e = StepEvidence {
+            stepped_back_ns: 10 * S,
+            ..evidence()
+        };
+        assert!(matches!(
+            auto(10 * S, &e),
+            StepVerdict::Correction {
+                why: Correction::UndoesDrift,
+                ..
+            }
+        ));
+        assert!(matches!(
+            auto(40 * S, &e),
+            StepVerdict::LostTime { lost_ns, .. } if lost_ns == 30 * S
         ));
     }
 
