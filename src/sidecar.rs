@@ -7,6 +7,7 @@
 //! the threads start so a taken port fails fast.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
@@ -17,7 +18,7 @@ use crate::clock::{self, ClockReading};
 use crate::config::source::Location;
 use crate::config::{Config, ReferenceSpec};
 use crate::freeze::downtime::{self, Heartbeat};
-use crate::freeze::references;
+use crate::freeze::references::{self, discover};
 use crate::freeze::runner::{detector_config, NetworkSample, RefSlot, Runner};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
@@ -37,20 +38,6 @@ pub const NETWORK_SAMPLE_QUEUE: usize = 64;
 pub const SETTLE_MARGIN_NS: i64 = 2_000_000_000;
 /// Timeout of one HTTP `Date` reference request.
 pub const HTTP_REFERENCE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// With the default references, a machine without an RTC (containers, Firecracker) would
-/// show `rtc` down forever: leave it out there. Returns whether it was left out.
-fn drop_absent_default_rtc(config: &mut Config) -> bool {
-    let rtc = std::path::Path::new(references::rtc::RTC_SINCE_EPOCH);
-    let drop = config.freeze.references_defaulted && !rtc.exists();
-    if drop {
-        config
-            .freeze
-            .references
-            .retain(|r| *r != ReferenceSpec::Rtc);
-    }
-    drop
-}
 
 /// The reference name of a Postgres source's server clock.
 pub fn database_clock_name(source: &str) -> String {
@@ -82,7 +69,13 @@ pub fn run(config: Config, started: ClockReading) -> Result<(), StartError> {
 }
 
 async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartError> {
-    let no_rtc = drop_absent_default_rtc(&mut config);
+    // No references in the file: use the ones this machine has (RTC, host PTP clocks).
+    if let Some(found) =
+        discover::use_discovered(&mut config.freeze, Path::new(discover::SYSFS_ROOT))
+    {
+        let found: Vec<String> = found.iter().map(ReferenceSpec::name).collect();
+        tracing::info!(references = ?found, "no references configured; using the ones discovered on this machine");
+    }
     let db = StateDb::open(&config.data_dir)?;
     // Bind before recording anything: a start refused for a taken port must not log the
     // downtime, nor replace the last heartbeat (the next start would see a phantom restart).
@@ -283,12 +276,6 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
         channels = config.alerts.channels.len(),
         "stallwatch running"
     );
-    if no_rtc {
-        tracing::info!(
-            path = references::rtc::RTC_SINCE_EPOCH,
-            "no RTC on this machine; left out of the default references"
-        );
-    }
 
     let app = http::router(AppState {
         metrics,

@@ -68,8 +68,9 @@ pub struct FreezeConfig {
     pub references: Vec<ReferenceSpec>,
     /// What a forward wall-clock step that nothing else explains is.
     pub forward_steps: ForwardSteps,
-    /// The references are the default (not written in the file): the RTC is then used
-    /// only where the machine has one, instead of reporting it down forever.
+    /// The references are the default (not written in the file): the sidecar then uses
+    /// the ones the machine has (`freeze::references::discover`: the RTC, host PTP
+    /// clocks) instead of reporting an absent RTC down forever.
     pub references_defaulted: bool,
 }
 

@@ -6,6 +6,7 @@
 //! (`sntp`, `http_date`) are async and run on the runtime, sending samples to the tick
 //! thread through a bounded channel.
 
+pub mod discover;
 pub mod http_date;
 pub mod ptp;
 pub mod rtc;
