@@ -30,7 +30,9 @@ fn gettime(clock: libc::clockid_t) -> i64 {
     // SAFETY: `ts` is a valid, writable timespec; the clock ids used here always exist on Linux.
     let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
     assert_eq!(rc, 0, "clock_gettime({clock}) failed");
-    ts.tv_sec * NANOS_PER_SEC + ts.tv_nsec
+    ts.tv_sec
+        .saturating_mul(NANOS_PER_SEC)
+        .saturating_add(ts.tv_nsec)
 }
 
 /// CLOCK_MONOTONIC now.
@@ -96,7 +98,10 @@ pub fn gettime_clockid(clock: libc::clockid_t) -> io::Result<i64> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(ts.tv_sec * NANOS_PER_SEC + ts.tv_nsec)
+    Ok(ts
+        .tv_sec
+        .saturating_mul(NANOS_PER_SEC)
+        .saturating_add(ts.tv_nsec))
 }
 
 /// The kernel's view of the wall clock's quality, from `adjtimex(2)` in read-only mode.

@@ -29,6 +29,9 @@ use crate::config::ForwardSteps;
 /// hypervisor TSC calibration). A forward step within this much of the free-running time
 /// is taken for a correction of that wander.
 pub const FREE_RUN_PPM: i64 = 100;
+/// Longest lost time believed: a snapshot restored a year later is conceivable, a clock
+/// that jumps by more is broken (a bad RTC, a mistyped `date -s`), not a freeze.
+pub const MAX_LOST_NS: i64 = 366 * 86_400 * 1_000_000_000;
 
 /// The evidence read before a forward step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,6 +66,8 @@ pub enum Correction {
     WithinClockError,
     /// What is left is shorter than `freeze.min`.
     TooShort,
+    /// Longer than [`MAX_LOST_NS`]: a broken clock, not a freeze.
+    Implausible,
 }
 
 impl Correction {
@@ -74,6 +79,7 @@ impl Correction {
             Correction::UndoesDrift => "undoes_drift",
             Correction::WithinClockError => "within_clock_error",
             Correction::TooShort => "too_short",
+            Correction::Implausible => "implausible",
         }
     }
 }
@@ -129,6 +135,9 @@ pub fn judge(
     let lost_ns = residual - drift_owed;
     if lost_ns < min_ns {
         return correction(Correction::TooShort);
+    }
+    if lost_ns > MAX_LOST_NS {
+        return correction(Correction::Implausible);
     }
     StepVerdict::LostTime {
         lost_ns,
@@ -334,6 +343,23 @@ mod tests {
             judge(1500 * MS, &evidence(), ForwardSteps::LostTime, S, 2 * S),
             StepVerdict::Correction {
                 why: Correction::TooShort,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_jump_of_centuries_is_a_broken_clock_not_a_freeze() {
+        assert!(matches!(
+            judge(
+                286 * 365 * 86_400 * S,
+                &evidence(),
+                ForwardSteps::LostTime,
+                S,
+                2 * S
+            ),
+            StepVerdict::Correction {
+                why: Correction::Implausible,
                 ..
             }
         ));
