@@ -70,12 +70,14 @@ pub fn run(config: Config, started: ClockReading) -> Result<(), StartError> {
 
 async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartError> {
     // No references in the file: use the ones this machine has (RTC, host PTP clocks).
-    if let Some(found) =
-        discover::use_discovered(&mut config.freeze, Path::new(discover::SYSFS_ROOT))
-    {
-        let found: Vec<String> = found.iter().map(ReferenceSpec::name).collect();
-        tracing::info!(references = ?found, "no references configured; using the ones discovered on this machine");
-    }
+    // Logged once the start can no longer be refused: a refusal is one line on stderr.
+    let discovered = discover::use_discovered(&mut config.freeze, Path::new(discover::SYSFS_ROOT))
+        .map(|found| {
+            found
+                .iter()
+                .map(ReferenceSpec::name)
+                .collect::<Vec<String>>()
+        });
     let db = StateDb::open(&config.data_dir)?;
     // Bind before recording anything: a start refused for a taken port must not log the
     // downtime, nor replace the last heartbeat (the next start would see a phantom restart).
@@ -276,6 +278,9 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
         channels = config.alerts.channels.len(),
         "stallwatch running"
     );
+    if let Some(found) = discovered {
+        tracing::info!(references = ?found, "no references configured; using the ones discovered on this machine");
+    }
 
     let app = http::router(AppState {
         metrics,
