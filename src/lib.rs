@@ -5,6 +5,7 @@ pub mod alerts;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod doctor;
 pub mod freeze;
 pub mod http;
 pub mod metrics;
