@@ -1181,11 +1181,7 @@ struct App {
 }
 
 impl App {
-    fn start(python: &Path, db: &Path, journal: Journal, cwd: &Path) -> App {
-        App::start_with_env(python, db, journal, cwd, &[])
-    }
-
-    /// Like [`App::start`], with extra environment (a libfaketime clock).
+    /// Starts the app with extra environment (a libfaketime clock, or none).
     fn start_with_env(
         python: &Path,
         db: &Path,
