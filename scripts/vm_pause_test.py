@@ -21,10 +21,12 @@ Modes (--mode):
           sentence in /api/v1/status, and `stallwatch doctor` exiting 1 naming vm_pause as
           blind and the `sntp:` fix.
 
-In resync and blind modes the guest's stallwatch runs with GUEST_CONFIG below: no
-reference clock (the guest RTC runs on the VM clock, so it cannot see a pause and
-would withdraw the resync as "a reference saw no jump"), a webhook channel and the
-freeze rule at 5 s.
+In resync and blind modes the guest's stallwatch runs with GUEST_CONFIG below: a
+webhook channel and the freeze rule at 5 s. resync keeps the default references, so the
+guest's RTC is discovered — and, on the VM clock, it stops with the guest: the test
+proves its steady reading does not withdraw the resync. blind sets `references = []`:
+the guest then has what a Firecracker x86 guest has, no clock that runs through a pause
+(an RTC on the VM clock would claim a visibility it does not have).
 
 Usage: vm_pause_test.py --kernel VMLINUZ --stallwatch STATIC_BINARY [--mode MODE]
 
@@ -112,17 +114,11 @@ done
 # The port of the webhook receiver inside the guest (busybox httpd + a CGI).
 HOOK_PORT = 8080
 
-# resync and blind: the guest's stallwatch config. No reference: the guest RTC runs on
-# the VM clock (-rtc clock=vm) and stops with the guest, like a Firecracker guest that
-# has none; as a reference it would be "up" and claim a pause is visible, and its
-# steady reading after the resync would withdraw the step as "a reference saw no jump".
+# resync and blind: the guest's stallwatch config (blind adds `references = []`, below).
 GUEST_CONFIG = """\
 listen = "@LISTEN@"
 data_dir = "/tmp/sw"
-
-[freeze]
-references = []
-
+@FREEZE@
 [[channel]]
 name = "hook"
 kind = "webhook"
@@ -251,7 +247,9 @@ def build_initrd(path, busybox, stallwatch, mode="rtc"):
         c.file("bin/stallwatch", f.read())
     c.file("init", init_script(mode).encode())
     if mode != "rtc":
-        c.file("etc/stallwatch.toml", GUEST_CONFIG.encode(), mode=0o644)
+        freeze = "\n[freeze]\nreferences = []\n" if mode == "blind" else ""
+        config = GUEST_CONFIG.replace("@FREEZE@", freeze)
+        c.file("etc/stallwatch.toml", config.encode(), mode=0o644)
         for d in ("www", "www/cgi-bin"):
             c.dir(d)
         c.file("www/cgi-bin/hook", HOOK_CGI.encode())

@@ -36,6 +36,10 @@ pub const STEAL_EVIDENCE_FRACTION: i64 = 20;
 pub const RECONCILE_WINDOW_NS: i64 = 24 * 3600 * NANOS_PER_SEC;
 /// Counted pauses kept for reconciliation: a bound, far above any real rate of pauses.
 pub const MAX_UNRECONCILED: usize = 64;
+/// A sub-threshold change of REALTIME − MONOTONIC larger than this share of the tick is a
+/// small step (already a correction), not slewing: it never makes a later forward step a
+/// "correction of drift". NTP slews at most 500 ppm; a tenth of the tick is 100,000 ppm.
+pub const SLEW_MAX_SHARE_OF_TICK: i64 = 8;
 
 /// Thresholds of the decision, all in nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,8 +119,8 @@ pub struct Detector {
     kernel: Option<KernelClock>,
     /// MONOTONIC of the last wall-clock step, when the clock was last set.
     last_step_mono_ns: Option<i64>,
-    /// `drift_ns` at the last step.
-    drift_at_last_step_ns: i64,
+    /// REALTIME − MONOTONIC slewing since the last step (small steps left out).
+    slew_since_last_step_ns: i64,
     /// How far backward steps since the last forward step set the clock back.
     stepped_back_ns: i64,
     /// Pauses a reference counted, (MONOTONIC at the end, ns not yet matched by a step,
@@ -144,7 +148,7 @@ impl Detector {
             unannounced: Vec::new(),
             kernel: None,
             last_step_mono_ns: None,
-            drift_at_last_step_ns: 0,
+            slew_since_last_step_ns: 0,
             stepped_back_ns: 0,
             unreconciled: VecDeque::new(),
             awaiting_reference: None,
@@ -209,7 +213,7 @@ impl Detector {
             };
             report.step_verdict = verdict;
             self.last_step_mono_ns = Some(now.mono_ns);
-            self.drift_at_last_step_ns = self.drift_ns;
+            self.slew_since_last_step_ns = 0;
             let window = (prev.mono_ns, now.mono_ns);
             match verdict {
                 Some(StepVerdict::LostTime {
@@ -247,6 +251,9 @@ impl Detector {
             }
         } else {
             self.drift_ns += step;
+            if step.abs() * SLEW_MAX_SHARE_OF_TICK <= self.cfg.tick_ns {
+                self.slew_since_last_step_ns += step;
+            }
         }
         self.update_drift_rate(now.mono_ns);
         self.finish_due(now.mono_ns);
@@ -306,7 +313,7 @@ impl Detector {
         let evidence = StepEvidence {
             unreconciled_pause_ns: self.unreconciled.iter().map(|(_, ns, _)| ns).sum(),
             closest_reference_offset_ns,
-            drift_since_last_step_ns: self.drift_ns - self.drift_at_last_step_ns,
+            drift_since_last_step_ns: self.slew_since_last_step_ns,
             stepped_back_ns: self.stepped_back_ns,
             free_run_ns: now_mono_ns - self.last_step_mono_ns.unwrap_or(0),
             kernel: self.kernel,
@@ -361,9 +368,10 @@ impl Detector {
         let uncertainty = r.uncertainty_ns;
         match outcome {
             RefOutcome::Jump { .. } => self.awaiting_reference = None,
-            RefOutcome::Steady | RefOutcome::Resync { .. } => {
+            RefOutcome::Steady | RefOutcome::Resync { .. } if steady_proves_no_loss(&name) => {
                 self.withdraw_lost_step(sample.mono_ns)
             }
+            RefOutcome::Steady | RefOutcome::Resync { .. } => {}
             RefOutcome::Refined { .. } => {}
         }
         match outcome {
@@ -577,6 +585,14 @@ impl Detector {
     }
 }
 
+/// Whether a reference that shows no jump proves that no time was lost. A clock on another
+/// host (SNTP, HTTP `Date`, a database server) and `ptp_kvm` (the host's own clock) do. An
+/// RTC does not: an emulated one may run on the guest's own clock and stop with it (QEMU
+/// `-rtc clock=vm`), so only its jumps are evidence, never its steadiness.
+fn steady_proves_no_loss(reference: &str) -> bool {
+    reference != "rtc"
+}
+
 #[cfg(test)]
 mod tests {
     //! One synthetic sequence per row of DESIGN.md's clock table.
@@ -611,6 +627,11 @@ mod tests {
 
     impl Sim {
         fn new(with_rtc: bool) -> Sim {
+            Sim::with_reference(with_rtc.then_some("rtc"))
+        }
+
+        /// A machine whose one local reference (if any) follows the host's clock.
+        fn with_reference(reference: Option<&str>) -> Sim {
             let mono = 1_000 * S;
             let clocks = ClockReading {
                 mono_ns: mono,
@@ -618,7 +639,7 @@ mod tests {
                 boot_ns: mono,
             };
             let mut d = Detector::new(cfg(), clocks);
-            let rtc = with_rtc.then(|| d.add_reference("rtc".into()));
+            let rtc = reference.map(|name| d.add_reference(name.into()));
             Sim {
                 d,
                 mono,
@@ -816,6 +837,35 @@ mod tests {
         assert_eq!(kinds, vec![FreezeKind::WallClockStep], "{:?}", sim.events);
     }
 
+    /// The QEMU `-rtc clock=vm` guest: the RTC stops with the machine, so its steady reads
+    /// after the resync do not withdraw the lost time.
+    #[test]
+    fn an_rtc_that_stopped_with_the_machine_does_not_withdraw_a_resync() {
+        let mut sim = Sim::new(true);
+        sim.run(10);
+        // Paused 13 s with every clock, the RTC's too: `host` does not move.
+        sim.run(1);
+        sim.real_off += 13 * S;
+        sim.run(5);
+        let got: Vec<_> = sim.events.iter().map(|e| (e.kind, e.duration_ns)).collect();
+        assert_eq!(got, vec![(FreezeKind::VmPause, 13 * S)]);
+    }
+
+    /// A small step back (a sync before the pause) is a correction already made: it is not
+    /// drift that the resync afterwards undoes.
+    #[test]
+    fn a_small_step_back_before_a_resync_is_not_taken_off_the_lost_time() {
+        let mut sim = Sim::new(false);
+        sim.run(5);
+        sim.real_off -= 230 * MS;
+        sim.run(5);
+        sim.host += 13 * S;
+        sim.real_off += 13 * S;
+        sim.run(5);
+        let got: Vec<_> = sim.events.iter().map(|e| (e.kind, e.duration_ns)).collect();
+        assert_eq!(got, vec![(FreezeKind::VmPause, 13 * S)]);
+    }
+
     #[test]
     fn a_clock_set_back_and_forth_is_two_steps_not_a_freeze() {
         let mut sim = Sim::new(false);
@@ -943,7 +993,8 @@ mod tests {
 
     #[test]
     fn ntp_step_while_running_is_a_wall_clock_step_of_that_size() {
-        let mut sim = Sim::new(true);
+        // A host clock read every tick (ptp_kvm) that ran on: no time was lost.
+        let mut sim = Sim::with_reference(Some("ptp:/dev/ptp0"));
         sim.run(5);
         sim.real_off += 120 * S;
         sim.run(5);
