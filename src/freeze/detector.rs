@@ -229,7 +229,12 @@ impl Detector {
                         window,
                         started_at_ns: stale_now_ns,
                     });
-                    if !self.references.is_empty() {
+                    // Only a reference whose steadiness is proof can withdraw it.
+                    if self
+                        .references
+                        .iter()
+                        .any(|r| steady_proves_no_loss(&r.name))
+                    {
                         self.awaiting_reference = Some(Reading {
                             kind: FreezeKind::WallClockStep,
                             channel: "wall_step".into(),
