@@ -9,7 +9,8 @@ use crate::config::ForwardSteps;
 use crate::freeze::FreezeKind;
 
 /// The config that gives a machine without a host-backed clock a reference (shown as is).
-pub const REFERENCE_FIX: &str = "add references = [\"sntp:HOST:123\"] (or \"http_date:https://HOST/\") \
+pub const REFERENCE_FIX: &str =
+    "add references = [\"sntp:HOST:123\"] (or \"http_date:https://HOST/\") \
      under [freeze], or watch a Postgres source, whose server clock is a reference";
 
 /// What the detector has to see with.
@@ -132,7 +133,10 @@ mod tests {
         let pause = lines.iter().find(|l| l.kind == "vm_pause").unwrap();
         assert_eq!(pause.visible, "after_resync");
         assert_eq!(pause.channels, vec!["wall_step"]);
-        assert!(pause.missing.as_ref().unwrap().contains("sntp:"), "{pause:?}");
+        assert!(
+            pause.missing.as_ref().unwrap().contains("sntp:"),
+            "{pause:?}"
+        );
         assert_eq!(lines.iter().filter(|l| !l.covered()).count(), 1);
     }
 
@@ -144,7 +148,10 @@ mod tests {
             state_db: true,
             ..Default::default()
         };
-        let pause = assess(&sight).into_iter().find(|l| l.kind == "vm_pause").unwrap();
+        let pause = assess(&sight)
+            .into_iter()
+            .find(|l| l.kind == "vm_pause")
+            .unwrap();
         assert_eq!(pause.visible, "no");
         assert!(pause.missing.unwrap().contains("postgres:app down"));
     }
