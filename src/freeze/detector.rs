@@ -10,7 +10,16 @@
 //! - `suspend`: BOOTTIME − MONOTONIC grew by ≥ `min` → `suspend`.
 //! - references (`rtc`, `ptp:…`, `sntp:…`, `http_date:…`): the reference moved forward
 //!   by ≥ `min` more than MONOTONIC did → `vm_pause`.
-//! - `steal`: host steal time during a stall is attached as evidence.
+//! - host evidence, attached to a `process_stall` to tell a whole-machine stop from this
+//!   process alone not running (none of it changes the kind):
+//!   - `steal`: host steal time during the stall;
+//!   - `run_delay`: the tick thread was runnable but not running (waiting for a CPU);
+//!   - `throttled`: the cgroup's CPU quota was spent;
+//!   - `sigcont`: a `SIGCONT` ended it (a `SIGSTOP`/`SIGTSTP` stop);
+//!   - `cgroup_freeze`: the cgroup freezer acted during it.
+//!
+//!   A stall with none of these is the machine stopping with its clocks running (a
+//!   hypervisor pause) or an evidence source this machine lacks.
 //!
 //! Readings whose MONOTONIC windows overlap merge into one event, which is held open
 //! for `merge_window` so slower channels can add their estimate; then it is finished.
@@ -26,10 +35,10 @@ use crate::config::ForwardSteps;
 
 /// Window over which the wall-clock drift rate is measured.
 pub const DRIFT_WINDOW_NS: i64 = 60 * NANOS_PER_SEC;
-/// Steal samples kept to attribute host contention to a stall (one a second: 10 minutes).
+/// Steal and host-evidence samples kept to explain a stall (one a second: 10 minutes).
 pub const STEAL_HISTORY: usize = 600;
-/// Steal becomes evidence of a stall when it is at least 1/20 of the stall: less is the
-/// background steal any shared host shows.
+/// Steal, run delay or throttling becomes evidence of a stall when it is at least 1/20 of
+/// the stall: less is the background contention any shared host shows.
 pub const STEAL_EVIDENCE_FRACTION: i64 = 20;
 /// How long a pause a reference counted waits for the wall-clock step that catches
 /// REALTIME up with it (NTP may take hours to step a clock after a restore).
@@ -62,6 +71,20 @@ pub struct Wake {
     pub deadline_ns: i64,
     /// The clocks as read on waking.
     pub clocks: ClockReading,
+}
+
+/// One once-a-second reading of what the host did to this process. Cumulative counters;
+/// `None` where this machine cannot tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HostSample {
+    /// The tick thread's run delay (runnable, waiting for a CPU), ns.
+    pub run_delay_ns: Option<i64>,
+    /// The cgroup's CPU-quota throttled time, ns (the kernel sums it over CPUs).
+    pub throttled_ns: Option<i64>,
+    /// MONOTONIC of the last `SIGCONT` this process received.
+    pub last_sigcont_mono_ns: Option<i64>,
+    /// Cgroup freezer notifications seen.
+    pub freezer_events: Option<i64>,
 }
 
 /// What one wake measured, for metrics.
@@ -110,6 +133,7 @@ pub struct Detector {
     drift_ppm: f64,
     references: Vec<Reference>,
     steal: VecDeque<(i64, i64)>,
+    host: VecDeque<(i64, HostSample)>,
     lost: Option<Pending>,
     steps: Vec<Pending>,
     finished: Vec<FreezeEvent>,
@@ -142,6 +166,7 @@ impl Detector {
             drift_ppm: 0.0,
             references: Vec::new(),
             steal: VecDeque::with_capacity(STEAL_HISTORY),
+            host: VecDeque::with_capacity(STEAL_HISTORY),
             lost: None,
             steps: Vec::new(),
             finished: Vec::new(),
@@ -433,6 +458,14 @@ impl Detector {
         self.steal.push_back((mono_ns, steal_total_ns));
     }
 
+    /// Feeds the host evidence read at MONOTONIC `mono_ns` (at most once a second).
+    pub fn on_host(&mut self, mono_ns: i64, sample: HostSample) {
+        if self.host.len() == STEAL_HISTORY {
+            self.host.pop_front();
+        }
+        self.host.push_back((mono_ns, sample));
+    }
+
     /// Events whose merge window has closed, oldest first.
     pub fn take_finished(&mut self) -> Vec<FreezeEvent> {
         std::mem::take(&mut self.finished)
@@ -564,16 +597,7 @@ impl Detector {
             })
             .collect();
         if kind == FreezeKind::ProcessStall {
-            let significant = |stolen: &i64| *stolen * STEAL_EVIDENCE_FRACTION >= best.estimate_ns;
-            if let Some(stolen) = self
-                .steal_between(p.window.0, p.window.1)
-                .filter(significant)
-            {
-                channels.push(ChannelEstimate {
-                    channel: "steal".into(),
-                    estimate_ns: stolen,
-                });
-            }
+            channels.extend(self.stall_evidence(best, p.window));
         }
         FreezeEvent {
             kind,
@@ -583,11 +607,71 @@ impl Detector {
         }
     }
 
-    fn steal_between(&self, from_ns: i64, to_ns: i64) -> Option<i64> {
-        let before = self.steal.iter().rev().find(|(m, _)| *m <= from_ns)?;
-        let after = self.steal.iter().find(|(m, _)| *m >= to_ns)?;
-        Some(after.1 - before.1)
+    /// What the host did to this process during a stall (`stall` the reading that
+    /// measured it, `window` the MONOTONIC span of the event), as extra channels:
+    /// `steal`, `run_delay` and `throttled` when at least 1/[`STEAL_EVIDENCE_FRACTION`]
+    /// of the stall, `sigcont` and `cgroup_freeze` when they happened at all.
+    fn stall_evidence(&self, stall: &Reading, window: (i64, i64)) -> Vec<ChannelEstimate> {
+        let (from, to) = window;
+        let significant = |ns: &i64| *ns * STEAL_EVIDENCE_FRACTION >= stall.estimate_ns;
+        let mut found = Vec::new();
+        let mut push = |channel: &str, estimate_ns: i64| {
+            found.push(ChannelEstimate {
+                channel: channel.into(),
+                estimate_ns,
+            })
+        };
+        if let Some(stolen) = growth(&self.steal, from, to, |v| Some(*v)).filter(significant) {
+            push("steal", stolen);
+        }
+        // Samples a second apart bracket the window, and the kernel sums throttling over
+        // CPUs: neither can honestly be more than the window itself.
+        let within = |ns: i64| ns.clamp(0, to - from);
+        let counters: [(&str, HostField); 2] = [
+            ("run_delay", |s| s.run_delay_ns),
+            ("throttled", |s| s.throttled_ns),
+        ];
+        for (channel, field) in counters {
+            if let Some(ns) = growth(&self.host, from, to, field)
+                .map(within)
+                .filter(significant)
+            {
+                push(channel, ns);
+            }
+        }
+        // The handler may run a moment after the tick thread woke (on another thread).
+        let continued = self
+            .host
+            .iter()
+            .filter(|(m, _)| *m >= to)
+            .find_map(|(_, s)| s.last_sigcont_mono_ns.filter(|at| *at >= from))
+            .filter(|at| *at <= to + self.cfg.tick_ns);
+        if let Some(at) = continued {
+            // Stopped from when the stall began (the tick's estimate) until continued.
+            let began = stall.window.1 - stall.estimate_ns;
+            push("sigcont", (at - began).clamp(0, stall.estimate_ns));
+        }
+        if growth(&self.host, from, to, |s| s.freezer_events).is_some_and(|n| n > 0) {
+            push("cgroup_freeze", 0);
+        }
+        found
     }
+}
+
+/// One counter of a [`HostSample`].
+type HostField = fn(&HostSample) -> Option<i64>;
+
+/// How much a cumulative counter sampled in `history` grew across `[from_ns, to_ns]`:
+/// from the last sample at or before the start to the first at or after the end.
+fn growth<T>(
+    history: &VecDeque<(i64, T)>,
+    from_ns: i64,
+    to_ns: i64,
+    value: impl Fn(&T) -> Option<i64>,
+) -> Option<i64> {
+    let before = history.iter().rev().find(|(m, _)| *m <= from_ns)?;
+    let after = history.iter().find(|(m, _)| *m >= to_ns)?;
+    Some(value(&after.1)? - value(&before.1)?)
 }
 
 /// Whether a reference that shows no jump proves that no time was lost. A clock on another
@@ -1040,6 +1124,120 @@ mod tests {
             "{:?}",
             e.channels
         );
+    }
+
+    /// A sample of a machine where every host evidence source is readable.
+    fn host_at_rest() -> HostSample {
+        HostSample {
+            run_delay_ns: Some(40 * MS),
+            throttled_ns: Some(0),
+            last_sigcont_mono_ns: Some(0),
+            freezer_events: Some(0),
+        }
+    }
+
+    /// Runs a machine sampling `host` once a second, stalls it `stall` late, lets `cause`
+    /// change the sample read right after the wake, and returns the one event.
+    fn stall_with_host(
+        host: HostSample,
+        stall: i64,
+        cause: impl FnOnce(&mut HostSample, i64),
+    ) -> FreezeEvent {
+        let mut sim = Sim::new(false);
+        let mut sample = host;
+        for _ in 0..8 {
+            sim.run(1);
+            sim.d.on_host(sim.mono, sample);
+        }
+        sim.tick(stall);
+        cause(&mut sample, sim.mono);
+        for _ in 0..5 {
+            sim.d.on_host(sim.mono, sample);
+            sim.run(1);
+        }
+        assert_eq!(sim.events.len(), 1, "{:?}", sim.events);
+        let e = sim.events.remove(0);
+        assert_eq!(e.kind, FreezeKind::ProcessStall, "the kind never changes");
+        e
+    }
+
+    fn channel(e: &FreezeEvent, name: &str) -> Option<i64> {
+        e.channels
+            .iter()
+            .find(|c| c.channel == name)
+            .map(|c| c.estimate_ns)
+    }
+
+    #[test]
+    fn a_stop_ended_by_sigcont_carries_sigcont_and_no_run_delay() {
+        let e = stall_with_host(host_at_rest(), 3 * S, |h, woke| {
+            h.last_sigcont_mono_ns = Some(woke - 50_000);
+            *h.run_delay_ns.as_mut().unwrap() += 200_000; // the wake itself
+        });
+        let stopped = channel(&e, "sigcont").expect("sigcont");
+        assert!((stopped - e.duration_ns).abs() <= MS, "{e:?}");
+        for absent in ["run_delay", "throttled", "cgroup_freeze", "steal"] {
+            assert_eq!(channel(&e, absent), None, "{absent}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn a_stall_spent_waiting_for_a_cpu_carries_run_delay_and_throttling() {
+        let e = stall_with_host(host_at_rest(), 3 * S, |h, _| {
+            *h.run_delay_ns.as_mut().unwrap() += 3 * S;
+            // Two CPUs throttled at once: the kernel counts it twice.
+            *h.throttled_ns.as_mut().unwrap() += 6 * S;
+        });
+        assert_eq!(channel(&e, "run_delay"), Some(3 * S), "{e:?}");
+        assert_eq!(
+            channel(&e, "throttled"),
+            Some(3 * S + TICK),
+            "never more than the window: {e:?}"
+        );
+        assert_eq!(channel(&e, "sigcont"), None);
+        assert_eq!(channel(&e, "cgroup_freeze"), None);
+    }
+
+    #[test]
+    fn a_frozen_cgroup_carries_cgroup_freeze_and_no_sigcont() {
+        let e = stall_with_host(host_at_rest(), 3 * S, |h, _| {
+            *h.freezer_events.as_mut().unwrap() += 2; // FROZEN, then THAWED
+        });
+        assert_eq!(channel(&e, "cgroup_freeze"), Some(0), "{e:?}");
+        for absent in ["sigcont", "run_delay", "throttled"] {
+            assert_eq!(channel(&e, absent), None, "{absent}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn run_delay_below_a_twentieth_of_the_stall_is_background() {
+        let below = stall_with_host(host_at_rest(), 4 * S, |h, _| {
+            *h.run_delay_ns.as_mut().unwrap() += 4 * S / 25;
+        });
+        assert_eq!(channel(&below, "run_delay"), None, "{below:?}");
+        let at = stall_with_host(host_at_rest(), 4 * S, |h, _| {
+            *h.run_delay_ns.as_mut().unwrap() += 4 * S / 10;
+        });
+        assert!(channel(&at, "run_delay").is_some(), "{at:?}");
+    }
+
+    #[test]
+    fn a_sigcont_before_the_stall_or_long_after_it_is_not_evidence() {
+        let mut host = host_at_rest();
+        host.last_sigcont_mono_ns = Some(990 * S); // continued once, before the start
+        let old = stall_with_host(host, 3 * S, |_, _| {});
+        assert_eq!(channel(&old, "sigcont"), None, "{old:?}");
+        let later = stall_with_host(host_at_rest(), 3 * S, |h, woke| {
+            h.last_sigcont_mono_ns = Some(woke + 900 * MS);
+        });
+        assert_eq!(channel(&later, "sigcont"), None, "{later:?}");
+    }
+
+    #[test]
+    fn a_machine_without_host_evidence_shows_only_the_tick() {
+        let e = stall_with_host(HostSample::default(), 3 * S, |_, _| {});
+        let names: Vec<_> = e.channels.iter().map(|c| c.channel.as_str()).collect();
+        assert_eq!(names, vec!["tick"]);
     }
 
     #[test]

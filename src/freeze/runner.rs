@@ -5,8 +5,10 @@
 //! `TIMER_ABSTIME`), not a runtime timer: nothing else scheduled on the runtime can
 //! delay it, and a late wake is never followed by a burst of catch-up ticks (the next
 //! deadline is one tick after the late wake). It does no blocking I/O besides local
-//! reference reads (sysfs, PTP) and, at most once a second, `/proc/stat` and
-//! `adjtimex`; events go to the state writer through a bounded queue.
+//! reference reads (sysfs, PTP) and, at most once a second, `/proc/stat`, `adjtimex` and
+//! the host evidence ([`HostEvidence`]: its own schedstat, the cgroup's `cpu.stat`, an
+//! inotify descriptor, a `SIGCONT` time); events go to the state writer through a
+//! bounded queue.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
@@ -14,6 +16,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::detector::{Detector, DetectorConfig, Wake};
+use super::evidence::HostEvidence;
 use super::forward_step::StepVerdict;
 use super::reference::{RefOutcome, RefSample};
 use super::references::LocalReference;
@@ -25,8 +28,8 @@ use crate::metrics::Metrics;
 use crate::persist::EventSink;
 use crate::status::SharedStatus;
 
-/// How often steal time (`/proc/stat`) and the kernel clock state (`adjtimex`) are read:
-/// neither needs tick resolution.
+/// How often steal time (`/proc/stat`), the host evidence and the kernel clock state
+/// (`adjtimex`) are read: none needs tick resolution, and a stall is at least two ticks.
 pub const STEAL_INTERVAL_NS: i64 = NANOS_PER_SEC;
 /// How often the clocksource name is read again (it changes only when the kernel
 /// finds the current one unstable).
@@ -102,6 +105,8 @@ impl Runner {
             detector.add_reference(name.clone());
         }
         let steal = StealReader::new();
+        let mut host = HostEvidence::open();
+        log_host_evidence(&host);
         let mut last_steal: Option<i64> = None;
         let mut next_steal_ns = 0;
         let mut next_clocksource_ns = 0;
@@ -147,6 +152,15 @@ impl Runner {
                     }
                     last_steal = Some(total);
                     detector.on_steal(clocks.mono_ns, total);
+                }
+                let (sample, news) = host.sample();
+                detector.on_host(clocks.mono_ns, sample);
+                if news.freezer_events > 0 {
+                    tracing::info!(
+                        notifications = news.freezer_events,
+                        frozen = ?news.frozen_now,
+                        "the cgroup freezer acted on this process's cgroup"
+                    );
                 }
                 self.read_kernel_clock(&mut detector);
                 if clocks.mono_ns >= next_clocksource_ns {
@@ -312,6 +326,18 @@ impl Runner {
             slot.offset_seconds = offset;
         }
     }
+}
+
+/// What this machine lets the tick thread see of a stall's cause, once at start.
+fn log_host_evidence(host: &HostEvidence) {
+    tracing::info!(
+        run_delay = host.has_run_delay(),
+        throttling = host.throttle_file().as_deref().unwrap_or("none"),
+        freezer = ?host.freezer_files(),
+        in_v1_freezer_cgroup = host.in_v1_freezer_cgroup(),
+        sigcont = host.has_sigcont(),
+        "stall evidence"
+    );
 }
 
 /// One log line per wall-clock step, saying what the detector made of it.
