@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::mono_ns;
 use crate::metrics::Metrics;
-use crate::signals::attribution::Cause;
 use crate::state::{StateReader, StoredEpisode, StoredEvent};
 use crate::status::SharedStatus;
 
@@ -262,10 +261,7 @@ fn episode_json(e: StoredEpisode) -> EpisodeJson {
         id: e.id,
         kind: ep.kind.as_str(),
         cause: ep.cause.as_str(),
-        freeze_id: match ep.cause {
-            Cause::Freeze { freeze_id } => Some(freeze_id),
-            Cause::Stall => None,
-        },
+        freeze_id: ep.cause.freeze_id(),
         started_at: rfc3339(ep.started_at_ns),
         duration_seconds: ep.duration_ns as f64 / 1e9,
         detected_at: rfc3339(e.detected_at_ns),

@@ -264,7 +264,7 @@ impl SourceMetrics {
             ),
             step_gaps_total: counter(
                 "step_gaps_total",
-                "Step gaps longer than gap_min, by cause (freeze or stall).",
+                "Step gaps longer than gap_min, by cause (freeze, starvation or stall).",
                 &["source", "cause"],
             ),
             stalls_total: counter(

@@ -324,10 +324,7 @@ impl StateDb {
     /// restart): the longer duration and the latest attribution win. Returns whether a
     /// row was written.
     pub fn insert_episode(&self, e: &Episode, detected_at_ns: i64) -> Result<bool, StateError> {
-        let freeze_id = match e.cause {
-            Cause::Freeze { freeze_id } => Some(freeze_id),
-            Cause::Stall => None,
-        };
+        let freeze_id = e.cause.freeze_id();
         self.conn
             .execute(
                 "INSERT INTO episode (source, kind, workflow_id, workflow_name, from_step, to_step,
@@ -399,17 +396,20 @@ impl StateReader {
     ) -> Result<Vec<FreezeSpan>, StateError> {
         let run = || -> rusqlite::Result<Vec<FreezeSpan>> {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT id, kind, started_at_ns, duration_ns FROM freeze_event
+                "SELECT id, kind, started_at_ns, duration_ns, channels FROM freeze_event
                  WHERE started_at_ns >= ?1 AND started_at_ns <= ?2 AND kind != 'wall_clock_step'",
             )?;
             let rows = stmt.query_map(params![from_ns - MAX_FREEZE_SPAN_NS, to_ns], |r| {
                 let kind: String = r.get(1)?;
-                Ok(FreezeSpan {
-                    id: r.get(0)?,
+                let channels: String = r.get(4)?;
+                let event = FreezeEvent {
                     kind: FreezeKind::parse(&kind).unwrap_or(FreezeKind::ProcessStall),
-                    start_ns: r.get(2)?,
+                    started_at_ns: r.get(2)?,
                     duration_ns: r.get(3)?,
-                })
+                    // The evidence says whether a stall was CPU starvation.
+                    channels: serde_json::from_str(&channels).unwrap_or_default(),
+                };
+                Ok(FreezeSpan::of(r.get(0)?, &event))
             })?;
             rows.collect()
         };
@@ -432,6 +432,7 @@ impl StateReader {
                 params![since_ns, limit.clamp(0, MAX_EVENTS_PER_QUERY)],
                 |r| {
                     let kind: String = r.get(2)?;
+                    let cause: String = r.get(9)?;
                     let freeze_id: Option<i64> = r.get(10)?;
                     Ok(StoredEpisode {
                         id: r.get(0)?,
@@ -445,8 +446,7 @@ impl StateReader {
                             to_step: r.get(6)?,
                             started_at_ns: r.get(7)?,
                             duration_ns: r.get(8)?,
-                            cause: freeze_id
-                                .map_or(Cause::Stall, |freeze_id| Cause::Freeze { freeze_id }),
+                            cause: Cause::from_stored(&cause, freeze_id),
                         },
                     })
                 },
@@ -539,6 +539,42 @@ mod tests {
         assert_eq!(db.last_freeze_started_ns().unwrap(), Some(20));
         let reader = StateReader::open(db.path()).unwrap();
         assert_eq!(reader.events_since(0, 100).unwrap().len(), 2);
+    }
+
+    /// Issue 13: a stall whose stored evidence says CPU starvation is attributed as such,
+    /// and the episode's cause reads back as it was written.
+    #[test]
+    fn a_starved_stall_reads_back_as_starved_and_so_does_its_episode() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path()).unwrap();
+        let stopped = db
+            .insert_event(&event(FreezeKind::ProcessStall, 10), 11)
+            .unwrap();
+        let mut starving = event(FreezeKind::ProcessStall, 50);
+        starving.channels.push(ChannelEstimate {
+            channel: "throttled".into(),
+            estimate_ns: 2_000_000_000,
+        });
+        let starved = db.insert_event(&starving, 51).unwrap();
+        let reader = StateReader::open(db.path()).unwrap();
+        let spans = reader.freezes_overlapping(0, 100).unwrap();
+        let flags: Vec<_> = spans.iter().map(|f| (f.id, f.starved)).collect();
+        assert_eq!(flags, vec![(stopped, false), (starved, true)]);
+
+        let episode = Episode {
+            source: "app".into(),
+            kind: EpisodeKind::StepGap,
+            workflow_id: "w".into(),
+            workflow_name: "n".into(),
+            from_step: "a".into(),
+            to_step: "b".into(),
+            started_at_ns: 50,
+            duration_ns: 3_000_000_000,
+            cause: Cause::Starvation { freeze_id: starved },
+        };
+        assert!(db.insert_episode(&episode, 60).unwrap());
+        let stored = reader.episodes_since(0, 10).unwrap();
+        assert_eq!(stored[0].episode, episode);
     }
 
     #[test]

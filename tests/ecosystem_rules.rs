@@ -33,6 +33,10 @@ const REQUIRED_ALERTS: &[(&str, &str)] = &[
         "step gaps caused by an app stall",
     ),
     ("StallwatchStepGapFreeze", "step gaps caused by a freeze"),
+    (
+        "StallwatchStepGapStarvation",
+        "step gaps caused by CPU starvation (issue 13)",
+    ),
     ("StallwatchCostCapNear", "cost today at 80 % of the cap"),
     ("StallwatchCostCapReached", "cost today at 100 % of the cap"),
     ("StallwatchStateDbErrors", "state DB errors"),

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 
 use super::proto::{KeyValue, Span, SPAN_FLAGS_SAMPLED, SPAN_KIND_INTERNAL};
 use super::workflows::CompletedWorkflow;
-use crate::signals::attribution::{attribute, Cause, FreezeSpan};
+use crate::signals::attribution::{attribute, FreezeSpan};
 use crate::signals::steps::{is_intended_wait, GapKind, GapTracker};
 use crate::state::StoredEvent;
 
@@ -176,15 +176,8 @@ pub fn workflow_trace(
     let root_id = span_id(&trace, "workflow", b"");
     let (start, end) = (w.start_ns(), w.end_ns());
     let hit: Vec<&StoredEvent> = freezes.iter().filter(|e| overlaps(e, start, end)).collect();
-    let spans_of_freezes: Vec<FreezeSpan> = hit
-        .iter()
-        .map(|e| FreezeSpan {
-            id: e.id,
-            kind: e.event.kind,
-            start_ns: e.event.started_at_ns,
-            duration_ns: e.event.duration_ns,
-        })
-        .collect();
+    let spans_of_freezes: Vec<FreezeSpan> =
+        hit.iter().map(|e| FreezeSpan::of(e.id, &e.event)).collect();
 
     let mut children = Vec::new();
     let mut steps = w.steps.clone();
@@ -235,7 +228,7 @@ pub fn workflow_trace(
             KeyValue::string("gap.from_step", gap.from_step.as_str()),
             KeyValue::string("gap.to_step", gap.to_step.as_str()),
         ];
-        if let Cause::Freeze { freeze_id } = cause {
+        if let Some(freeze_id) = cause.freeze_id() {
             attributes.push(KeyValue::int("freeze.id", freeze_id));
         }
         let key = [gap.start_ns.to_le_bytes(), gap.end_ns.to_le_bytes()].concat();
@@ -418,6 +411,24 @@ mod tests {
         assert_eq!(attr(gaps[0], "freeze.id"), Some(&Value::Int(3)));
         let recv = spans.iter().find(|s| s.name == "DBOS.recv").unwrap();
         assert_eq!(attr(recv, "step.intended_wait"), Some(&Value::Bool(true)));
+    }
+
+    /// Issue 13: a stall spent waiting for a CPU is starvation on the gap, with its id.
+    #[test]
+    fn a_gap_covered_by_a_cpu_starved_stall_is_starvation() {
+        let w = workflow(vec![step("parse", 0, 100), step("generate", 4_000, 4_100)]);
+        let mut starved = freeze(4, FreezeKind::ProcessStall, 200, 3_700);
+        starved.event.channels.push(ChannelEstimate {
+            channel: "run_delay".into(),
+            estimate_ns: 3_600 * MS,
+        });
+        let spans = workflow_trace(&w, &[starved], 2 * S);
+        let gap = spans.iter().find(|s| s.name == "step_gap").unwrap();
+        assert_eq!(
+            attr(gap, "gap.cause"),
+            Some(&Value::String("starvation".into()))
+        );
+        assert_eq!(attr(gap, "freeze.id"), Some(&Value::Int(4)));
     }
 
     #[test]

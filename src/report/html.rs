@@ -73,6 +73,7 @@ pub fn freeze_colour(kind: &str) -> &'static str {
 pub fn cause_colour(cause: &str) -> &'static str {
     match cause {
         "freeze" => "#d1242f",
+        "starvation" => "#e8830c",
         _ => "#bf8700",
     }
 }
@@ -321,6 +322,10 @@ fn legend(d: &ReportData) -> String {
     if !d.timeline_episodes.is_empty() {
         items.push(("episode caused by a freeze".into(), cause_colour("freeze")));
         items.push((
+            "episode caused by CPU starvation (machine running)".into(),
+            cause_colour("starvation"),
+        ));
+        items.push((
             "episode, app stalled (no freeze)".into(),
             cause_colour("stall"),
         ));
@@ -365,19 +370,23 @@ pub fn report_html(d: &ReportData) -> String {
         .longest_freezes
         .first()
         .map_or("-".into(), |f| human(f.duration_ns));
-    let by_freeze: u64 = d
-        .episodes
-        .iter()
-        .filter(|e| e.cause == "freeze")
-        .map(|e| e.count)
-        .sum();
+    let by_cause = |cause: &str| -> u64 {
+        d.episodes
+            .iter()
+            .filter(|e| e.cause == cause)
+            .map(|e| e.count)
+            .sum()
+    };
+    let (by_freeze, by_starvation) = (by_cause("freeze"), by_cause("starvation"));
     out.push_str("<section class=\"cards\">");
     out.push_str(&card(&d.freeze_count().to_string(), "freezes (lost time)"));
     out.push_str(&card(&human(d.frozen_ns()), "frozen in total"));
     out.push_str(&card(&longest, "longest freeze"));
     out.push_str(&card(
         &d.episode_count().to_string(),
-        &format!("gap and stall episodes, {by_freeze} caused by a freeze"),
+        &format!(
+            "gap and stall episodes, {by_freeze} caused by a freeze, {by_starvation} by CPU starvation"
+        ),
     ));
     out.push_str("</section>\n<section><h2>Timeline</h2>\n");
     out.push_str(&timeline_svg(

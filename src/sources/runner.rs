@@ -122,7 +122,7 @@ impl SourceRunner {
         sm.source_errors_total
             .with_label_values(&[&name, "bad_timestamp"]);
         let has_steps = matches!(self.config.kind, SourceKind::Dbos | SourceKind::Jsonl);
-        for cause in ["freeze", "stall"].into_iter().filter(|_| has_steps) {
+        for cause in Cause::LABELS.into_iter().filter(|_| has_steps) {
             sm.step_gaps_total.with_label_values(&[&name, cause]);
             if self.config.kind == SourceKind::Dbos {
                 sm.stalls_total.with_label_values(&[&name, cause]);
