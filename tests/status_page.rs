@@ -243,7 +243,8 @@ fn page_shows_a_live_freeze_at_390_px_with_no_console_errors() {
     let title = title.as_str().unwrap_or_default();
     assert_says_the_freeze("the freeze's mark", title, freeze.duration_seconds);
     assert!(
-        title.ends_with("(process_stall, seen by tick)"),
+        // SIGSTOP: the tick saw the stall, the SIGCONT handler says a signal stopped it.
+        title.ends_with("(process_stall, seen by tick, sigcont)"),
         "the freeze's mark says {title:?}"
     );
     let lane = page.eval(
