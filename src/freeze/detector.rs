@@ -202,8 +202,10 @@ impl Detector {
                 kind: FreezeKind::ProcessStall,
                 channel: "tick".into(),
                 estimate_ns: estimate,
-                uncertainty_ns: (wake.deadline_ns - wake.slept_at_ns) / 2,
-                window: (wake.slept_at_ns, now.mono_ns),
+                uncertainty_ns: ((wake.deadline_ns - wake.slept_at_ns) / 2).abs(),
+                // A loop that was held up before it slept (a lock whose holder could not
+                // run) fell asleep past its deadline: the stall began at the deadline.
+                window: (wake.slept_at_ns.min(wake.deadline_ns), now.mono_ns),
                 started_at_ns: now.real_ns - estimate,
             });
         }
@@ -540,6 +542,15 @@ impl Detector {
         );
         p.last_change_ns = p.last_change_ns.max(reading.window.1);
         match p.readings.iter_mut().find(|r| r.channel == reading.channel) {
+            // Late wakes back to back (a CPU quota spent every period, a process stopped
+            // again and again): one stall from the first one's start to the last wake, not
+            // only the last overrun, or a long starvation would cover only its last second.
+            Some(existing) if reading.channel == "tick" => {
+                let began = existing.window.1 - existing.estimate_ns;
+                existing.estimate_ns = reading.window.1 - began;
+                existing.uncertainty_ns = existing.uncertainty_ns.max(reading.uncertainty_ns);
+                existing.window = (existing.window.0, reading.window.1);
+            }
             Some(existing) => *existing = reading,
             None => p.readings.push(reading),
         }
@@ -1209,6 +1220,38 @@ mod tests {
         }
     }
 
+    /// The tick loop held up before it slept (waiting for a lock a throttled thread held):
+    /// it sleeps past its deadline, wakes at once, and the stall's window reaches back to
+    /// the deadline, so the throttling during the hold-up is its evidence.
+    #[test]
+    fn a_loop_held_up_before_sleeping_is_a_stall_from_its_deadline() {
+        let mut sim = Sim::new(false);
+        let mut host = host_at_rest();
+        for _ in 0..4 {
+            sim.run(1);
+            sim.d.on_host(sim.mono, host);
+        }
+        let deadline = sim.mono + TICK;
+        let slept_at = deadline + 2_500 * MS;
+        sim.mono = slept_at + MS;
+        sim.d.on_wake(Wake {
+            slept_at_ns: slept_at,
+            deadline_ns: deadline,
+            clocks: sim.clocks(),
+        });
+        *host.throttled_ns.as_mut().unwrap() += 5 * S; // two CPUs
+        sim.d.on_host(sim.mono, host);
+        sim.run(5);
+        assert_eq!(sim.events.len(), 1, "{:?}", sim.events);
+        let e = &sim.events[0];
+        assert_eq!(e.kind, FreezeKind::ProcessStall);
+        assert_eq!(channel(e, "throttled"), Some(slept_at + MS - deadline));
+        assert!(
+            2 * channel(e, "throttled").unwrap() >= e.duration_ns,
+            "{e:?}"
+        );
+    }
+
     #[test]
     fn run_delay_below_a_twentieth_of_the_stall_is_background() {
         let below = stall_with_host(host_at_rest(), 4 * S, |h, _| {
@@ -1238,6 +1281,26 @@ mod tests {
         let e = stall_with_host(HostSample::default(), 3 * S, |_, _| {});
         let names: Vec<_> = e.channels.iter().map(|c| c.channel.as_str()).collect();
         assert_eq!(names, vec!["tick"]);
+    }
+
+    /// A CPU quota spent at the start of every period: the tick wakes 750 ms late each
+    /// time, for 5 s. One stall of the whole 5 s, not of its last overrun.
+    #[test]
+    fn late_wakes_back_to_back_are_one_stall_of_their_whole_length() {
+        let mut sim = Sim::new(false);
+        sim.d.cfg.min_ns = 600 * MS; // a quota period is at most 1 s
+        sim.run(5);
+        let start = sim.mono + TICK / 2;
+        for _ in 0..5 {
+            sim.tick(750 * MS);
+        }
+        let end = sim.mono;
+        sim.run(5);
+        assert_eq!(sim.events.len(), 1, "{:?}", sim.events);
+        let e = &sim.events[0];
+        assert_eq!(e.duration_ns, end - start, "{e:?}");
+        assert_eq!(e.channels[0].estimate_ns, e.duration_ns);
+        assert_eq!(e.started_at_ns, start + (EPOCH - 1_000 * S));
     }
 
     #[test]
