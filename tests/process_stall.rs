@@ -7,11 +7,9 @@
 
 mod common;
 
-use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::cgroup::TestCgroup;
 use common::{assert_near, poll_until, process_state, Sidecar};
 
 /// How long the sidecar is stopped.
@@ -92,13 +90,16 @@ fn cgroup_freeze_for_3s_is_one_process_stall_of_3s() {
     // Declared before the cgroup so it is dropped after it: the guard thaws first, and a
     // frozen process could not even be killed.
     let sidecar = Sidecar::start(&dir.path().join("data"));
-    let cgroup = FreezerCgroup::create(sidecar.pid()).unwrap_or_else(|e| {
-        panic!(
-            "cannot put stallwatch in a freezable cgroup: {e}. This test needs root and either \
-             the cgroup v1 freezer (/sys/fs/cgroup/freezer) or cgroup v2 (cgroup.freeze); it \
-             does not skip. Deselect it with `cargo test -- --skip cgroup` where neither is available."
-        )
-    });
+    let cgroup = TestCgroup::freezer("stall")
+        .and_then(|c| c.add(sidecar.pid()).map(|()| c))
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot put stallwatch in a freezable cgroup: {e}. This test needs root and \
+                 either the cgroup v1 freezer (/sys/fs/cgroup/freezer) or cgroup v2 \
+                 (cgroup.freeze); it does not skip. Deselect it with \
+                 `cargo test -- --skip cgroup` where neither is available."
+            )
+        });
     std::thread::sleep(WARM_UP);
 
     cgroup.set_frozen(true).expect("freezing the cgroup");
@@ -117,121 +118,4 @@ fn cgroup_freeze_for_3s_is_one_process_stall_of_3s() {
 
     assert_one_stall(&sidecar, stopped);
     drop(cgroup);
-}
-
-/// Which cgroup interface freezes the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Version {
-    /// `freezer.state` ← `FROZEN` / `THAWED`.
-    V1,
-    /// `cgroup.freeze` ← `1` / `0`; `cgroup.events` says `frozen 1`.
-    V2,
-}
-
-/// A cgroup made for one test, holding the sidecar. Dropping it thaws it, moves its
-/// processes back to the hierarchy's root and removes it, even when the test failed.
-struct FreezerCgroup {
-    version: Version,
-    root: PathBuf,
-    dir: PathBuf,
-}
-
-/// Where the cgroup hierarchies are mounted: (v1 freezer, v2 unified), from /proc/self/mounts.
-fn cgroup_mounts() -> (Option<PathBuf>, Option<PathBuf>) {
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let mut v1 = None;
-    let mut v2 = None;
-    for line in mounts.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let [_, mount_point, fs_type, options, ..] = fields[..] else {
-            continue;
-        };
-        if fs_type == "cgroup" && options.split(',').any(|o| o == "freezer") {
-            v1.get_or_insert_with(|| PathBuf::from(mount_point));
-        } else if fs_type == "cgroup2" {
-            v2.get_or_insert_with(|| PathBuf::from(mount_point));
-        }
-    }
-    (v1, v2)
-}
-
-impl FreezerCgroup {
-    /// Makes a cgroup and moves `pid` into it. Uses the v1 freezer when mounted, else v2;
-    /// `STALLWATCH_TEST_CGROUP=v1|v2` forces one (to exercise both on a hybrid machine).
-    fn create(pid: i32) -> Result<FreezerCgroup, String> {
-        let (v1, v2) = cgroup_mounts();
-        let forced = std::env::var("STALLWATCH_TEST_CGROUP").ok();
-        let (version, root) = match (forced.as_deref(), v1, v2) {
-            (Some("v2"), _, Some(root)) | (None, None, Some(root)) => (Version::V2, root),
-            (Some("v1") | None, Some(root), _) => (Version::V1, root),
-            (forced, v1, v2) => {
-                return Err(format!(
-                    "no usable cgroup hierarchy (forced: {forced:?}, v1 freezer mount: {v1:?}, \
-                     v2 mount: {v2:?})"
-                ))
-            }
-        };
-        let dir = root.join(format!("stallwatch-test-{}-{pid}", std::process::id()));
-        fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let cgroup = FreezerCgroup { version, root, dir };
-        cgroup
-            .write("cgroup.procs", &pid.to_string())
-            .map_err(|e| format!("cannot move pid {pid} into {}: {e}", cgroup.dir.display()))?;
-        let members = fs::read_to_string(cgroup.dir.join("cgroup.procs")).unwrap_or_default();
-        if !members.lines().any(|l| l.trim() == pid.to_string()) {
-            return Err(format!(
-                "pid {pid} is not in {} after moving it (cgroup.procs: {members:?})",
-                cgroup.dir.display()
-            ));
-        }
-        Ok(cgroup)
-    }
-
-    fn write(&self, file: &str, value: &str) -> io::Result<()> {
-        fs::write(self.dir.join(file), value)
-    }
-
-    fn set_frozen(&self, frozen: bool) -> io::Result<()> {
-        match (self.version, frozen) {
-            (Version::V1, true) => self.write("freezer.state", "FROZEN"),
-            (Version::V1, false) => self.write("freezer.state", "THAWED"),
-            (Version::V2, true) => self.write("cgroup.freeze", "1"),
-            (Version::V2, false) => self.write("cgroup.freeze", "0"),
-        }
-    }
-
-    fn is_frozen(&self) -> bool {
-        let read = |f: &str| fs::read_to_string(self.dir.join(f)).unwrap_or_default();
-        match self.version {
-            Version::V1 => read("freezer.state").trim() == "FROZEN",
-            Version::V2 => read("cgroup.events")
-                .lines()
-                .any(|l| l.trim() == "frozen 1"),
-        }
-    }
-
-    fn move_members_to_root(dir: &Path, root: &Path) {
-        let members = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        for pid in members.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let _ = fs::write(root.join("cgroup.procs"), pid);
-        }
-    }
-}
-
-impl Drop for FreezerCgroup {
-    fn drop(&mut self) {
-        let _ = self.set_frozen(false);
-        // Removal fails while processes remain; they may take a moment to thaw.
-        for _ in 0..50 {
-            FreezerCgroup::move_members_to_root(&self.dir, &self.root);
-            if fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!(
-            "warning: could not remove test cgroup {}",
-            self.dir.display()
-        );
-    }
 }

@@ -8,6 +8,7 @@
 // Each test binary uses its own part of the harness.
 #![allow(dead_code)]
 
+pub mod cgroup;
 pub mod faketime;
 pub mod receiver;
 pub mod servers;
@@ -269,6 +270,35 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
+/// Makes the child of `cmd` write `0` (itself) to each `cgroup.procs` before `exec`.
+fn join_cgroups_before_exec(cmd: &mut Command, cgroup_procs: &[PathBuf]) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    let paths: Vec<std::ffi::CString> = cgroup_procs
+        .iter()
+        .map(|p| std::ffi::CString::new(p.as_os_str().as_bytes()).expect("a path without NUL"))
+        .collect();
+    // SAFETY: the closure runs between fork and exec and only makes async-signal-safe
+    // calls (open, write, close) on memory prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for path in &paths {
+                let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let error = io::Error::last_os_error();
+                libc::close(fd);
+                if written != 1 {
+                    return Err(error);
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 // ---- what the API and /metrics return -------------------------------------------------
 
 /// One entry of `/api/v1/freezes`.
@@ -381,8 +411,15 @@ impl Sidecar {
 
     /// Starts on a free port and waits for `/readyz`; panics with its stderr if it exits.
     pub fn start_with(data_dir: &Path, launch: &Launch) -> Sidecar {
+        Sidecar::start_in(data_dir, launch, &[])
+    }
+
+    /// Like [`Sidecar::start_with`], inside the cgroups whose `cgroup.procs` files are
+    /// given: the child moves itself in before `exec`, so it never runs outside them and
+    /// sees them as its own from its first read of `/proc/self/cgroup`.
+    pub fn start_in(data_dir: &Path, launch: &Launch, cgroup_procs: &[PathBuf]) -> Sidecar {
         for attempt in 1..=PORT_ATTEMPTS {
-            let mut sidecar = Sidecar::spawn(data_dir, launch, free_port());
+            let mut sidecar = Sidecar::spawn_in(data_dir, launch, free_port(), cgroup_procs);
             match sidecar.wait_ready() {
                 Ok(()) => return sidecar,
                 // Someone took the port between our probe and its bind: pick another.
@@ -397,6 +434,10 @@ impl Sidecar {
 
     /// Starts without waiting for readiness (for tests that expect a refusal).
     pub fn spawn(data_dir: &Path, launch: &Launch, port: u16) -> Sidecar {
+        Sidecar::spawn_in(data_dir, launch, port, &[])
+    }
+
+    fn spawn_in(data_dir: &Path, launch: &Launch, port: u16, cgroup_procs: &[PathBuf]) -> Sidecar {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let log = NamedTempFile::new().expect("temp file for stderr");
         let config = launch.config.as_ref().map(|text| {
@@ -421,6 +462,9 @@ impl Sidecar {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log.reopen().expect("reopen"));
+        if !cgroup_procs.is_empty() {
+            join_cgroups_before_exec(&mut cmd, cgroup_procs);
+        }
         let child = cmd.spawn().expect("spawning stallwatch");
         Sidecar {
             child,
