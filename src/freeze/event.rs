@@ -56,7 +56,9 @@ impl FreezeKind {
 /// One evidence channel's estimate of a freeze.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ChannelEstimate {
-    /// `tick`, `wall_step`, `suspend`, `downtime`, `steal`, or a reference name (`rtc`, `ptp:/dev/ptp0`, …).
+    /// `tick`, `wall_step`, `suspend`, `downtime`, a reference name (`rtc`, `ptp:/dev/ptp0`,
+    /// …), or evidence on a `process_stall`: `steal`, `run_delay`, `throttled`, `sigcont`,
+    /// `cgroup_freeze` (see [`crate::freeze::detector`]).
     pub channel: String,
     pub estimate_ns: i64,
 }
