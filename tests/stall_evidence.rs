@@ -271,8 +271,9 @@ fn a_cpu_starved_stall_carries_run_delay_or_throttling_over_half_of_it() {
         .unwrap_or_else(|e| panic!("cannot set {quota_file} of {}: {e}", cgroup.dir.display()));
     let busy = BusyLoop::start_in(&cgroup);
     std::thread::sleep(STARVE);
-    drop(busy);
+    // Lifted first: a throttled busy loop takes periods to die of its SIGKILL.
     cgroup.set_cpu_quota(None).expect("lifting the quota");
+    drop(busy);
     app_event(&log, "store");
     eprintln!("cpu.stat after: {:?}", cgroup.read("cpu.stat"));
 

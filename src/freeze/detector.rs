@@ -195,16 +195,20 @@ impl Detector {
         };
 
         if report.overrun_ns >= self.cfg.min_ns {
-            // The stall began somewhere between falling asleep and the deadline: take the middle.
-            let began = wake.slept_at_ns + (wake.deadline_ns - wake.slept_at_ns) / 2;
+            // The stall began somewhere between falling asleep and the deadline: take the
+            // middle. A loop held up before it slept (a lock whose holder could not run)
+            // fell asleep past its deadline: it was late from the deadline on.
+            let began = if wake.slept_at_ns <= wake.deadline_ns {
+                wake.slept_at_ns + (wake.deadline_ns - wake.slept_at_ns) / 2
+            } else {
+                wake.deadline_ns
+            };
             let estimate = now.mono_ns - began;
             self.add_lost(Reading {
                 kind: FreezeKind::ProcessStall,
                 channel: "tick".into(),
                 estimate_ns: estimate,
                 uncertainty_ns: ((wake.deadline_ns - wake.slept_at_ns) / 2).abs(),
-                // A loop that was held up before it slept (a lock whose holder could not
-                // run) fell asleep past its deadline: the stall began at the deadline.
                 window: (wake.slept_at_ns.min(wake.deadline_ns), now.mono_ns),
                 started_at_ns: now.real_ns - estimate,
             });
@@ -1245,7 +1249,12 @@ mod tests {
         assert_eq!(sim.events.len(), 1, "{:?}", sim.events);
         let e = &sim.events[0];
         assert_eq!(e.kind, FreezeKind::ProcessStall);
-        assert_eq!(channel(e, "throttled"), Some(slept_at + MS - deadline));
+        assert_eq!(
+            e.duration_ns,
+            slept_at + MS - deadline,
+            "late from the deadline"
+        );
+        assert_eq!(channel(e, "throttled"), Some(e.duration_ns));
         assert!(
             2 * channel(e, "throttled").unwrap() >= e.duration_ns,
             "{e:?}"
