@@ -785,6 +785,16 @@ mod tests {
             r
         }
 
+        /// A read of a host clock on another machine (a database's), ±1 ms.
+        fn host_clock_sample(&self) -> RefSample {
+            let offset = self.host - self.mono;
+            RefSample {
+                mono_ns: self.mono,
+                lo_ns: offset - MS,
+                hi_ns: offset + MS,
+            }
+        }
+
         fn run(&mut self, seconds: i64) {
             for _ in 0..(seconds * S / TICK) {
                 self.tick(0);
@@ -1023,16 +1033,8 @@ mod tests {
     fn a_slow_reference_that_saw_no_jump_withdraws_a_lost_time_step() {
         let mut sim = Sim::new(false);
         let db = sim.d.add_reference("postgres:app".into());
-        let sample = |sim: &Sim| {
-            let offset = sim.host - sim.mono;
-            RefSample {
-                mono_ns: sim.mono,
-                lo_ns: offset - MS,
-                hi_ns: offset + MS,
-            }
-        };
         sim.run(5);
-        sim.d.on_reference(db, sample(&sim));
+        sim.d.on_reference(db, sim.host_clock_sample());
         sim.run(2);
         sim.real_off += 120 * S; // a plain step: the host clock did not move
         sim.tick(0);
@@ -1041,7 +1043,7 @@ mod tests {
             "not a freeze before the reference answers"
         );
         sim.run(1);
-        sim.d.on_reference(db, sample(&sim));
+        sim.d.on_reference(db, sim.host_clock_sample());
         sim.run(5);
         let got: Vec<_> = sim.events.iter().map(|e| (e.kind, e.duration_ns)).collect();
         assert_eq!(got, vec![(FreezeKind::WallClockStep, 120 * S)]);
@@ -1054,22 +1056,14 @@ mod tests {
     fn a_slow_reference_that_saw_the_jump_joins_the_lost_time_step() {
         let mut sim = Sim::new(false);
         let db = sim.d.add_reference("postgres:app".into());
-        let sample = |sim: &Sim| {
-            let offset = sim.host - sim.mono;
-            RefSample {
-                mono_ns: sim.mono,
-                lo_ns: offset - MS,
-                hi_ns: offset + MS,
-            }
-        };
         sim.run(5);
-        sim.d.on_reference(db, sample(&sim));
+        sim.d.on_reference(db, sim.host_clock_sample());
         sim.run(1);
         sim.host += 30 * S; // paused, clocks stopped
         sim.run(1);
         sim.real_off += 30 * S; // resynced before the database was asked again
         sim.run(1);
-        sim.d.on_reference(db, sample(&sim));
+        sim.d.on_reference(db, sim.host_clock_sample());
         sim.run(5);
         assert_eq!(sim.events.len(), 1, "{:?}", sim.events);
         let e = &sim.events[0];
