@@ -1,0 +1,4 @@
+//! Fault cases: config.
+
+#[allow(unused_imports)]
+use crate::common;

@@ -1,0 +1,4 @@
+//! Fault cases: http.
+
+#[allow(unused_imports)]
+use crate::common;

@@ -1,0 +1,4 @@
+//! Fault cases: labels.
+
+#[allow(unused_imports)]
+use crate::common;

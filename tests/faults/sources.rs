@@ -1,0 +1,4 @@
+//! Fault cases: sources.
+
+#[allow(unused_imports)]
+use crate::common;

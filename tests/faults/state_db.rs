@@ -1,0 +1,4 @@
+//! Fault cases: state_db.
+
+#[allow(unused_imports)]
+use crate::common;
