@@ -9,6 +9,7 @@ mod common;
 mod faults {
     pub mod config;
     pub mod http;
+    pub mod jsonl;
     pub mod labels;
     pub mod sources;
     pub mod state_db;
