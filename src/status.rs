@@ -71,7 +71,10 @@ pub struct SourceStatus {
     pub last_error: Option<String>,
     pub journal_mode: Option<String>,
     pub last_poll_seconds: f64,
-    /// Up to [`MAX_LISTED_STALLS`] stalled workflows: id, name, idle seconds.
+    /// Open workflows stalled now, all of them (the list below shows the longest).
+    pub stalled_count: u64,
+    /// The [`MAX_LISTED_STALLS`] longest-stalled workflows, longest first: id, name,
+    /// idle seconds. A workflow still stalled is never pushed off by a newer stall.
     pub stalled: Vec<StalledWorkflow>,
     /// Queues held up by a stalled running workflow, with the workflow named.
     pub blocked_queues: Vec<BlockedQueueStatus>,

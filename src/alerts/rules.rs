@@ -188,29 +188,72 @@ fn wall_steps(rule: &RuleConfig, facts: &Facts, out: &mut Vec<Condition>) {
     }
 }
 
+/// Workflows named in one `workflow_stalled` alert's text; the rest are counted.
+const NAMED_STALLS: usize = 5;
+
+/// One alert per source while any of its workflows is stalled: how many, and the longest
+/// by name. Per source, not per workflow, so the alert is true whatever the count: a
+/// workflow still stalled is never "resolved" because others outnumber the list.
 fn stalled(s: &SourceStatus, out: &mut Vec<Condition>) {
-    for w in &s.stalled {
-        out.push(Condition {
-            rule: RuleKind::WorkflowStalled,
-            labels: labels(&[("source", &s.name), ("workflow_id", &w.workflow_id)]),
-            instance: None,
-            title: format!(
-                "{}: workflow {} stalled for {}",
-                s.name,
-                w.workflow_id,
-                human(secs_to_ns(w.idle_seconds))
+    let Some(worst) = s.stalled.first() else {
+        return;
+    };
+    let count = s.stalled_count.max(s.stalled.len() as u64);
+    let worst_for = human(secs_to_ns(worst.idle_seconds));
+    let (title, text) = if count == 1 {
+        (
+            format!(
+                "{}: workflow {} stalled for {worst_for}",
+                s.name, worst.workflow_id
             ),
-            text: format!(
-                "Workflow {} ({}) of source {} has made no progress for {} while this machine \
-                 kept running: the app is stuck, not frozen.",
-                w.workflow_id,
-                w.workflow_name,
-                s.name,
-                human(secs_to_ns(w.idle_seconds)),
+            format!(
+                "Workflow {} ({}) of source {} has made no progress for {worst_for} while this \
+                 machine kept running: the app is stuck, not frozen.",
+                worst.workflow_id, worst.workflow_name, s.name,
             ),
-            started_at_ns: 0,
-        });
-    }
+        )
+    } else {
+        let named: Vec<String> = s
+            .stalled
+            .iter()
+            .take(NAMED_STALLS)
+            .map(|w| {
+                format!(
+                    "{} ({}, {})",
+                    w.workflow_id,
+                    w.workflow_name,
+                    human(secs_to_ns(w.idle_seconds))
+                )
+            })
+            .collect();
+        let more = count.saturating_sub(named.len() as u64);
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        (
+            format!(
+                "{}: {count} workflows stalled, longest {} for {worst_for}",
+                s.name, worst.workflow_id
+            ),
+            format!(
+                "{count} open workflows of source {} have made no progress for longer than its \
+                 stall_after while this machine kept running: the app is stuck, not frozen. \
+                 Longest first: {}{more}.",
+                s.name,
+                named.join(", "),
+            ),
+        )
+    };
+    out.push(Condition {
+        rule: RuleKind::WorkflowStalled,
+        labels: labels(&[("source", &s.name)]),
+        instance: None,
+        title,
+        text,
+        started_at_ns: 0,
+    });
 }
 
 fn stuck(rule: &RuleConfig, s: &SourceStatus, out: &mut Vec<Condition>) {
@@ -571,5 +614,41 @@ mod tests {
         );
         let again = run(&status, &[], &mut memory);
         assert!(again.iter().all(|c| c.rule != RuleKind::DeadLetters));
+    }
+
+    #[test]
+    fn stalls_are_one_alert_per_source_that_holds_while_any_is_stalled() {
+        use crate::status::StalledWorkflow;
+        let wf = |id: &str, idle: f64| StalledWorkflow {
+            workflow_id: id.into(),
+            workflow_name: "reply".into(),
+            idle_seconds: idle,
+        };
+        let mut status = LiveStatus::default();
+        let mut s = source("app");
+        s.stalled_count = 5_000;
+        s.stalled = (0..20)
+            .map(|i| wf(&format!("w{i}"), 7200.0 - i as f64))
+            .collect();
+        status.sources.push(s);
+        let c = run(&status, &[], &mut RuleMemory::default());
+        assert_eq!(c.len(), 1, "{c:#?}");
+        assert_eq!(c[0].fingerprint(), "workflow_stalled{source=app}");
+        assert_eq!(c[0].title, "app: 5000 workflows stalled, longest w0 for 2h");
+        assert!(c[0].text.contains("and 4995 more"), "{}", c[0].text);
+
+        // Whichever workflows the list shows, the alert is the same one: nothing that
+        // is still stalled resolves because another took its place on the list.
+        status.sources[0].stalled = vec![wf("w7", 9000.0)];
+        let again = run(&status, &[], &mut RuleMemory::default());
+        assert_eq!(again[0].fingerprint(), c[0].fingerprint());
+
+        status.sources[0].stalled_count = 1;
+        let one = run(&status, &[], &mut RuleMemory::default());
+        assert_eq!(one[0].title, "app: workflow w7 stalled for 2h 30m");
+
+        status.sources[0].stalled_count = 0;
+        status.sources[0].stalled.clear();
+        assert!(run(&status, &[], &mut RuleMemory::default()).is_empty());
     }
 }

@@ -264,7 +264,7 @@ impl SourceRunner {
         }
     }
 
-    fn apply(&self, d: &mut Derived, obs: Observation, now: i64) {
+    fn apply(&self, d: &mut Derived, mut obs: Observation, now: i64) {
         if let Some(sample) = obs.server_clock {
             self.send_clock(Ok(sample));
         }
@@ -293,6 +293,7 @@ impl SourceRunner {
                 (a, b) => a.or(b),
             };
         }
+        fold_queue_labels(&mut d.queues, &mut obs);
         overflow("queue", &d.queues, before);
         for key in d.queue_series.iter().filter(|k| !present.contains_key(*k)) {
             sm.queue_depth
@@ -408,7 +409,11 @@ impl SourceRunner {
                 }
             }
             d.stalled = ids;
-            let listed = now_stalled
+            let mut longest = now_stalled.clone();
+            longest.sort_by(|a, b| {
+                (a.idle_since_ns(), &a.workflow_id).cmp(&(b.idle_since_ns(), &b.workflow_id))
+            });
+            let listed = longest
                 .iter()
                 .take(MAX_LISTED_STALLS)
                 .map(|w| StalledWorkflow {
@@ -417,7 +422,11 @@ impl SourceRunner {
                     idle_seconds: (now - w.idle_since_ns()) as f64 / 1e9,
                 })
                 .collect();
-            self.status.lock().sources[self.index].stalled = listed;
+            let mut status = self.status.lock();
+            let s = &mut status.sources[self.index];
+            s.stalled_count = now_stalled.len() as u64;
+            s.stalled = listed;
+            drop(status);
             self.workflow_health(d, open, &obs.queues, obs.recovery_attempts_max, now);
         }
 
@@ -492,7 +501,8 @@ impl SourceRunner {
         }
     }
 
-    /// Stuck, waiting and dead-lettered jobs per queue, for the alert rules.
+    /// Stuck, waiting and dead-lettered jobs per queue, for the alert rules (queue names
+    /// already folded by the label budget, so the lists are as bounded as the metrics).
     fn publish_queue_facts(
         &self,
         obs: &Observation,
@@ -691,5 +701,79 @@ impl SourceRunner {
             );
             self.sink.record_episode(episode);
         }
+    }
+}
+
+/// Folds the per-queue retries, dead letters and stuck jobs through the source's queue
+/// label budget: a queue past the budget counts under `other`, summed with the rest, so
+/// every family labelled by queue (and the alert facts built from them) stays bounded
+/// however many distinct queues the app's table holds.
+fn fold_queue_labels(budget: &mut LabelBudget, obs: &mut Observation) {
+    fn fold_counts(budget: &mut LabelBudget, counts: &mut Vec<(String, u64)>) {
+        let mut folded: Vec<(String, u64)> = Vec::new();
+        let mut at: HashMap<String, usize> = HashMap::new();
+        for (queue, n) in counts.drain(..) {
+            let label = budget.admit(&queue).to_string();
+            match at.get(&label) {
+                Some(&i) => folded[i].1 = folded[i].1.saturating_add(n),
+                None => {
+                    at.insert(label.clone(), folded.len());
+                    folded.push((label, n));
+                }
+            }
+        }
+        *counts = folded;
+    }
+    fold_counts(budget, &mut obs.retries);
+    fold_counts(budget, &mut obs.stuck);
+    let mut dead: Vec<super::DeadLetters> = Vec::new();
+    let mut at: HashMap<String, usize> = HashMap::new();
+    for dl in obs.dead_letters.drain(..) {
+        let label = budget.admit(&dl.queue).to_string();
+        match at.get(&label) {
+            Some(&i) => {
+                dead[i].current = dead[i].current.saturating_add(dl.current);
+                dead[i].new = dead[i].new.saturating_add(dl.new);
+            }
+            None => {
+                at.insert(label.clone(), dead.len());
+                dead.push(super::DeadLetters { queue: label, ..dl });
+            }
+        }
+    }
+    obs.dead_letters = dead;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::DeadLetters;
+
+    #[test]
+    fn queues_past_the_budget_are_summed_under_other_in_every_family() {
+        let mut budget = LabelBudget::new(2);
+        let mut obs = Observation::default();
+        obs.retries = (0..5).map(|i| (format!("q{i}"), 1)).collect();
+        obs.stuck = vec![("q0".into(), 3), ("q9".into(), 4), ("q8".into(), 5)];
+        obs.dead_letters = (0..4)
+            .map(|i| DeadLetters {
+                queue: format!("q{i}"),
+                current: 10,
+                new: 1,
+            })
+            .collect();
+        fold_queue_labels(&mut budget, &mut obs);
+        assert_eq!(
+            obs.retries,
+            [("q0".into(), 1), ("q1".into(), 1), ("other".into(), 3)]
+        );
+        assert_eq!(obs.stuck, [("q0".into(), 3), ("other".into(), 9)]);
+        let dead: Vec<(&str, u64, u64)> = obs
+            .dead_letters
+            .iter()
+            .map(|d| (d.queue.as_str(), d.current, d.new))
+            .collect();
+        assert_eq!(dead, [("q0", 10, 1), ("q1", 10, 1), ("other", 20, 2)]);
+        assert!(budget.overflowed() > 0);
     }
 }
