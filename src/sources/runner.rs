@@ -752,16 +752,18 @@ mod tests {
     #[test]
     fn queues_past_the_budget_are_summed_under_other_in_every_family() {
         let mut budget = LabelBudget::new(2);
-        let mut obs = Observation::default();
-        obs.retries = (0..5).map(|i| (format!("q{i}"), 1)).collect();
-        obs.stuck = vec![("q0".into(), 3), ("q9".into(), 4), ("q8".into(), 5)];
-        obs.dead_letters = (0..4)
-            .map(|i| DeadLetters {
-                queue: format!("q{i}"),
-                current: 10,
-                new: 1,
-            })
-            .collect();
+        let mut obs = Observation {
+            retries: (0..5).map(|i| (format!("q{i}"), 1)).collect(),
+            stuck: vec![("q0".into(), 3), ("q9".into(), 4), ("q8".into(), 5)],
+            dead_letters: (0..4)
+                .map(|i| DeadLetters {
+                    queue: format!("q{i}"),
+                    current: 10,
+                    new: 1,
+                })
+                .collect(),
+            ..Observation::default()
+        };
         fold_queue_labels(&mut budget, &mut obs);
         assert_eq!(
             obs.retries,
