@@ -90,6 +90,9 @@ pub struct SourceStatus {
     pub dead_letters: Vec<DeadLetterStatus>,
     /// Today's spend against the cap, when the source has a cap.
     pub cost: Option<CostStatus>,
+    /// Lines and values skipped since start, by their `source_errors_total` kind
+    /// (`bad_timestamp`, `oversize_line`, `bad_value`); kinds never seen are absent.
+    pub skipped: std::collections::BTreeMap<&'static str, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

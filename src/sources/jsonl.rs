@@ -2,8 +2,11 @@
 //!
 //! Each line is one object with a time, a job key, an event name and optionally a cost.
 //! Events become step rows (one job = one workflow, so gaps between a job's events are
-//! step gaps) and spend. A line that is not JSON or has no readable time is counted as a
-//! bad timestamp and skipped.
+//! step gaps) and spend. A line that is not JSON or has no readable time, or whose time
+//! is more than [`MAX_LINE_AHEAD_NS`] ahead of the wall clock or [`MAX_LINE_AGE_NS`]
+//! behind it, is counted as a bad timestamp and skipped whole: a lying writer's clock
+//! must neither move the cost day nor make a days-long step gap. A line longer than
+//! [`super::tail::MAX_LINE_BYTES`] is counted as an oversize line and skipped.
 
 use std::path::PathBuf;
 
@@ -12,6 +15,7 @@ use serde_json::Value;
 use super::tail::{TailError, Tailer};
 use super::timestamp::{to_unix_ns, RawTime};
 use super::{ErrorKind, Observation, Source, SourceError};
+use crate::clock::NANOS_PER_SEC;
 use crate::config::source::JsonlLayout;
 use crate::signals::steps::StepRow;
 
@@ -19,6 +23,15 @@ use crate::signals::steps::StepRow;
 pub const MAX_LINES_PER_POLL: usize = 50_000;
 /// Most bytes read per poll.
 pub const MAX_BYTES_PER_POLL: usize = 16 * 1024 * 1024;
+/// Furthest a line's time may be ahead of the wall clock: the writer runs on this machine
+/// or one kept within milliseconds by NTP, so an hour is only ever a broken clock or a
+/// wrong unit, never skew.
+pub const MAX_LINE_AHEAD_NS: i64 = 3_600 * NANOS_PER_SEC;
+/// Furthest a line's time may be behind the wall clock: 45 days, longer than a
+/// monthly-rotated log holds, because every start re-reads the whole file and its old
+/// lines are history, not errors. Older is a clock reset (epoch 0, a restored snapshot's
+/// stale time) or a unit error.
+pub const MAX_LINE_AGE_NS: i64 = 45 * 86_400 * NANOS_PER_SEC;
 
 pub struct JsonlSource {
     tail: Tailer,
@@ -70,8 +83,15 @@ pub fn parse_line(
     ))
 }
 
+/// Whether a line dated `at_ns` is believable at wall time `now_ns` (see
+/// [`MAX_LINE_AHEAD_NS`] and [`MAX_LINE_AGE_NS`]).
+pub fn plausible_time(at_ns: i64, now_ns: i64) -> bool {
+    at_ns <= now_ns.saturating_add(MAX_LINE_AHEAD_NS)
+        && at_ns >= now_ns.saturating_sub(MAX_LINE_AGE_NS)
+}
+
 impl Source for JsonlSource {
-    fn poll(&mut self, _now_ns: i64) -> Result<Observation, SourceError> {
+    fn poll(&mut self, now_ns: i64) -> Result<Observation, SourceError> {
         let mut obs = Observation::default();
         loop {
             let batch = self
@@ -83,11 +103,13 @@ impl Source for JsonlSource {
                     }
                     TailError::Io { .. } => SourceError::new(ErrorKind::Io, e.to_string()),
                 })?;
+            obs.oversize_lines += batch.skipped_oversize;
             for line in &batch.lines {
                 if line.trim().is_empty() {
                     continue;
                 }
                 match parse_line(line, &self.layout) {
+                    Ok((at, ..)) if !plausible_time(at, now_ns) => obs.bad_timestamps += 1,
                     Ok((at, key, event, cost)) => {
                         if let Some(usd) = cost {
                             obs.spend.push((at, usd));
@@ -139,6 +161,19 @@ mod tests {
             (t, k.as_str(), e.as_str(), c),
             (1_763_900_000_000_000_000, "j1", "done", Some(0.25))
         );
+    }
+
+    #[test]
+    fn times_far_ahead_or_far_behind_the_wall_clock_are_not_believed() {
+        let now = 1_763_900_000 * NANOS_PER_SEC;
+        assert!(plausible_time(now, now));
+        assert!(plausible_time(now + MAX_LINE_AHEAD_NS, now));
+        assert!(!plausible_time(now + MAX_LINE_AHEAD_NS + 1, now));
+        assert!(!plausible_time(now + 2 * 86_400 * NANOS_PER_SEC, now));
+        assert!(plausible_time(now - MAX_LINE_AGE_NS, now));
+        assert!(!plausible_time(now - MAX_LINE_AGE_NS - 1, now));
+        assert!(!plausible_time(NANOS_PER_SEC, now));
+        assert!(!plausible_time(i64::MAX, now));
     }
 
     #[test]

@@ -62,6 +62,9 @@ pub struct Observation {
     pub spend: Vec<(i64, f64)>,
     /// Timestamps that could not be read (counted and skipped).
     pub bad_timestamps: u64,
+    /// Log lines longer than [`tail::MAX_LINE_BYTES`], skipped without being kept
+    /// (`source_errors_total{kind="oversize_line"}`).
+    pub oversize_lines: u64,
     /// Values of an operator's query, for `sql` sources.
     pub samples: Vec<sql::Sample>,
     /// Values of an operator's query that were not numbers (counted and skipped).

@@ -121,6 +121,10 @@ impl SourceRunner {
         }
         sm.source_errors_total
             .with_label_values(&[&name, "bad_timestamp"]);
+        if self.config.kind == SourceKind::Jsonl {
+            sm.source_errors_total
+                .with_label_values(&[&name, "oversize_line"]);
+        }
         let has_steps = matches!(self.config.kind, SourceKind::Dbos | SourceKind::Jsonl);
         for cause in Cause::LABELS.into_iter().filter(|_| has_steps) {
             sm.step_gaps_total.with_label_values(&[&name, cause]);
@@ -252,6 +256,22 @@ impl SourceRunner {
         s.down_since_unix_ns.get_or_insert_with(real_ns);
     }
 
+    /// Counts `n` lines or values skipped as `kind`: in `source_errors_total` and in the
+    /// source's status.
+    fn skipped(&self, kind: &'static str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let name = self.config.name.as_str();
+        self.metrics
+            .sources
+            .source_errors_total
+            .with_label_values(&[name, kind])
+            .inc_by(n);
+        let mut status = self.status.lock();
+        *status.sources[self.index].skipped.entry(kind).or_default() += n;
+    }
+
     /// Passes a database clock reading to the freeze detector.
     fn send_clock(&self, sample: Result<crate::freeze::reference::RefSample, String>) {
         if let Some((index, tx)) = &self.clock {
@@ -334,11 +354,8 @@ impl SourceRunner {
                 .set(*n as f64);
         }
         self.publish_queue_facts(&obs, &present);
-        if obs.bad_timestamps > 0 {
-            sm.source_errors_total
-                .with_label_values(&[name, "bad_timestamp"])
-                .inc_by(obs.bad_timestamps);
-        }
+        self.skipped("bad_timestamp", obs.bad_timestamps);
+        self.skipped("oversize_line", obs.oversize_lines);
 
         // Steps: durations, gaps, gap episodes.
         let gap_min = self.config.gap_min.as_nanos() as i64;
@@ -454,15 +471,11 @@ impl SourceRunner {
             }
             d.sql_series = now_series;
         }
-        if obs.bad_values > 0 {
-            sm.source_errors_total
-                .with_label_values(&[name, "bad_value"])
-                .inc_by(obs.bad_values);
-        }
+        self.skipped("bad_value", obs.bad_values);
 
         // Spend.
         for (at, usd) in &obs.spend {
-            d.cost.add(*at, *usd);
+            d.cost.add(*at, *usd, now);
         }
         if self.config.cost_cap_usd.is_some() || !obs.spend.is_empty() {
             sm.cost_usd_today
