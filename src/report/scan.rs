@@ -13,12 +13,17 @@
 //! row. Workflow names are read at the end, for the listed gaps only.
 //!
 //! Rows without a completion time are counted and skipped; a `started_at_epoch_ms` that
-//! is missing reads as the completion time (as the live source does).
+//! is missing reads as the completion time (as the live source does). So do times outside
+//! [2000-01-01, now + 1 day] ([`crate::sources::timestamp::plausible`]): a completion time
+//! of `i64::MIN` or `i64::MAX` ms is counted with the rows without one and never read (the
+//! batches only cover the sane range), a start out of range is counted in
+//! [`ScanStats::bad_started`] and reads as the completion time (issue 14).
 
 use super::analyze::Analyzer;
 use crate::signals::steps::{StepRow, WAIT_PLACEHOLDER};
 use crate::sources::db::{Database, Query, Value};
 use crate::sources::dbos::wait_deadline_ns;
+use crate::sources::timestamp::{epoch_ms_ns, EARLIEST_APP_TIME_NS, FUTURE_SLACK_NS};
 use crate::sources::SourceError;
 
 /// Rows per batch: large enough that per-statement overhead is noise, small enough that
@@ -40,8 +45,11 @@ pub struct ScanStats {
     pub journal_mode: Option<String>,
     pub rows: u64,
     pub batches: u64,
-    /// Rows whose `completed_at_epoch_ms` is NULL (not read) or unreadable (skipped).
+    /// Rows whose `completed_at_epoch_ms` is NULL or out of range (not read) or
+    /// unreadable (skipped).
     pub rows_without_completion: u64,
+    /// Rows whose `started_at_epoch_ms` is out of range: read as their completion time.
+    pub bad_started: u64,
     /// Whether `workflow_status` was there to name the workflows.
     pub has_workflow_status: bool,
 }
@@ -82,7 +90,8 @@ impl Statements {
                     .into(),
             },
             null_completion: both(
-                "SELECT count(*) FROM {s}operation_outputs WHERE completed_at_epoch_ms IS NULL",
+                "SELECT count(*) FROM {s}operation_outputs WHERE completed_at_epoch_ms IS NULL
+                 OR completed_at_epoch_ms < ?1 OR completed_at_epoch_ms > ?2",
             ),
             // `completed >= ?1` alone bounds the index range; the OR picks up after the
             // last key within equal completion times.
@@ -94,6 +103,7 @@ impl Statements {
                  FROM {{s}}operation_outputs o
                  WHERE completed_at_epoch_ms >= ?1
                    AND (completed_at_epoch_ms > ?1 OR workflow_uuid > ?2 OR (workflow_uuid = ?2 AND function_id > ?3))
+                   AND completed_at_epoch_ms <= ?5
                  ORDER BY completed_at_epoch_ms, workflow_uuid, function_id
                  LIMIT ?4"
             )),
@@ -142,17 +152,22 @@ pub fn scan(
     }
     stats.has_workflow_status = has("workflow_status");
     stats.journal_mode = journal_mode;
+    // The sane range of completion times, in the column's milliseconds.
+    let now_ns = crate::clock::real_ns();
+    let earliest_ms = EARLIEST_APP_TIME_NS / MS;
+    let latest_ms = now_ns.saturating_add(FUTURE_SLACK_NS) / MS;
+    let range = [Value::Int(earliest_ms), Value::Int(latest_ms)];
     stats.rows_without_completion = db
-        .read(|s| s.rows(&q.null_completion, &[]))?
+        .read(|s| s.rows(&q.null_completion, &range))?
         .first()
         .and_then(|r| r[0].as_i64())
         .unwrap_or(0)
         .max(0) as u64;
 
-    // Before every key. Not i64::MIN: Postgres would read that literal as numeric and
-    // give up the index on the bigint column.
+    // Before every key in the range. Not i64::MIN for the function id: Postgres would
+    // read that literal as numeric and give up the index on the bigint column.
     let mut key = (
-        Value::Int(-i64::MAX),
+        Value::Int(earliest_ms),
         Value::Text(String::new()),
         Value::Int(-i64::MAX),
     );
@@ -162,6 +177,7 @@ pub fn scan(
             key.1.clone(),
             key.2.clone(),
             Value::Int(BATCH_ROWS),
+            Value::Int(latest_ms),
         ];
         let rows = db.read(|s| s.rows(&q.batch, &params))?;
         let Some(last) = rows.last() else { break };
@@ -173,9 +189,18 @@ pub fn scan(
         );
         let full = rows.len() as i64 == BATCH_ROWS;
         for mut r in rows {
-            let Some(completed_ms) = r[4].as_i64() else {
+            let Some(completed_ns) = r[4].as_i64().and_then(|ms| epoch_ms_ns(ms, now_ns).ok())
+            else {
                 stats.rows_without_completion += 1;
                 continue;
+            };
+            let started_ns = match r[3].as_i64().map(|ms| epoch_ms_ns(ms, now_ns)) {
+                Some(Ok(ns)) => ns,
+                Some(Err(_)) => {
+                    stats.bad_started += 1;
+                    completed_ns
+                }
+                None => completed_ns,
             };
             stats.rows += 1;
             let total_rows = r[6].as_i64().map(|n| n.max(0) as u64);
@@ -184,8 +209,8 @@ pub fn scan(
                     workflow_id: take_text(&mut r[0]),
                     workflow_name: String::new(),
                     step: take_text(&mut r[2]),
-                    started_ns: r[3].as_i64().unwrap_or(completed_ms).saturating_mul(MS),
-                    completed_ns: completed_ms.saturating_mul(MS),
+                    started_ns,
+                    completed_ns,
                     deadline_ns: wait_deadline_ns(&r[5]),
                 },
                 total_rows,

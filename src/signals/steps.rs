@@ -239,6 +239,76 @@ pub fn blocked_queues(
     out
 }
 
+/// A sidecar clock this far ahead of the newest time the app wrote (advanced by the
+/// monotonic time since it was read) is taken to be wrong, not the app to be idle: a clock
+/// a day ahead at start must not make every pending workflow "stalled for 1d". An hour:
+/// far above the lag of a poll, and an app silent for longer before a start has its
+/// stalls counted from the newest time it wrote.
+pub const CLOCK_AHEAD_OF_APP_NS: i64 = 3_600 * 1_000_000_000;
+
+/// How long open workflows have made no progress, measured so that a wall-clock step
+/// either way neither invents nor erases stall time (issue 14). Pure: clocks are passed in.
+///
+/// A workflow's idle time is read once, when it is first seen with its latest progress,
+/// in the app's frame (the sidecar's clock, or the newest time the app wrote plus the
+/// monotonic time since, when the sidecar's clock is more than [`CLOCK_AHEAD_OF_APP_NS`]
+/// ahead of that); from then on it grows with the monotonic clock only. A wall step
+/// either way changes nothing already seen, and progress stamped in the future (a clock
+/// that was ahead) is idle from when it was seen.
+#[derive(Debug, Default)]
+pub struct StallClock {
+    /// max(time the app wrote − monotonic time it was read): the app's clock, on ours.
+    app_minus_mono: Option<i64>,
+    /// Per open workflow: its progress mark, the monotonic time it was first seen with
+    /// it, and its idle time then.
+    seen: HashMap<String, (i64, i64, i64)>,
+}
+
+impl StallClock {
+    /// `open` with every time moved so that [`OpenWorkflow::idle_since_ns`] is `now_ns`
+    /// minus its idle time. `written_ns`: times the app wrote in this poll (rows read,
+    /// workflows created) that are not past `now_ns` (a wake time is not a write time).
+    pub fn rebase(
+        &mut self,
+        open: &[OpenWorkflow],
+        written_ns: impl IntoIterator<Item = i64>,
+        now_ns: i64,
+        mono_ns: i64,
+    ) -> Vec<OpenWorkflow> {
+        for t in written_ns.into_iter().filter(|t| *t <= now_ns) {
+            let v = t.saturating_sub(mono_ns);
+            self.app_minus_mono = Some(self.app_minus_mono.map_or(v, |best| best.max(v)));
+        }
+        let app_now = match self.app_minus_mono.map(|v| v.saturating_add(mono_ns)) {
+            Some(app) if now_ns.saturating_sub(app) >= CLOCK_AHEAD_OF_APP_NS => app,
+            _ => now_ns,
+        };
+        let mut seen = HashMap::with_capacity(open.len());
+        let rebased = open
+            .iter()
+            .map(|w| {
+                let mark = w.idle_since_ns();
+                let (_, first_mono, first_idle) = match self.seen.get(&w.workflow_id) {
+                    Some(e) if e.0 == mark => *e,
+                    _ => (mark, mono_ns, app_now.saturating_sub(mark).max(0)),
+                };
+                seen.insert(w.workflow_id.clone(), (mark, first_mono, first_idle));
+                let watched = mono_ns.saturating_sub(first_mono).max(0);
+                let idle = first_idle.saturating_add(watched);
+                let delta = now_ns.saturating_sub(idle).saturating_sub(mark);
+                OpenWorkflow {
+                    created_ns: w.created_ns.saturating_add(delta),
+                    last_completed_ns: w.last_completed_ns.map(|t| t.saturating_add(delta)),
+                    wait_deadline_ns: w.wait_deadline_ns.map(|t| t.saturating_add(delta)),
+                    ..w.clone()
+                }
+            })
+            .collect();
+        self.seen = seen;
+        rebased
+    }
+}
+
 /// Open workflows idle for longer than `stall_after_ns` at `now_ns`.
 pub fn stalled(open: &[OpenWorkflow], now_ns: i64, stall_after_ns: i64) -> Vec<&OpenWorkflow> {
     open.iter()
@@ -426,6 +496,60 @@ mod tests {
         assert!(
             blocked_queues(&open, &enqueued, 35 * S, 30 * S).is_empty(),
             "not yet stalled"
+        );
+    }
+
+    const DAY: i64 = 86_400 * S;
+
+    fn idle_s(clock: &mut StallClock, w: &OpenWorkflow, now: i64, mono: i64) -> i64 {
+        let r = clock.rebase(std::slice::from_ref(w), [w.created_ns], now, mono);
+        (now - r[0].idle_since_ns()) / S
+    }
+
+    /// Issue 14 item 2: a sidecar a day ahead of the app saw a pending workflow "stalled for 1d".
+    #[test]
+    fn a_clock_a_day_ahead_of_the_app_invents_no_stall_time() {
+        let t = 1_763_900_000 * S;
+        let w = OpenWorkflow {
+            created_ns: t,
+            ..open("p", "", None, None)
+        };
+        let mut c = StallClock::default();
+        assert_eq!(idle_s(&mut c, &w, t + DAY, 0), 0);
+        assert_eq!(idle_s(&mut c, &w, t + DAY + 10 * S, 10 * S), 10);
+        // Stepped back to the right time: still 20 s watched, not a day less.
+        assert_eq!(idle_s(&mut c, &w, t + 20 * S, 20 * S), 20);
+    }
+
+    #[test]
+    fn a_backward_step_erases_no_watched_time_and_a_forward_one_adds_none() {
+        let t = 1_763_900_000 * S;
+        // Written (and first seen) while the shared clock was a day ahead.
+        let w = OpenWorkflow {
+            created_ns: t + DAY,
+            ..open("p", "", None, None)
+        };
+        let mut c = StallClock::default();
+        assert_eq!(idle_s(&mut c, &w, t + DAY + 5 * S, 0), 5);
+        assert_eq!(
+            idle_s(&mut c, &w, t + 30 * S, 25 * S),
+            30,
+            "stepped back a day"
+        );
+        let w = OpenWorkflow {
+            created_ns: t,
+            ..open("q", "", None, None)
+        };
+        let mut c = StallClock::default();
+        assert_eq!(
+            idle_s(&mut c, &w, t + 60 * S, 0),
+            60,
+            "idle at first sight counts"
+        );
+        assert_eq!(
+            idle_s(&mut c, &w, t + DAY, 10 * S),
+            70,
+            "stepped forward a day"
         );
     }
 

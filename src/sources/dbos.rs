@@ -1,18 +1,30 @@
 //! The `dbos` source: a DBOS system database (`workflow_status`, `operation_outputs`), on
 //! SQLite or on Postgres (schema `dbos`).
 //!
-//! Per poll, four short statements: steps completed since the high-water mark (on the
-//! indexed `completed_at_epoch_ms`), open workflows with their last progress, depth of
-//! PENDING/ENQUEUED by queue, and dead letters (`MAX_RECOVERY_ATTEMPTS_EXCEEDED`). On
-//! Postgres a fifth reads the server's `clock_timestamp()`, a freeze reference.
+//! Per poll, five short statements: steps completed after the cursor, a sweep of the
+//! look-back window for rows committed late, open workflows with their last progress,
+//! depth of PENDING/ENQUEUED by queue, and dead letters (`MAX_RECOVERY_ATTEMPTS_EXCEEDED`).
+//! On Postgres another reads the server's `clock_timestamp()`, a freeze reference.
 //!
-//! The high-water mark never passes `now` (a `DBOS.sleep` row is written with its planned
-//! wake time as `completed_at`) and each poll looks back [`LATE_COMMIT_LOOKBACK_MS`] for
-//! rows committed late by a concurrent workflow, deduplicated by primary key.
+//! Steps are read by a **keyset cursor** on `(completed_at_epoch_ms, workflow_uuid,
+//! function_id)` — a total order, `(workflow_uuid, function_id)` being the primary key —
+//! never by a time alone: a burst of more rows than one read takes at one millisecond is
+//! read over several polls instead of wedging the mark (issue 14). The cursor never
+//! passes `now` (a `DBOS.sleep` row is written with its planned wake time as
+//! `completed_at`); a cursor found ahead of the clock means the clock was stepped back,
+//! and it is pulled back to `now` − [`LATE_COMMIT_LOOKBACK_MS`]. Rows committed late by a
+//! concurrent workflow are found by sweeping [`LATE_COMMIT_LOOKBACK_MS`] behind the cursor,
+//! a bounded page per poll, deduplicated by primary key.
+//!
+//! Times and counts the app wrote are used only when sane ([`super::timestamp::plausible`],
+//! [`super::queue_table::MAX_ATTEMPTS`]); the rest are counted as `bad_timestamp` or
+//! `bad_value` and never used.
 
 use std::collections::HashMap;
 
 use super::db::{Database, Query, Value};
+use super::queue_table::attempts;
+use super::timestamp::{epoch_ms_ns, EARLIEST_APP_TIME_NS, LATEST_DEADLINE_NS};
 use super::{DeadLetters, Observation, QueueStatus, Source, SourceError, MAX_ROWS_PER_POLL};
 use crate::signals::steps::{OpenWorkflow, StepRow};
 
@@ -24,6 +36,14 @@ pub const STARTUP_LOOKBACK_MS: i64 = 3_600_000;
 pub const MAX_OPEN_WORKFLOWS: i64 = 5_000;
 /// The status DBOS gives a workflow it gave up recovering: its dead letter.
 pub const DEAD_STATUS: &str = "MAX_RECOVERY_ATTEMPTS_EXCEEDED";
+/// Rows remembered for de-duplication past `now`: after a small backward clock step the
+/// rows read just before it are read again without counting twice; rows stamped further
+/// ahead (a clock a day ahead, stepped back) are forgotten, and seen once more when the
+/// clock reaches them (as a gap of 0).
+pub const DEDUP_FUTURE_SLACK_MS: i64 = 60_000;
+/// Most rows remembered for de-duplication: a burst of more within the look-back window
+/// narrows the late-commit sweep to the newest of them instead of growing without bound.
+pub const MAX_RECENT_KEYS: usize = 4 * MAX_ROWS_PER_POLL as usize;
 
 const MS: i64 = 1_000_000;
 
@@ -46,14 +66,19 @@ impl Queries {
                 .replace('?', "$"),
         };
         Queries {
+            // After key (?1, ?2, ?3), up to ?4: `completed >= ?1` alone bounds the index
+            // range; the OR picks up after the key within equal completion times.
             steps: both(
                 "SELECT o.workflow_uuid, o.function_id, o.function_name, o.started_at_epoch_ms,
                         o.completed_at_epoch_ms, coalesce(w.name, ''),
                         CASE WHEN o.function_name = 'DBOS.sleep' THEN o.output END
                  FROM {s}operation_outputs o LEFT JOIN {s}workflow_status w ON w.workflow_uuid = o.workflow_uuid
-                 WHERE o.completed_at_epoch_ms >= ?1 AND o.completed_at_epoch_ms <= ?2
+                 WHERE o.completed_at_epoch_ms >= ?1
+                   AND (o.completed_at_epoch_ms > ?1 OR o.workflow_uuid > ?2
+                        OR (o.workflow_uuid = ?2 AND o.function_id > ?3))
+                   AND o.completed_at_epoch_ms <= ?4
                  ORDER BY o.completed_at_epoch_ms, o.workflow_uuid, o.function_id
-                 LIMIT ?3",
+                 LIMIT ?5",
             ),
             open: both(
                 "SELECT w.workflow_uuid, coalesce(w.name, ''), coalesce(w.started_at_epoch_ms, w.created_at),
@@ -80,11 +105,56 @@ impl Queries {
     }
 }
 
+/// A position in `operation_outputs`' total order: completion time, then primary key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Key {
+    completed_ms: i64,
+    workflow_id: String,
+    function_id: i64,
+}
+
+impl Key {
+    /// Before every row completed at `ms` or later. Not `i64::MIN`: Postgres would read
+    /// that literal as numeric and give up the index on the bigint column.
+    fn before(ms: i64) -> Key {
+        Key {
+            completed_ms: ms,
+            workflow_id: String::new(),
+            function_id: -i64::MAX,
+        }
+    }
+
+    fn params(&self, up_to_ms: i64) -> [Value; 5] {
+        [
+            Value::Int(self.completed_ms),
+            Value::Text(self.workflow_id.clone()),
+            Value::Int(self.function_id),
+            Value::Int(up_to_ms),
+            Value::Int(MAX_ROWS_PER_POLL),
+        ]
+    }
+
+    /// The key of a steps row.
+    fn of(row: &[Value]) -> Key {
+        Key {
+            completed_ms: int(&row[4]),
+            workflow_id: row[0].text(),
+            function_id: int(&row[1]),
+        }
+    }
+}
+
 pub struct DbosSource {
     db: Database,
     queries: Queries,
-    hwm_ms: Option<i64>,
-    /// Rows already reported within the look-back window: (workflow, function_id) → completed ms.
+    /// The last row the forward read returned (`None` before the first poll).
+    cursor: Option<Key>,
+    /// Where the late-commit sweep resumes; `None`: at the start of the look-back window.
+    sweep: Option<Key>,
+    /// Oldest completion time the sweep re-reads: the look-back window's start, raised
+    /// when more than [`MAX_RECENT_KEYS`] rows fall in it.
+    sweep_floor_ms: i64,
+    /// Rows already reported that a sweep may read again: (workflow, function_id) → completed ms.
     recent: HashMap<(String, i64), i64>,
     last_dead: Option<u64>,
 }
@@ -94,10 +164,47 @@ impl DbosSource {
         DbosSource {
             db,
             queries: Queries::new(),
-            hwm_ms: None,
+            cursor: None,
+            sweep: None,
+            sweep_floor_ms: i64::MIN,
             recent: HashMap::new(),
             last_dead: None,
         }
+    }
+
+    /// The cursor for a poll at `now_ms`: the last one, unless the clock went back past it.
+    fn cursor_at(&mut self, now_ms: i64) -> Key {
+        match self.cursor.take() {
+            Some(c) if c.completed_ms <= now_ms => c,
+            Some(c) => {
+                // The mark was taken under a clock that was ahead: re-read from just
+                // before now (the sweep and `recent` keep what was read from counting twice).
+                tracing::info!(
+                    mark_ms = c.completed_ms,
+                    now_ms,
+                    "wall clock is behind the DBOS read mark (stepped back): reading again from now"
+                );
+                self.sweep = None;
+                self.sweep_floor_ms = i64::MIN;
+                Key::before(now_ms - LATE_COMMIT_LOOKBACK_MS)
+            }
+            None => Key::before(now_ms - STARTUP_LOOKBACK_MS),
+        }
+    }
+
+    /// Forgets rows no sweep will read again, keeping at most [`MAX_RECENT_KEYS`].
+    fn forget_old(&mut self, cursor_ms: i64, now_ms: i64) {
+        let mut floor = cursor_ms - LATE_COMMIT_LOOKBACK_MS;
+        let latest = now_ms.saturating_add(DEDUP_FUTURE_SLACK_MS);
+        self.recent.retain(|_, c| *c >= floor && *c <= latest);
+        if self.recent.len() > MAX_RECENT_KEYS {
+            let mut times: Vec<i64> = self.recent.values().copied().collect();
+            let cut = times.len() - MAX_RECENT_KEYS;
+            let (_, nth, _) = times.select_nth_unstable(cut);
+            floor = *nth + 1;
+            self.recent.retain(|_, c| *c >= floor);
+        }
+        self.sweep_floor_ms = floor;
     }
 }
 
@@ -106,7 +213,9 @@ impl DbosSource {
 pub fn wait_deadline_ns(output: &Value) -> Option<i64> {
     let text = output.text();
     let secs: f64 = text.trim().trim_matches('"').parse().ok()?;
-    (secs.is_finite() && secs > 1e9).then_some((secs * 1e9) as i64)
+    let ns = secs * 1e9;
+    (ns.is_finite() && ns >= EARLIEST_APP_TIME_NS as f64 && ns <= LATEST_DEADLINE_NS as f64)
+        .then_some(ns as i64)
 }
 
 /// Whether the latest wait placeholder belongs to a receive that is still going on: a
@@ -116,12 +225,15 @@ pub fn wait_deadline_ns(output: &Value) -> Option<i64> {
 /// sleep cannot be told apart from the step after it (a running step has no row yet), so
 /// it is never reported as overdue while it happens.
 fn in_recv_wait(output: &Value, placeholder_completed_ms: &Value, receive_rows: &Value) -> bool {
-    let (Some(deadline_ns), Some(completed_ms)) =
-        (wait_deadline_ns(output), placeholder_completed_ms.as_i64())
-    else {
+    let (Some(deadline_ns), Some(completed_ns)) = (
+        wait_deadline_ns(output),
+        placeholder_completed_ms
+            .as_i64()
+            .and_then(|ms| ms.checked_mul(MS)),
+    ) else {
         return false;
     };
-    let finished_before_deadline = deadline_ns - completed_ms * MS > PLACEHOLDER_MARGIN_NS;
+    let finished_before_deadline = deadline_ns.saturating_sub(completed_ns) > PLACEHOLDER_MARGIN_NS;
     finished_before_deadline && receive_rows.as_i64() == Some(0)
 }
 
@@ -133,27 +245,56 @@ fn int(v: &Value) -> i64 {
     v.as_i64().unwrap_or(0)
 }
 
+/// What an app wrote as a time: `None` for NULL, else unix ns or a count of a bad one.
+fn app_time(v: &Value, now_ns: i64, bad: &mut u64) -> Option<i64> {
+    let ms = v.as_i64()?;
+    match epoch_ms_ns(ms, now_ns) {
+        Ok(ns) => Some(ns),
+        Err(_) => {
+            *bad += 1;
+            None
+        }
+    }
+}
+
+/// A recovery count, when sane; a bad one is counted and read as 0.
+fn recovery_attempts(v: &Value, bad: &mut u64) -> i64 {
+    match attempts(v) {
+        Some(Ok(n)) => n,
+        Some(Err(_)) => {
+            *bad += 1;
+            0
+        }
+        None => 0,
+    }
+}
+
 impl Source for DbosSource {
     fn poll(&mut self, now_ns: i64) -> Result<Observation, SourceError> {
         let now_ms = now_ns / MS;
-        let from_ms = match self.hwm_ms {
-            Some(h) => h - LATE_COMMIT_LOOKBACK_MS,
-            None => now_ms - STARTUP_LOOKBACK_MS,
-        };
+        let cursor = self.cursor_at(now_ms);
+        let sweep_from = self
+            .sweep
+            .clone()
+            .filter(|k| k.completed_ms >= self.sweep_floor_ms)
+            .unwrap_or_else(|| {
+                Key::before(
+                    (cursor.completed_ms - LATE_COMMIT_LOOKBACK_MS).max(self.sweep_floor_ms),
+                )
+            });
         let q = &self.queries;
-        let (steps, open, depth, dead, mode, clock) = self.db.read(|s| {
-            let steps = s.rows(
-                &q.steps,
-                &[
-                    Value::Int(from_ms),
-                    Value::Int(now_ms),
-                    Value::Int(MAX_ROWS_PER_POLL),
-                ],
-            )?;
+        let (late, steps, open, depth, dead, mode, clock) = self.db.read(|s| {
+            let late = if sweep_from.completed_ms <= cursor.completed_ms {
+                s.rows(&q.steps, &sweep_from.params(cursor.completed_ms))?
+            } else {
+                Vec::new()
+            };
+            let steps = s.rows(&q.steps, &cursor.params(now_ms))?;
             let open = s.rows(&q.open, &[Value::Int(MAX_OPEN_WORKFLOWS)])?;
             let depth = s.rows(&q.depth, &[])?;
             let dead = s.rows(&q.dead, &[Value::Text(DEAD_STATUS.into())])?;
             Ok((
+                late,
                 steps,
                 open,
                 depth,
@@ -162,21 +303,27 @@ impl Source for DbosSource {
                 s.server_clock()?,
             ))
         })?;
+        self.sweep = (late.len() as i64 >= MAX_ROWS_PER_POLL)
+            .then(|| late.last().map(|r| Key::of(r)))
+            .flatten();
+        self.cursor = Some(steps.last().map_or(cursor, |r| Key::of(r)));
 
         let mut obs = Observation {
             journal_mode: mode,
             server_clock: clock,
             ..Default::default()
         };
+        let (mut bad_times, mut bad_values) = (0, 0);
         obs.open_workflows = Some(
             open.iter()
                 .map(|r| OpenWorkflow {
                     workflow_id: r[0].text(),
                     workflow_name: r[1].text(),
-                    created_ns: int(&r[2]) * MS,
+                    // A broken creation time reads as "now": idle from when it is seen.
+                    created_ns: app_time(&r[2], now_ns, &mut bad_times).unwrap_or(now_ns),
                     queue: r[3].text(),
-                    recovery_attempts: int(&r[4]),
-                    last_completed_ns: r[5].as_i64().map(|ms| ms * MS),
+                    recovery_attempts: recovery_attempts(&r[4], &mut bad_values),
+                    last_completed_ns: app_time(&r[5], now_ns, &mut bad_times),
                     wait_deadline_ns: wait_deadline_ns(&r[6]),
                     in_wait: in_recv_wait(&r[6], &r[7], &r[8]),
                 })
@@ -186,7 +333,7 @@ impl Source for DbosSource {
         obs.recovery_attempts_max = Some(
             depth
                 .iter()
-                .filter_map(|r| r[4].as_i64())
+                .map(|r| recovery_attempts(&r[4], &mut bad_values))
                 .max()
                 .unwrap_or(0),
         );
@@ -196,31 +343,34 @@ impl Source for DbosSource {
                 queue: r[0].text(),
                 status: r[1].text(),
                 depth: int(&r[2]).max(0) as u64,
-                oldest_ns: r[3].as_f64().map(|ms| (ms * MS as f64) as i64),
+                oldest_ns: app_time(&r[3], now_ns, &mut bad_times),
             })
             .collect();
-        for r in steps {
+        for r in late.into_iter().chain(steps) {
             let (workflow_id, function_id, completed_ms) = (r[0].text(), int(&r[1]), int(&r[4]));
             let key = (workflow_id.clone(), function_id);
             if self.recent.contains_key(&key) {
                 continue;
             }
             self.recent.insert(key, completed_ms);
-            self.hwm_ms = Some(self.hwm_ms.map_or(completed_ms, |h| h.max(completed_ms)));
+            let Some(completed_ns) = app_time(&r[4], now_ns, &mut bad_times) else {
+                continue;
+            };
+            // A broken start reads as the completion time, as a missing one does.
+            let started_ns = app_time(&r[3], now_ns, &mut bad_times).unwrap_or(completed_ns);
             obs.steps.push(StepRow {
                 workflow_id,
                 workflow_name: r[5].text(),
                 step: r[2].text(),
-                started_ns: r[3].as_i64().unwrap_or(completed_ms) * MS,
-                completed_ns: completed_ms * MS,
+                started_ns,
+                completed_ns,
                 deadline_ns: wait_deadline_ns(&r[6]),
             });
         }
-        if self.hwm_ms.is_none() {
-            self.hwm_ms = Some(from_ms.max(now_ms - LATE_COMMIT_LOOKBACK_MS));
-        }
-        let keep_from = self.hwm_ms.unwrap_or(now_ms) - LATE_COMMIT_LOOKBACK_MS;
-        self.recent.retain(|_, completed| *completed >= keep_from);
+        obs.bad_timestamps = bad_times;
+        obs.bad_values = bad_values;
+        let cursor_ms = self.cursor.as_ref().map_or(now_ms, |c| c.completed_ms);
+        self.forget_old(cursor_ms, now_ms);
 
         let dead = dead.first().map_or(0, |r| int(&r[0]).max(0) as u64);
         let new = self

@@ -12,6 +12,30 @@ use super::db::{Database, Query, Value};
 use super::{DeadLetters, Observation, QueueStatus, Source, SourceError, MAX_ROWS_PER_POLL};
 use crate::config::source::QueueLayout;
 
+/// Largest attempt or recovery count read from an app: a million retries of one job is
+/// already a broken loop; `i64::MAX`, `1e300` or `inf` are broken values, not counts.
+pub const MAX_ATTEMPTS: i64 = 1_000_000;
+
+/// An attempt count as the app wrote it: `None` for NULL, else a count within
+/// 0..=[`MAX_ATTEMPTS`] or why it is not one (counted as `bad_value`, never used).
+pub fn attempts(v: &Value) -> Option<Result<i64, String>> {
+    let n = match v {
+        Value::Null => return None,
+        Value::Int(i) => *i as f64,
+        other => match other.as_f64() {
+            Some(f) => f,
+            None => return Some(Err(format!("{:?} is not a count", other.text()))),
+        },
+    };
+    Some(
+        if n.is_finite() && (0.0..=MAX_ATTEMPTS as f64).contains(&n) {
+            Ok(n as i64)
+        } else {
+            Err(format!("{n} is not an attempt count (0..={MAX_ATTEMPTS})"))
+        },
+    )
+}
+
 /// The statements of one layout, built once.
 struct Queries {
     depth: Query,
@@ -208,9 +232,18 @@ impl Source for QueueTableSource {
         let mut seen = HashMap::with_capacity(reads.attempts.len());
         let mut retries: HashMap<String, u64> = HashMap::new();
         for r in &reads.attempts {
-            let failed = (r[2].as_i64().unwrap_or(0) - not_retries).max(0);
             let key = r[1].text();
             let before = self.attempts.get(&key).copied().unwrap_or(0);
+            let failed = match attempts(&r[2]) {
+                Some(Ok(n)) => (n - not_retries).max(0),
+                None => 0,
+                // Counted, never used: the row keeps what it had.
+                Some(Err(_)) => {
+                    obs.bad_values += 1;
+                    seen.insert(key, before);
+                    continue;
+                }
+            };
             if failed > before {
                 *retries.entry(r[0].text()).or_default() += (failed - before) as u64;
             }

@@ -22,7 +22,8 @@ use crate::signals::cost::CostLedger;
 use crate::signals::episode::{Episode, EpisodeKind};
 use crate::signals::labels::LabelBudget;
 use crate::signals::steps::{
-    blocked_queues, is_intended_wait, stalled, GapKind, GapTracker, OpenWorkflow, WAIT_PLACEHOLDER,
+    blocked_queues, is_intended_wait, stalled, GapKind, GapTracker, OpenWorkflow, StallClock,
+    WAIT_PLACEHOLDER,
 };
 use crate::state::StateReader;
 use crate::status::{
@@ -101,6 +102,8 @@ struct Derived {
     lock_backoff: u32,
     sql_combinations: LabelBudget,
     journal_mode: Option<String>,
+    /// Idle time of open workflows, robust to wall-clock steps.
+    stall_clock: StallClock,
 }
 
 impl SourceRunner {
@@ -184,6 +187,7 @@ impl SourceRunner {
             lock_backoff: 1,
             sql_combinations: LabelBudget::new(MAX_SQL_SERIES),
             journal_mode: None,
+            stall_clock: StallClock::default(),
         };
         loop {
             let started = Instant::now();
@@ -404,6 +408,12 @@ impl SourceRunner {
 
         // Stalls: open workflows idle past stall_after; a new one becomes an episode.
         if let Some(open) = &obs.open_workflows {
+            // Every idle time below is on the stall clock, not the app's raw times.
+            let written = obs.steps.iter().map(|r| r.completed_ns);
+            let written = written.chain(open.iter().map(|w| w.created_ns));
+            let open = &d
+                .stall_clock
+                .rebase(open, written, now, crate::clock::mono_ns());
             let stall_after = self.config.stall_after.as_nanos() as i64;
             let now_stalled = stalled(open, now, stall_after);
             sm.stalled_workflows

@@ -5,8 +5,44 @@
 //! Numbers are told apart by magnitude: below 10^11 they are seconds (10^11 s is the
 //! year 5138), below 10^14 milliseconds, below 10^17 microseconds, else nanoseconds.
 //! A value that fits none is an error the caller counts as `bad_timestamp` and skips.
+//!
+//! A time that parses is still only used when it is one an app could have written:
+//! [`plausible`] keeps times within [`EARLIEST_APP_TIME_NS`] (2000-01-01) and a day past
+//! the sidecar's own clock ([`FUTURE_SLACK_NS`]); `i64::MAX` or `0` milliseconds are
+//! broken values, not history, and must never become a 56-year step.
 
 use crate::clock::NANOS_PER_SEC;
+
+/// Earliest time an app's row may carry: 2000-01-01T00:00:00Z. Older is a broken value
+/// (0, a negative, `i64::MIN`), not history.
+pub const EARLIEST_APP_TIME_NS: i64 = 946_684_800 * NANOS_PER_SEC;
+/// How far past the sidecar's clock a written time may be: a day covers an app whose
+/// clock is ahead or a zone written as UTC, while `i64::MAX` ms (year 292 million) is out.
+pub const FUTURE_SLACK_NS: i64 = 86_400 * NANOS_PER_SEC;
+/// Latest deadline a planned wait may hold (2200-01-01): a wake time can be far ahead,
+/// but not past where i64 nanoseconds end (2262).
+pub const LATEST_DEADLINE_NS: i64 = 7_258_118_400 * NANOS_PER_SEC;
+
+/// `ns` when it is a time an app could have written by `now_ns`: within
+/// [[`EARLIEST_APP_TIME_NS`], `now_ns` + [`FUTURE_SLACK_NS`]].
+pub fn plausible(ns: i64, now_ns: i64) -> Result<i64, String> {
+    let latest = now_ns.saturating_add(FUTURE_SLACK_NS);
+    if ns < EARLIEST_APP_TIME_NS {
+        Err(format!("{ns} ns is before 2000"))
+    } else if ns > latest {
+        Err(format!("{ns} ns is more than a day ahead of this clock"))
+    } else {
+        Ok(ns)
+    }
+}
+
+/// Epoch milliseconds (DBOS's `*_epoch_ms` columns) as unix ns, when [`plausible`].
+pub fn epoch_ms_ns(ms: i64, now_ns: i64) -> Result<i64, String> {
+    let ns = ms
+        .checked_mul(1_000_000)
+        .ok_or_else(|| format!("{ms} ms is not a time"))?;
+    plausible(ns, now_ns)
+}
 
 /// Largest magnitude read as seconds; larger is milliseconds.
 const SECONDS_BELOW: f64 = 1e11;
@@ -194,5 +230,28 @@ mod tests {
             to_unix_ns(RawTime::Text("2999-01-01T00:00:00Z")).is_err(),
             "past i64 ns: no wrap"
         );
+    }
+
+    /// Issue 14 item 8: DBOS times of `i64::MAX`/`i64::MIN` ms gave 56-year steps.
+    #[test]
+    fn times_outside_2000_to_a_day_ahead_are_not_used() {
+        let now = T * NANOS_PER_SEC;
+        assert_eq!(epoch_ms_ns(T * 1000, now), Ok(now));
+        assert!(epoch_ms_ns(i64::MAX, now).is_err());
+        assert!(epoch_ms_ns(i64::MIN, now).is_err());
+        assert!(epoch_ms_ns(0, now).is_err());
+        assert!(
+            epoch_ms_ns(T * 1000 + 86_401_000, now).is_err(),
+            "over a day ahead"
+        );
+        assert!(
+            epoch_ms_ns(T * 1000 + 86_399_000, now).is_ok(),
+            "within a day ahead"
+        );
+        assert!(
+            plausible(i64::MAX, i64::MAX).is_ok(),
+            "no overflow at the edge"
+        );
+        assert!(plausible(EARLIEST_APP_TIME_NS - 1, now).is_err());
     }
 }

@@ -1,4 +1,520 @@
-//! Fault cases: sources.
+//! Fault cases: sources that went blind for good, and numbers from the app that were used
+//! as they came (issue 14, items 1, 2 and 8).
+//!
+//! - A DBOS burst of more rows than one read takes (`MAX_ROWS_PER_POLL`, 10,000) at one
+//!   `completed_at_epoch_ms` once wedged the read mark: nothing written later was seen.
+//!   Now steps are read by a keyset cursor; a gap written after the burst is counted,
+//!   once, on SQLite and on the real Postgres.
+//! - A sidecar started with its wall clock a day ahead (libfaketime), then stepped back,
+//!   kept its mark in the future (blind for a day) and called a pending workflow "stalled
+//!   for 1d". Now the mark is pulled back and the stall clock is monotonic.
+//! - Attempts of `i64::MAX`, `1e300` and `inf` wrapped `job_retries_total`; DBOS times of
+//!   `i64::MAX`/`i64::MIN` ms gave 56-year steps, and `analyze` printed 1677 and an
+//!   85,962-day gap. Now they are counted as `bad_value`/`bad_timestamp` and never used.
 
-#[allow(unused_imports)]
-use crate::common;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use postgres::{Client, NoTls};
+use rusqlite::{params, Connection};
+use serde_json::Value;
+
+use crate::common::faketime::FakeClock;
+use crate::common::{poll_until, run_to_exit, Launch, Metrics, Sidecar};
+
+/// The source's name in every config here.
+const SOURCE: &str = "app";
+/// Rows one read takes (`MAX_ROWS_PER_POLL`); the burst holds more at one millisecond.
+const ROWS_PER_READ: i64 = 10_000;
+/// Workflows × steps of the burst: 10,100 rows, more than one read.
+const BURST_WORKFLOWS: i64 = 101;
+const BURST_STEPS: i64 = 100;
+/// The gap written after the burst, and the shortest gap the source records.
+const GAP_MS: i64 = 2_500;
+const GAP_MIN: &str = "1s";
+/// Until a gap is counted: a few 200 ms polls, the freeze merge window and settling.
+const EPISODE_TIMEOUT: Duration = Duration::from_secs(30);
+/// After the awaited count, how long to watch that nothing more is counted.
+const WATCH: Duration = Duration::from_secs(3);
+/// A day, as libfaketime's offset (seconds).
+const DAY_SECS: i64 = 86_400;
+
+const PG_HOST: &str = "127.0.0.1";
+const PG_PORT: u16 = 5432;
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// `workflow_status` and `operation_outputs` with the columns the source reads, as DBOS
+/// has them on SQLite.
+const DBOS_SQLITE_SCHEMA: &str = "
+CREATE TABLE workflow_status (
+    workflow_uuid TEXT PRIMARY KEY, status TEXT, name TEXT, queue_name TEXT,
+    recovery_attempts INTEGER DEFAULT 0, created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL, started_at_epoch_ms INTEGER);
+CREATE TABLE operation_outputs (
+    workflow_uuid TEXT NOT NULL, function_id INTEGER NOT NULL,
+    function_name TEXT NOT NULL DEFAULT '', output TEXT, error TEXT,
+    started_at_epoch_ms INTEGER, completed_at_epoch_ms INTEGER,
+    PRIMARY KEY (workflow_uuid, function_id));
+CREATE INDEX operation_outputs_completed ON operation_outputs (completed_at_epoch_ms);
+";
+
+/// The same tables in schema `dbos` on Postgres (bigint epoch columns).
+const DBOS_PG_SCHEMA: &str = "
+CREATE SCHEMA dbos;
+CREATE TABLE dbos.workflow_status (
+    workflow_uuid TEXT PRIMARY KEY, status TEXT, name TEXT, queue_name TEXT,
+    recovery_attempts BIGINT DEFAULT 0, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL,
+    started_at_epoch_ms BIGINT);
+CREATE TABLE dbos.operation_outputs (
+    workflow_uuid TEXT NOT NULL, function_id INTEGER NOT NULL, function_name TEXT NOT NULL DEFAULT '',
+    output TEXT, error TEXT, started_at_epoch_ms BIGINT, completed_at_epoch_ms BIGINT,
+    PRIMARY KEY (workflow_uuid, function_id));
+CREATE INDEX operation_outputs_completed ON dbos.operation_outputs (completed_at_epoch_ms);
+";
+
+const STEP: &str = "INSERT INTO operation_outputs
+    (workflow_uuid, function_id, function_name, started_at_epoch_ms, completed_at_epoch_ms)
+    VALUES (?1, ?2, ?3, ?4, ?5)";
+const WORKFLOW: &str = "INSERT INTO workflow_status
+    (workflow_uuid, status, name, created_at, updated_at) VALUES (?1, ?2, 'job', ?3, ?3)";
+
+fn dbos_sqlite(dir: &Path) -> PathBuf {
+    let path = dir.join("dbos.sqlite");
+    let conn = Connection::open(&path).unwrap();
+    conn.pragma_update(None, "journal_mode", "wal").unwrap();
+    conn.execute_batch(DBOS_SQLITE_SCHEMA).unwrap();
+    path
+}
+
+fn dbos_config(url: &str, extra: &str) -> String {
+    format!(
+        "[[source]]\nname = \"{SOURCE}\"\nkind = \"dbos\"\nurl = \"{url}\"\n\
+         poll = \"200ms\"\ngap_min = \"{GAP_MIN}\"\n{extra}"
+    )
+}
+
+fn start(dir: &Path, config: String, env: Vec<(String, String)>) -> Sidecar {
+    Sidecar::start_with(
+        &dir.join("state"),
+        &Launch {
+            config: Some(config),
+            env,
+        },
+    )
+}
+
+fn counter(m: &Metrics, family: &str, cause: &str) -> f64 {
+    m.value(&format!(
+        "stallwatch_{family}{{cause=\"{cause}\",source=\"{SOURCE}\"}}"
+    ))
+    .unwrap_or(0.0)
+}
+
+fn source_error(m: &Metrics, kind: &str) -> f64 {
+    m.value(&format!(
+        "stallwatch_source_errors_total{{kind=\"{kind}\",source=\"{SOURCE}\"}}"
+    ))
+    .unwrap_or(0.0)
+}
+
+/// Waits for the source to be up, then for a few polls more.
+fn wait_polled(sidecar: &Sidecar) {
+    poll_until("the source to be up", EPISODE_TIMEOUT, || {
+        let m = sidecar.metrics();
+        match m.value(&format!("stallwatch_source_up{{source=\"{SOURCE}\"}}")) {
+            Some(1.0) => Ok(()),
+            other => Err(format!("source_up {other:?}")),
+        }
+    });
+    // A few 200 ms polls over the burst.
+    std::thread::sleep(Duration::from_secs(1));
+}
+
+/// Waits until exactly one step gap is counted with cause `stall`, then watches that it
+/// stays one (a re-read must not count it twice).
+fn expect_one_gap(sidecar: &Sidecar) {
+    poll_until("the gap written after the burst", EPISODE_TIMEOUT, || {
+        let m = sidecar.metrics();
+        match counter(&m, "step_gaps_total", "stall") {
+            n if n >= 1.0 => Ok(()),
+            n => Err(format!("step_gaps_total{{cause=\"stall\"}} = {n}")),
+        }
+    });
+    std::thread::sleep(WATCH);
+    let m = sidecar.metrics();
+    assert_eq!(
+        counter(&m, "step_gaps_total", "stall"),
+        1.0,
+        "one gap was written, once"
+    );
+}
+
+// ---- item 1: a burst at one millisecond ------------------------------------------------
+
+/// The burst rows, all at `at_ms`, as (workflow, function id).
+fn burst_keys() -> impl Iterator<Item = (String, i64)> {
+    (0..BURST_WORKFLOWS).flat_map(|w| (1..=BURST_STEPS).map(move |f| (format!("burst-{w:03}"), f)))
+}
+
+#[test]
+fn a_dbos_burst_past_one_read_at_one_millisecond_does_not_blind_the_source_sqlite() {
+    const { assert!(BURST_WORKFLOWS * BURST_STEPS > ROWS_PER_READ) };
+    let dir = tempfile::tempdir().unwrap();
+    let db = dbos_sqlite(dir.path());
+    let mut conn = Connection::open(&db).unwrap();
+    let at = now_ms() - 20_000;
+    let tx = conn.transaction().unwrap();
+    for (w, f) in burst_keys() {
+        tx.execute(STEP, params![w, f, "burst", at, at]).unwrap();
+    }
+    tx.commit().unwrap();
+    let sidecar = start(
+        dir.path(),
+        dbos_config(&format!("sqlite://{}", db.display()), ""),
+        Vec::new(),
+    );
+    wait_polled(&sidecar);
+
+    let t = now_ms();
+    conn.execute(
+        STEP,
+        params!["after", 1, "fetch", t - GAP_MS - 600, t - GAP_MS - 500],
+    )
+    .unwrap();
+    conn.execute(STEP, params!["after", 2, "send", t - 500, t - 400])
+        .unwrap();
+    expect_one_gap(&sidecar);
+}
+
+/// A database of the test's own on the real Postgres, dropped with its connections.
+struct TestDb {
+    name: String,
+}
+
+fn pg_params(dbname: &str) -> String {
+    format!("host={PG_HOST} port={PG_PORT} user=postgres dbname={dbname} connect_timeout=10")
+}
+
+impl TestDb {
+    fn create(tag: &str) -> TestDb {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "sw_faults_{tag}_{}_{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut admin = Client::connect(&pg_params("postgres"), NoTls).unwrap_or_else(|e| {
+            panic!("cannot reach Postgres at {PG_HOST}:{PG_PORT} as postgres ({e}); this test needs it running there with trust auth")
+        });
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .unwrap();
+        TestDb { name }
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "postgresql://postgres@{PG_HOST}:{PG_PORT}/{}?sslmode=disable",
+            self.name
+        )
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(&pg_params(&self.name), NoTls).unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let dropped = Client::connect(&pg_params("postgres"), NoTls).and_then(|mut c| {
+            c.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ))
+        });
+        if let Err(e) = dropped {
+            eprintln!("could not drop database {}: {e}", self.name);
+        }
+    }
+}
+
+#[test]
+fn a_dbos_burst_past_one_read_at_one_millisecond_does_not_blind_the_source_postgres() {
+    let db = TestDb::create("burst");
+    let mut c = db.client();
+    c.batch_execute(DBOS_PG_SCHEMA).unwrap();
+    let at = now_ms() - 20_000;
+    c.execute(
+        &format!(
+            "INSERT INTO dbos.operation_outputs
+                 (workflow_uuid, function_id, function_name, started_at_epoch_ms, completed_at_epoch_ms)
+             SELECT 'burst-' || lpad(w::text, 3, '0'), f, 'burst', $1, $1
+             FROM generate_series(0, {}) w, generate_series(1, {BURST_STEPS}) f",
+            BURST_WORKFLOWS - 1
+        ),
+        &[&at],
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = start(dir.path(), dbos_config(&db.url(), ""), Vec::new());
+    wait_polled(&sidecar);
+
+    let t = now_ms();
+    let step = "INSERT INTO dbos.operation_outputs
+        (workflow_uuid, function_id, function_name, started_at_epoch_ms, completed_at_epoch_ms)
+        VALUES ($1, $2, $3, $4, $5)";
+    c.execute(
+        step,
+        &[
+            &"after",
+            &1i32,
+            &"fetch",
+            &(t - GAP_MS - 600),
+            &(t - GAP_MS - 500),
+        ],
+    )
+    .unwrap();
+    c.execute(step, &[&"after", &2i32, &"send", &(t - 500), &(t - 400)])
+        .unwrap();
+    expect_one_gap(&sidecar);
+}
+
+// ---- item 2: a clock a day ahead, then stepped back --------------------------------------
+
+#[test]
+fn a_sidecar_started_a_day_ahead_then_stepped_back_sees_new_rows_and_stalls_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dbos_sqlite(dir.path());
+    let conn = Connection::open(&db).unwrap();
+    // A workflow pending since a moment ago, its first step done: not stalled by any clock
+    // that runs right.
+    let t = now_ms();
+    conn.execute(WORKFLOW, params!["pending", "PENDING", t])
+        .unwrap();
+    conn.execute(STEP, params!["pending", 1, "fetch", t, t + 10])
+        .unwrap();
+    let clock = FakeClock::new(dir.path());
+    clock.set(&format!("+{DAY_SECS}"));
+    let sidecar = start(
+        dir.path(),
+        dbos_config(
+            &format!("sqlite://{}", db.display()),
+            "stall_after = \"1m\"\n",
+        ),
+        clock.env(),
+    );
+    wait_polled(&sidecar);
+    let no_stall = |when: &str| {
+        let m = sidecar.metrics();
+        assert_eq!(
+            m.value(&format!(
+                "stallwatch_stalled_workflows{{source=\"{SOURCE}\"}}"
+            )),
+            Some(0.0),
+            "{when}: a workflow pending for seconds is not stalled"
+        );
+        assert_eq!(counter(&m, "stalls_total", "stall"), 0.0, "{when}");
+        let status = sidecar.status();
+        assert!(
+            status.to_string().contains("\"stalled\":[]"),
+            "{when}: /api/v1/status lists no stall: {status}"
+        );
+    };
+    no_stall("a day ahead");
+
+    clock.set("+0");
+    std::thread::sleep(Duration::from_secs(1));
+    let t = now_ms();
+    conn.execute(
+        STEP,
+        params!["after", 1, "fetch", t - GAP_MS - 600, t - GAP_MS - 500],
+    )
+    .unwrap();
+    conn.execute(STEP, params!["after", 2, "send", t - 500, t - 400])
+        .unwrap();
+    expect_one_gap(&sidecar);
+    no_stall("stepped back");
+    let episodes = sidecar.get("/api/v1/episodes").json();
+    assert!(
+        !episodes.to_string().contains("\"kind\":\"stall\""),
+        "no stall episode: {episodes}"
+    );
+    let alerts = sidecar.get("/api/v1/alerts").json();
+    assert!(
+        !alerts.to_string().contains("workflow_stalled"),
+        "no workflow_stalled alert: {alerts}"
+    );
+}
+
+// ---- item 8: numbers out of range ---------------------------------------------------------
+
+#[test]
+fn attempts_of_i64_max_1e300_and_inf_are_bad_values_not_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("jobs.db");
+    let conn = Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE jobs (id TEXT PRIMARY KEY, queue TEXT, status TEXT, attempts);",
+    )
+    .unwrap();
+    let insert = "INSERT INTO jobs VALUES (?1, 'q', 'pending', ?2)";
+    conn.execute(insert, params!["max", i64::MAX]).unwrap();
+    conn.execute(insert, params!["huge", 1e300]).unwrap();
+    conn.execute(insert, params!["inf", "inf"]).unwrap();
+    conn.execute(insert, params!["neg", -5]).unwrap();
+    conn.execute(insert, params!["sane", 3]).unwrap();
+    let config = format!(
+        "[[source]]\nname = \"{SOURCE}\"\nkind = \"queue_table\"\nurl = \"sqlite://{}\"\n\
+         poll = \"200ms\"\ntable = \"jobs\"\nkey_column = \"id\"\nstatus_column = \"status\"\n\
+         queue_column = \"queue\"\nattempts_column = \"attempts\"\nopen_statuses = [\"pending\"]\n",
+        db.display()
+    );
+    let sidecar = start(dir.path(), config, Vec::new());
+    let retries = "stallwatch_job_retries_total{queue=\"q\",source=\"app\"}";
+    let m = poll_until("the bad attempts to be counted", EPISODE_TIMEOUT, || {
+        let m = sidecar.metrics();
+        if source_error(&m, "bad_value") >= 3.0 && m.value(retries).is_some() {
+            Ok(m)
+        } else {
+            Err(format!(
+                "bad_value {}, retries {:?}",
+                source_error(&m, "bad_value"),
+                m.value(retries)
+            ))
+        }
+    });
+    // The first poll sets what each row had; then one sane retry more.
+    let base = m.expect(retries);
+    conn.execute("UPDATE jobs SET attempts = 4 WHERE id = 'sane'", [])
+        .unwrap();
+    conn.execute("UPDATE jobs SET attempts = 9.9e300 WHERE id = 'huge'", [])
+        .unwrap();
+    let m = poll_until("the one sane retry", EPISODE_TIMEOUT, || {
+        let m = sidecar.metrics();
+        match m.expect(retries) {
+            n if n > base => Ok(m),
+            n => Err(format!("retries {n}")),
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let m2 = sidecar.metrics();
+    assert_eq!(
+        m2.expect(retries) - base,
+        1.0,
+        "one retry of one sane row; nothing of i64::MAX, 1e300 or inf:\n{}",
+        m.0
+    );
+    assert!(
+        base <= 3.0,
+        "retries at first sight are at most the sane row's: {base}"
+    );
+}
+
+#[test]
+fn dbos_times_of_i64_max_and_min_are_bad_timestamps_not_56_year_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dbos_sqlite(dir.path());
+    let conn = Connection::open(&db).unwrap();
+    let t = now_ms() - 5_000;
+    // A step started at i64::MIN ms and one at i64::MAX ms, both completed now.
+    conn.execute(STEP, params!["w", 1, "min_start", i64::MIN, t])
+        .unwrap();
+    conn.execute(STEP, params!["w", 2, "max_start", i64::MAX, t + 10])
+        .unwrap();
+    // Pending workflows created at i64::MIN and i64::MAX ms: idle 56 years, or overflow.
+    conn.execute(WORKFLOW, params!["old", "PENDING", i64::MIN])
+        .unwrap();
+    conn.execute(WORKFLOW, params!["new", "PENDING", i64::MAX])
+        .unwrap();
+    conn.execute(STEP, params!["new", 1, "future", t, i64::MAX])
+        .unwrap();
+    let sidecar = start(
+        dir.path(),
+        dbos_config(
+            &format!("sqlite://{}", db.display()),
+            "stall_after = \"1m\"\n",
+        ),
+        Vec::new(),
+    );
+    let m = poll_until("the bad times to be counted", EPISODE_TIMEOUT, || {
+        let m = sidecar.metrics();
+        if source_error(&m, "bad_timestamp") >= 4.0 {
+            Ok(m)
+        } else {
+            Err(format!(
+                "bad_timestamp {}",
+                source_error(&m, "bad_timestamp")
+            ))
+        }
+    });
+    assert_eq!(
+        m.value(&format!("stallwatch_source_up{{source=\"{SOURCE}\"}}")),
+        Some(1.0),
+        "the source keeps going"
+    );
+    assert_eq!(
+        m.value(&format!(
+            "stallwatch_stalled_workflows{{source=\"{SOURCE}\"}}"
+        )),
+        Some(0.0),
+        "nothing has been idle for 56 years"
+    );
+    for line in m.0.lines().filter(|l| {
+        l.starts_with("stallwatch_step_duration_seconds_sum") && l.contains("source=\"app\"")
+    }) {
+        let v: f64 = line.rsplit_once(' ').unwrap().1.parse().unwrap();
+        assert!(v < 60.0, "no step took years: {line}");
+    }
+}
+
+fn analyze_json(source: &str) -> Value {
+    let out = run_to_exit([
+        "analyze",
+        "--source",
+        source,
+        "--gap-min",
+        "1s",
+        "--format",
+        "json",
+    ]);
+    assert!(out.status.success(), "analyze failed: {out:?}");
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout))
+}
+
+#[test]
+fn analyze_counts_times_of_i64_max_and_min_and_never_prints_1677() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dbos_sqlite(dir.path());
+    let conn = Connection::open(&db).unwrap();
+    let t = now_ms() - 3_600_000;
+    conn.execute(STEP, params!["w", 1, "fetch", t - 100, t])
+        .unwrap();
+    conn.execute(STEP, params!["w", 2, "min_done", t, i64::MIN])
+        .unwrap();
+    conn.execute(STEP, params!["w", 3, "max_done", t, i64::MAX])
+        .unwrap();
+    conn.execute(STEP, params!["w", 4, "zero_start", 0, t + 100])
+        .unwrap();
+    conn.execute(STEP, params!["w", 5, "send", t + 3_000, t + 3_100])
+        .unwrap();
+    drop(conn);
+    let v = analyze_json(&format!("sqlite://{}", db.display()));
+    let text = v.to_string();
+    assert_eq!(v["rows_without_completion"], 2, "{v:#}");
+    assert_eq!(v["rows"], 3, "{v:#}");
+    assert!(!text.contains("1677") && !text.contains("2262"), "{v:#}");
+    assert_eq!(v["days"].as_array().map(Vec::len), Some(1), "{v:#}");
+    // The one gap: zero_start (read as starting at its completion) → send, 2.9 s.
+    let longest = v["longest"][0]["duration_seconds"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("a longest gap: {v:#}"));
+    assert!((longest - 2.9).abs() < 0.01, "{v:#}");
+}
