@@ -30,6 +30,9 @@ const STALL_EVERY: u64 = 7;
 const DEMO_STALL: Duration = Duration::from_secs(8);
 /// Every this many workflows (and jobs), one ends as a dead letter.
 const DEAD_EVERY: u64 = 5;
+/// Longest the worker sleeps without looking at the stop flag: the demo exits this soon
+/// after its sidecar stops, even in the middle of an 8 s stall.
+const STOP_CHECK: Duration = Duration::from_millis(50);
 
 const SCHEMA: &str = "
 PRAGMA journal_mode = WAL;
@@ -154,7 +157,23 @@ impl DemoApp {
     }
 }
 
-/// The synthetic worker: runs until `stop` is set.
+/// Sleeps `total` in slices of [`STOP_CHECK`]; false as soon as `stop` is set.
+fn pause(stop: &AtomicBool, total: Duration) -> bool {
+    let until = std::time::Instant::now() + total;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        std::thread::sleep(left.min(STOP_CHECK));
+    }
+}
+
+/// The synthetic worker: runs until `stop` is set, and returns within [`STOP_CHECK`]
+/// of it (every wait looks at the flag).
 pub fn run_worker(app: &DemoApp, stop: &AtomicBool) -> rusqlite::Result<()> {
     let conn = Connection::open(&app.db)?;
     conn.busy_timeout(Duration::from_secs(5))?;
@@ -200,7 +219,7 @@ pub fn run_worker(app: &DemoApp, stop: &AtomicBool) -> rusqlite::Result<()> {
         )?;
         let step = |fid: i64, name: &str, work: Duration| -> rusqlite::Result<()> {
             let start = ms();
-            std::thread::sleep(work);
+            pause(stop, work);
             conn.execute(
                 "INSERT INTO operation_outputs (workflow_uuid, function_id, function_name, started_at_epoch_ms, completed_at_epoch_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -215,14 +234,16 @@ pub fn run_worker(app: &DemoApp, stop: &AtomicBool) -> rusqlite::Result<()> {
              VALUES (?1, 2, 'DBOS.sleep', ?2, ?3, ?2)",
             params![id, wake, ms()],
         )?;
-        std::thread::sleep(Duration::from_millis(1_000));
+        if !pause(stop, Duration::from_millis(1_000)) {
+            break;
+        }
         step(
             3,
             "summarize",
             Duration::from_millis(100 + dice.next() % 300),
         )?;
-        if workflow % STALL_EVERY == 0 {
-            std::thread::sleep(DEMO_STALL);
+        if workflow % STALL_EVERY == 0 && !pause(stop, DEMO_STALL) {
+            break;
         }
         step(4, "send", Duration::from_millis(20 + dice.next() % 80))?;
         let end = if workflow % DEAD_EVERY == 2 {
@@ -300,7 +321,7 @@ pub fn run_worker(app: &DemoApp, stop: &AtomicBool) -> rusqlite::Result<()> {
             "UPDATE digest_tasks SET status = 'COMPLETED', updated_at = ?1 WHERE status = 'RUNNING' AND id != 1 AND claimed_at < ?2",
             params![now_iso(), humantime::format_rfc3339(std::time::SystemTime::now() - Duration::from_secs(2)).to_string()],
         )?;
-        std::thread::sleep(WORKER_STEP);
+        pause(stop, WORKER_STEP);
     }
     Ok(())
 }

@@ -328,13 +328,23 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
     Ok(())
 }
 
+/// Waits for SIGTERM or SIGINT. SIGHUP (a closed terminal, `systemctl reload`) is logged
+/// and ignored: config reload is not supported, and its default action would kill the
+/// process without a clean heartbeat.
 async fn stop_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return "SIGTERM",
+            _ = int.recv() => return "SIGINT",
+            _ = hup.recv() => tracing::info!(
+                signal = "SIGHUP",
+                "ignored: config reload is not supported; restart to apply a new config"
+            ),
+        }
     }
 }
 

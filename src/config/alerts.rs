@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::channel::ChannelConfig;
+use super::limits::{self, quoted, Range};
 use super::HumanDuration;
 use crate::alerts::Severity;
 
@@ -284,26 +285,30 @@ pub(super) fn validate(
 ) -> Result<AlertsConfig, Problem> {
     let mut config = AlertsConfig::default();
     let bad = |key: &str, problem: &str| Err((key.to_string(), problem.to_string()));
-    if let Some(HumanDuration(d)) = raw.backoff_initial {
-        if d < Duration::from_millis(100) || d > Duration::from_secs(600) {
-            return bad("alerts.backoff_initial", "must be between 100ms and 10m");
-        }
+    if let Some(d) = ranged(
+        "alerts.backoff_initial",
+        raw.backoff_initial,
+        limits::ALERTS_BACKOFF_INITIAL,
+    )? {
         config.backoff_initial = d;
     }
-    if let Some(HumanDuration(d)) = raw.backoff_max {
-        if d < config.backoff_initial || d > Duration::from_secs(24 * 3600) {
+    if let Some(d) = ranged(
+        "alerts.backoff_max",
+        raw.backoff_max,
+        limits::ALERTS_BACKOFF_MAX,
+    )? {
+        if d < config.backoff_initial {
             return bad(
                 "alerts.backoff_max",
-                "must be at least alerts.backoff_initial and at most 24h",
+                "must be at least alerts.backoff_initial",
             );
         }
         config.backoff_max = d;
     }
     if let Some(n) = raw.outbox_max {
-        if !(100..=1_000_000).contains(&n) {
-            return bad("alerts.outbox_max", "must be between 100 and 1000000");
-        }
-        config.outbox_max = n;
+        config.outbox_max = limits::ALERTS_OUTBOX_MAX
+            .check(n)
+            .map_err(|p| ("alerts.outbox_max".to_string(), p))?;
     }
     if let Some(url) = raw.heartbeat_url {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -311,10 +316,11 @@ pub(super) fn validate(
         }
         config.heartbeat_url = Some(url);
     }
-    if let Some(HumanDuration(d)) = raw.heartbeat_interval {
-        if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
-            return bad("alerts.heartbeat_interval", "must be between 1s and 1h");
-        }
+    if let Some(d) = ranged(
+        "alerts.heartbeat_interval",
+        raw.heartbeat_interval,
+        limits::ALERTS_HEARTBEAT_INTERVAL,
+    )? {
         config.heartbeat_interval = d;
     }
     if let Some(base) = raw.runbook_base {
@@ -329,8 +335,8 @@ pub(super) fn validate(
             return Err((
                 key("rule"),
                 format!(
-                    "{:?} is not a rule; use one of {}",
-                    raw.rule,
+                    "{} is not a rule; use one of {}",
+                    quoted(&raw.rule),
                     names.join(", ")
                 ),
             ));
@@ -358,7 +364,10 @@ pub(super) fn validate(
                 return Err((key("levels"), "applies only to the cost_cap rule".into()));
             }
             let ascending = levels.windows(2).all(|w| w[0] < w[1]);
-            if levels.is_empty() || !ascending || levels.iter().any(|l| *l == 0 || *l > 1000) {
+            let in_range = levels
+                .iter()
+                .all(|l| limits::RULE_LEVEL_PERCENT.check(*l).is_ok());
+            if levels.is_empty() || !ascending || !in_range {
                 return Err((
                     key("levels"),
                     "must be ascending percentages between 1 and 1000, like [50, 80, 100]".into(),
@@ -371,35 +380,57 @@ pub(super) fn validate(
                 if !channels.iter().any(|c| &c.name == name) {
                     return Err((
                         format!("rule[{i}].channels[{j}]"),
-                        format!("names channel {name:?}, which no [[channel]] defines"),
+                        format!(
+                            "names channel {}, which no [[channel]] defines",
+                            quoted(name)
+                        ),
                     ));
                 }
             }
             slot.channels = names;
         }
-        if let Some(HumanDuration(d)) = raw.repeat_interval {
-            if d < Duration::from_secs(1) {
-                return Err((key("repeat_interval"), "must be at least 1s".into()));
-            }
+        if let Some(d) = ranged(
+            &key("repeat_interval"),
+            raw.repeat_interval,
+            limits::RULE_REPEAT_INTERVAL,
+        )? {
             slot.repeat_interval = d;
         }
-        if let Some(HumanDuration(d)) = raw.resolve_after {
+        if let Some(d) = ranged(
+            &key("resolve_after"),
+            raw.resolve_after,
+            limits::RULE_RESOLVE_AFTER,
+        )? {
             slot.resolve_after = d;
         }
-        if let Some(HumanDuration(d)) = raw.hold {
+        if let Some(d) = ranged(&key("for"), raw.hold, limits::RULE_FOR)? {
             slot.hold = d;
         }
         if let Some(s) = raw.severity {
             slot.severity = Severity::parse(&s).ok_or_else(|| {
                 (
                     key("severity"),
-                    format!("{s:?} is not a severity; use info, warning or critical"),
+                    format!(
+                        "{} is not a severity; use info, warning or critical",
+                        quoted(&s)
+                    ),
                 )
             })?;
         }
     }
     config.channels = channels;
     Ok(config)
+}
+
+/// An optional duration checked against its key's range.
+fn ranged(
+    key: &str,
+    value: Option<HumanDuration>,
+    range: Range<Duration>,
+) -> Result<Option<Duration>, Problem> {
+    value
+        .map(|HumanDuration(d)| range.check(d).map_err(|p| (key.to_string(), p)))
+        .transpose()
 }
 
 fn parse_threshold(kind: RuleKind, value: &toml::Value) -> Result<Threshold, String> {
@@ -409,15 +440,21 @@ fn parse_threshold(kind: RuleKind, value: &toml::Value) -> Result<Threshold, Str
             kind.as_str()
         )),
         (Threshold::Duration(_), toml::Value::String(s)) => humantime::parse_duration(s.trim())
-            .map(Threshold::Duration)
-            .map_err(|_| format!("must be a duration like \"10s\" or \"5m\", not {s:?}")),
+            .map_err(|_| {
+                format!(
+                    "must be a duration like \"10s\" or \"5m\", not {}",
+                    quoted(s)
+                )
+            })
+            .and_then(|d| limits::RULE_THRESHOLD_DURATION.check(d))
+            .map(Threshold::Duration),
         (Threshold::Duration(_), _) => Err(format!(
             "must be a duration like \"10s\" for the {} rule",
             kind.as_str()
         )),
-        (Threshold::Count(_), toml::Value::Integer(n)) if *n >= 1 => {
-            Ok(Threshold::Count(*n as u64))
-        }
+        (Threshold::Count(_), toml::Value::Integer(n)) if *n >= 1 => limits::RULE_THRESHOLD_COUNT
+            .check(*n as u64)
+            .map(Threshold::Count),
         (Threshold::Count(_), _) => Err(format!(
             "must be a whole number of at least 1 for the {} rule",
             kind.as_str()

@@ -20,10 +20,6 @@ pub const MAX_CHANNELS: usize = 16;
 /// Default time one delivery attempt may take: long enough for a slow chat API, short
 /// enough that a hung receiver does not hold its lane for minutes.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Shortest accepted timeout: below this a TLS handshake over a slow link times out.
-pub const MIN_TIMEOUT: Duration = Duration::from_secs(1);
-/// Longest accepted timeout: a lane waits at most this for one answer.
-pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest channel name: it is a metric label value.
 pub const MAX_NAME_CHARS: usize = 64;
 /// Most ntfy tags: ntfy shows them as emojis and words next to the title.
@@ -246,7 +242,10 @@ pub fn validate(
     if !name_ok {
         return Err((
             key("name"),
-            format!("{name:?} must be 1-{MAX_NAME_CHARS} letters, digits, '_' or '-'"),
+            format!(
+                "{} must be 1-{MAX_NAME_CHARS} letters, digits, '_' or '-'",
+                super::limits::quoted(&name)
+            ),
         ));
     }
     if name == RESERVED_NAME {
@@ -256,7 +255,13 @@ pub fn validate(
         ));
     }
     if earlier.iter().any(|c| c.name == name) {
-        return Err((key("name"), format!("{name:?} is used by another channel")));
+        return Err((
+            key("name"),
+            format!(
+                "{} is used by another channel",
+                super::limits::quoted(&name)
+            ),
+        ));
     }
     let kind_names = || {
         let names: Vec<&str> = ChannelKind::ALL.iter().map(|k| k.as_str()).collect();
@@ -270,7 +275,11 @@ pub fn validate(
     let kind = ChannelKind::parse(&kind_text).ok_or_else(|| {
         (
             key("kind"),
-            format!("{kind_text:?} is not a channel kind; use {}", kind_names()),
+            format!(
+                "{} is not a channel kind; use {}",
+                super::limits::quoted(&kind_text),
+                kind_names()
+            ),
         )
     })?;
     let of_kind = format!("a {} channel", kind.as_str());
@@ -305,8 +314,8 @@ pub fn validate(
     check_url(&url).map_err(|p| (key("url"), p))?;
 
     let timeout = raw.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0);
-    if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&timeout) {
-        return Err((key("timeout"), "must be between 1s and 60s".into()));
+    if let Err(problem) = super::limits::CHANNEL_TIMEOUT.check(timeout) {
+        return Err((key("timeout"), problem));
     }
 
     let required = |k: &str, value: &Option<String>| -> Result<Secret, Problem> {
@@ -396,8 +405,8 @@ fn check_url(url: &str) -> Result<(), String> {
     };
     if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
         return Err(format!(
-            "has scheme {:?}; it must be an http:// or https:// URL",
-            truncate_echo(scheme)
+            "has scheme {}; it must be an http:// or https:// URL",
+            super::limits::quoted(scheme)
         ));
     }
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
@@ -502,8 +511,8 @@ fn ntfy_tags(tags: Vec<String>) -> Result<Vec<String>, String> {
             && !tag.chars().any(|c| c == ',' || c.is_control());
         if !ok {
             return Err(format!(
-                "{:?} must be 1-{MAX_TAG_CHARS} characters without ',' (like \"warning\" or \"rotating_light\")",
-                truncate_echo(&tag)
+                "{} must be 1-{MAX_TAG_CHARS} characters without ',' (like \"warning\" or \"rotating_light\")",
+                super::limits::quoted(&tag)
             ));
         }
         out.push(tag);
@@ -536,20 +545,8 @@ fn telegram_chat(value: &toml::Value) -> Result<String, String> {
 /// A value a user typed for a non-secret key, short enough for one sentence.
 fn shown_value(value: &toml::Value) -> String {
     match value {
-        toml::Value::String(s) => format!("{:?}", truncate_echo(s)),
-        other => truncate_echo(&other.to_string()),
-    }
-}
-
-/// At most 40 characters of a non-secret value, for an error message.
-fn truncate_echo(s: &str) -> String {
-    const MAX_ECHO_CHARS: usize = 40;
-    if s.chars().count() <= MAX_ECHO_CHARS {
-        s.to_string()
-    } else {
-        let mut t: String = s.chars().take(MAX_ECHO_CHARS - 1).collect();
-        t.push('…');
-        t
+        toml::Value::String(s) => super::limits::quoted(s),
+        other => super::limits::clip(&other.to_string()).into_owned(),
     }
 }
 
@@ -790,11 +787,11 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_secs(3));
         fails(
             "kind = \"slack\"\nurl = \"https://h.test/x\"\ntimeout = \"500ms\"\n",
-            "`channel[0].timeout` must be between 1s and 60s",
+            "`channel[0].timeout` must be between 1s and 1m",
         );
         fails(
             "kind = \"slack\"\nurl = \"https://h.test/x\"\ntimeout = \"2m\"\n",
-            "`channel[0].timeout` must be between 1s and 60s",
+            "`channel[0].timeout` must be between 1s and 1m",
         );
     }
 

@@ -12,10 +12,13 @@ use serde::Deserialize;
 
 pub mod alerts;
 pub mod channel;
+pub mod limits;
+pub mod postgres_url;
 pub mod source;
 
 pub use alerts::{AlertsConfig, RuleConfig, RuleKind};
 pub use channel::ChannelConfig;
+pub use limits::{clip, clip_words, quoted, Range};
 pub use source::{SourceConfig, SourceDetail, SourceKind};
 
 /// Default listen address: the port DESIGN.md fixes, in the exporters' 9100–9999 range
@@ -34,10 +37,6 @@ pub const DEFAULT_WALL_STEP: Duration = Duration::from_secs(1);
 /// How often network references (SNTP, HTTP Date) are asked: often enough to bound a
 /// pause's start, rarely enough to be polite to a shared server.
 pub const DEFAULT_REFERENCE_INTERVAL: Duration = Duration::from_secs(10);
-/// Shortest tick accepted: below this the wake-ups cost more CPU than the sidecar's budget.
-pub const MIN_TICK: Duration = Duration::from_millis(10);
-/// Longest tick accepted: above this a stall's start is too vague to attribute.
-pub const MAX_TICK: Duration = Duration::from_secs(10);
 
 /// The validated configuration the sidecar runs with.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,7 +139,8 @@ impl ReferenceSpec {
         if let Some(path) = text.strip_prefix("ptp:") {
             if !path.starts_with('/') {
                 return Err(format!(
-                    "\"{text}\" needs an absolute device path, like \"ptp:/dev/ptp0\""
+                    "{} needs an absolute device path, like \"ptp:/dev/ptp0\"",
+                    quoted(text)
                 ));
             }
             return Ok(ReferenceSpec::Ptp(PathBuf::from(path)));
@@ -151,7 +151,8 @@ impl ReferenceSpec {
                 .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
             if !port_ok {
                 return Err(format!(
-                    "\"{text}\" needs HOST:PORT, like \"sntp:127.0.0.1:123\""
+                    "{} needs HOST:PORT, like \"sntp:127.0.0.1:123\"",
+                    quoted(text)
                 ));
             }
             return Ok(ReferenceSpec::Sntp(hp.to_string()));
@@ -159,21 +160,25 @@ impl ReferenceSpec {
         if let Some(url) = text.strip_prefix("http_date:") {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!(
-                    "\"{}\" needs an http:// or https:// URL",
-                    redact_url(text)
+                    "{} needs an http:// or https:// URL",
+                    quoted(&redact_url(text))
                 ));
             }
             return Ok(ReferenceSpec::HttpDate(url.to_string()));
         }
         Err(format!(
-            "\"{}\" is not a reference; use \"rtc\", \"ptp:/dev/ptpN\", \"sntp:HOST:PORT\" or \"http_date:URL\"",
-            redact_url(text)
+            "{} is not a reference; use \"rtc\", \"ptp:/dev/ptpN\", \"sntp:HOST:PORT\" or \"http_date:URL\"",
+            quoted(&redact_url(text))
         ))
     }
 }
 
-/// Drops userinfo and query from a URL-ish string for logs and labels.
+/// Drops userinfo and query from a URL-ish string for logs and labels. A Postgres URL
+/// is cut the way its driver reads it ([`postgres_url::redact`]).
 pub fn redact_url(url: &str) -> String {
+    if postgres_url::is_postgres(url) {
+        return postgres_url::redact(url);
+    }
     let without_query = url.split(['?', '#']).next().unwrap_or(url);
     let Some((scheme, rest)) = without_query.split_once("://") else {
         return without_query.to_string();
@@ -243,7 +248,8 @@ impl<'de> Deserialize<'de> for HumanDuration {
             .map(HumanDuration)
             .map_err(|_| {
                 serde::de::Error::custom(format!(
-                    "must be a duration like \"250ms\", \"5s\" or \"10m\", not \"{text}\""
+                    "must be a duration like \"250ms\", \"5s\" or \"10m\", not {}",
+                    quoted(&text)
                 ))
             })
     }
@@ -294,7 +300,7 @@ impl Config {
         })?;
         expand_env(&mut value, "", env).map_err(|(key, problem)| ConfigError::Key {
             path: path.to_path_buf(),
-            key,
+            key: clip(&key).into_owned(),
             problem,
         })?;
         let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
@@ -303,8 +309,8 @@ impl Config {
             let (key, problem) = describe_serde_error(&key, &inner);
             ConfigError::Key {
                 path: path.to_path_buf(),
-                key,
-                problem,
+                key: clip(&key).into_owned(),
+                problem: clip_words(&problem),
             }
         })?;
         Config::validate(path, raw)
@@ -322,7 +328,10 @@ impl Config {
             config.listen = listen.parse().map_err(|_| {
                 bad(
                     "listen",
-                    format!("must be IP:PORT like \"0.0.0.0:9847\", not \"{listen}\""),
+                    format!(
+                        "must be IP:PORT like \"0.0.0.0:9847\", not {}",
+                        quoted(&listen)
+                    ),
                 )
             })?;
         }
@@ -336,19 +345,15 @@ impl Config {
         }
         let f = raw.freeze;
         let freeze = &mut config.freeze;
-        if let Some(HumanDuration(tick)) = f.tick {
-            if tick < MIN_TICK || tick > MAX_TICK {
-                return Err(bad(
-                    "freeze.tick",
-                    format!(
-                        "must be between 10ms and 10s, not {}",
-                        humantime::format_duration(tick)
-                    ),
-                ));
-            }
+        let ranged = |key: &str, value: Option<HumanDuration>, range: Range<Duration>| {
+            value
+                .map(|HumanDuration(d)| range.check(d).map_err(|p| bad(key, p)))
+                .transpose()
+        };
+        if let Some(tick) = ranged("freeze.tick", f.tick, limits::FREEZE_TICK)? {
             freeze.tick = tick;
         }
-        if let Some(HumanDuration(min)) = f.min {
+        if let Some(min) = ranged("freeze.min", f.min, limits::FREEZE_MIN)? {
             freeze.min = min;
         }
         if freeze.min < 2 * freeze.tick {
@@ -360,19 +365,14 @@ impl Config {
                 ),
             ));
         }
-        if let Some(HumanDuration(step)) = f.wall_step {
-            if step < Duration::from_millis(100) {
-                return Err(bad("freeze.wall_step", "must be at least 100ms".into()));
-            }
+        if let Some(step) = ranged("freeze.wall_step", f.wall_step, limits::FREEZE_WALL_STEP)? {
             freeze.wall_step = step;
         }
-        if let Some(HumanDuration(interval)) = f.reference_interval {
-            if interval < Duration::from_secs(1) || interval > Duration::from_secs(3600) {
-                return Err(bad(
-                    "freeze.reference_interval",
-                    "must be between 1s and 1h".into(),
-                ));
-            }
+        if let Some(interval) = ranged(
+            "freeze.reference_interval",
+            f.reference_interval,
+            limits::FREEZE_REFERENCE_INTERVAL,
+        )? {
             freeze.reference_interval = interval;
         }
         if let Some(mode) = f.forward_steps {
@@ -504,11 +504,15 @@ fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, S
                 !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
                 return Err(format!(
-                    "refers to \"${{{name}}}\", which is not a variable name"
+                    "refers to {}, which is not a variable name",
+                    quoted(&format!("${{{name}}}"))
                 ));
             }
             let value = env(name).ok_or_else(|| {
-                format!("refers to environment variable {name}, which is not set")
+                format!(
+                    "refers to environment variable {}, which is not set",
+                    clip(name)
+                )
             })?;
             out.push_str(&value);
             rest = &body[end + 1..];

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::limits::{self, quoted};
 use super::HumanDuration;
 use crate::signals::cost::parse_utc_offset;
 
@@ -216,7 +217,15 @@ pub fn parse_location(url: &str, kind: SourceKind) -> Result<Location, String> {
         if kind == SourceKind::Jsonl {
             return Err("is a Postgres URL; a jsonl source reads a file".into());
         }
-        crate::sources::postgres::split_sslmode(url)?;
+        super::postgres_url::check(url)?;
+        let (driver_url, _) = crate::sources::postgres::split_sslmode(url)?;
+        // The driver's own reading, so what it would refuse at connect time is refused here.
+        if let Err(e) = driver_url.parse::<postgres::Config>() {
+            return Err(format!(
+                "is not a Postgres URL the driver accepts: {}",
+                limits::clip_words(&e.to_string())
+            ));
+        }
         return Ok(Location::Postgres(url.to_string()));
     }
     let path = url_to_path(url)?;
@@ -237,8 +246,8 @@ pub fn url_to_path(url: &str) -> Result<PathBuf, String> {
         .unwrap_or(url);
     if rest.contains("://") {
         return Err(format!(
-            "has an unknown scheme in {:?}; use sqlite:///ABSOLUTE/PATH or a path",
-            crate::config::redact_url(url)
+            "has an unknown scheme in {}; use sqlite:///ABSOLUTE/PATH or a path",
+            quoted(&crate::config::redact_url(url))
         ));
     }
     let path = rest.split('?').next().unwrap_or(rest);
@@ -259,7 +268,7 @@ fn sql_columns(
         if let Some(bad) = list.iter().find(|n| !metric_name_part(n)) {
             return Err((
                 k,
-                format!("{bad:?} must be a column name usable in a metric: letters, digits and _, not starting with a digit"),
+                format!("{} must be a column name usable in a metric: letters, digits and _, not starting with a digit", quoted(bad)),
             ));
         }
     }
@@ -312,7 +321,8 @@ fn identifier(value: &str) -> Result<String, String> {
         Ok(value.to_string())
     } else {
         Err(format!(
-            "{value:?} is not a plain table or column name (letters, digits, _ and . only)"
+            "{} is not a plain table or column name (letters, digits, _ and . only)",
+            quoted(value)
         ))
     }
 }
@@ -335,11 +345,17 @@ pub(super) fn validate(
     {
         return Err((
             key("name"),
-            format!("{name:?} must be 1-64 letters, digits, '_', '-' or '.'"),
+            format!(
+                "{} must be 1-64 letters, digits, '_', '-' or '.'",
+                quoted(&name)
+            ),
         ));
     }
     if taken.iter().any(|s| s.name == name) {
-        return Err((key("name"), format!("{name:?} is used by another source")));
+        return Err((
+            key("name"),
+            format!("{} is used by another source", quoted(&name)),
+        ));
     }
     let kind = raw.kind.ok_or_else(|| {
         (
@@ -411,25 +427,42 @@ pub(super) fn validate(
         ));
     }
 
-    let poll = raw.poll.map_or(DEFAULT_POLL, |d| d.0);
-    if poll < Duration::from_millis(100) || poll > Duration::from_secs(3600) {
-        return Err((key("poll"), "must be between 100ms and 1h".into()));
-    }
-    let cost_cap_usd = match raw.cost_cap_usd {
-        Some(cap) if !(cap.is_finite() && cap > 0.0) => {
-            return Err((
-                key("cost_cap_usd"),
-                "must be a positive number of US dollars".into(),
-            ))
-        }
-        other => other,
-    };
+    let ranged =
+        |k: &str, value: Option<HumanDuration>, range: limits::Range<Duration>, default| {
+            value
+                .map_or(Ok(default), |HumanDuration(d)| range.check(d))
+                .map_err(|p| (key(k), p))
+        };
+    let poll = ranged("poll", raw.poll, limits::SOURCE_POLL, DEFAULT_POLL)?;
+    let stall_after = ranged(
+        "stall_after",
+        raw.stall_after,
+        limits::SOURCE_STALL_AFTER,
+        DEFAULT_STALL_AFTER,
+    )?;
+    let gap_min = ranged(
+        "gap_min",
+        raw.gap_min,
+        limits::SOURCE_GAP_MIN,
+        DEFAULT_GAP_MIN,
+    )?;
+    let cost_cap_usd = raw
+        .cost_cap_usd
+        .map(|cap| {
+            limits::SOURCE_COST_CAP_USD
+                .check(cap)
+                .map_err(|p| (key("cost_cap_usd"), format!("{p} (US dollars a day)")))
+        })
+        .transpose()?;
     let cost_utc_offset_secs = match raw.cost_timezone.as_deref() {
         None => 0,
         Some(tz) => parse_utc_offset(tz).ok_or_else(|| {
             (
                 key("cost_timezone"),
-                format!("{tz:?} must be \"UTC\" or a fixed offset like \"+02:00\""),
+                format!(
+                    "{} must be \"UTC\" or a fixed offset like \"+02:00\"",
+                    quoted(tz)
+                ),
             )
         })?,
     };
@@ -484,8 +517,8 @@ pub(super) fn validate(
         kind,
         location,
         poll,
-        stall_after: raw.stall_after.map_or(DEFAULT_STALL_AFTER, |d| d.0),
-        gap_min: raw.gap_min.map_or(DEFAULT_GAP_MIN, |d| d.0),
+        stall_after,
+        gap_min,
         cost_cap_usd,
         cost_utc_offset_secs,
         detail,
@@ -502,7 +535,10 @@ fn queue_layout(
         Some(other) => {
             return Err((
                 key("preset"),
-                format!("{other:?} is not a preset; use \"lab-jobs\" or \"digest-tasks\""),
+                format!(
+                    "{} is not a preset; use \"lab-jobs\" or \"digest-tasks\"",
+                    quoted(other)
+                ),
             ))
         }
         None => {
@@ -584,11 +620,19 @@ fn queue_layout(
     if raw.dead_status.is_some() {
         layout.dead_status = raw.dead_status.clone();
     }
-    if let Some(l) = raw.lease {
-        layout.lease = Some(l.0);
+    if let Some(HumanDuration(l)) = raw.lease {
+        layout.lease = Some(
+            limits::SOURCE_LEASE
+                .check(l)
+                .map_err(|p| (key("lease"), p))?,
+        );
     }
-    if raw.max_attempts.is_some() {
-        layout.max_attempts = raw.max_attempts;
+    if let Some(n) = raw.max_attempts {
+        layout.max_attempts = Some(
+            limits::SOURCE_MAX_ATTEMPTS
+                .check(n)
+                .map_err(|p| (key("max_attempts"), p))?,
+        );
     }
     if let Some(claims) = raw.attempts_count_claims {
         layout.attempts_count_claims = claims;

@@ -1255,6 +1255,40 @@ mod tests {
         );
     }
 
+    /// Issue 14: a `process_stall` of 1.37 s was recorded under `freeze.min = 2s`: a loop
+    /// held up before it slept (asleep 1.26 s past its deadline) had its start put midway
+    /// between falling asleep and the deadline, i.e. after the deadline, so a wake 2 s late
+    /// became a 1.37 s stall. Whatever the hold-up, no stall is shorter than `min`.
+    #[test]
+    fn no_process_stall_is_shorter_than_freeze_min() {
+        for held_up_ms in [-250, 0, 500, 1_260, 1_900] {
+            for late_ms in [2_000, 2_001, 2_630] {
+                let mut sim = Sim::new(false);
+                sim.run(2);
+                let deadline = sim.mono + TICK;
+                let slept_at = deadline + held_up_ms * MS;
+                sim.mono = deadline + late_ms * MS;
+                sim.d.on_wake(Wake {
+                    slept_at_ns: slept_at,
+                    deadline_ns: deadline,
+                    clocks: sim.clocks(),
+                });
+                sim.run(5);
+                let stalls: Vec<_> = sim
+                    .events
+                    .iter()
+                    .filter(|e| e.kind == FreezeKind::ProcessStall)
+                    .collect();
+                assert_eq!(stalls.len(), 1, "{held_up_ms} {late_ms}: {:?}", sim.events);
+                assert!(
+                    stalls[0].duration_ns >= sim.d.cfg.min_ns,
+                    "held up {held_up_ms} ms, {late_ms} ms late: {:?}",
+                    stalls[0]
+                );
+            }
+        }
+    }
+
     #[test]
     fn run_delay_below_a_twentieth_of_the_stall_is_background() {
         let below = stall_with_host(host_at_rest(), 4 * S, |h, _| {
