@@ -13,7 +13,6 @@
 //! state DB or the data dir (a temporary file proves the directory writable and is
 //! removed), and never writes to an app database (sources are read-only).
 
-use std::fs::FileType;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::sync::mpsc;
@@ -228,26 +227,7 @@ pub fn parse_cgroup(proc_self_cgroup: &str, v2_root: bool) -> CgroupFacts {
     }
 }
 
-/// What a file type is, for a sentence ("is a FIFO (named pipe)").
-pub fn file_type_name(ft: FileType) -> &'static str {
-    if ft.is_dir() {
-        "a directory"
-    } else if ft.is_file() {
-        "a regular file"
-    } else if ft.is_fifo() {
-        "a FIFO (named pipe)"
-    } else if ft.is_socket() {
-        "a socket"
-    } else if ft.is_char_device() {
-        "a character device"
-    } else if ft.is_block_device() {
-        "a block device"
-    } else if ft.is_symlink() {
-        "a symbolic link"
-    } else {
-        "not a regular file"
-    }
-}
+pub use crate::sources::file::file_type_name;
 
 /// Aligned text: the verdict per freeze kind first, then the facts behind it.
 pub fn render_text(report: &Report) -> String {
@@ -622,20 +602,13 @@ fn not_a_device(path: &Path) -> Result<(), String> {
 /// A SQLite or log source's path must be a regular file (or absent, which the source
 /// reports itself); anything else is refused before it is opened.
 pub fn not_a_file(location: &Location) -> Option<String> {
-    let (path, what) = match location {
-        Location::Sqlite(path) => (path, "a SQLite database file"),
-        Location::File(path) => (path, "a log file"),
-        Location::Postgres(_) => return None,
+    let (Location::Sqlite(path) | Location::File(path)) = location else {
+        return None;
     };
+    let expected = crate::sources::file::expected(location)?;
     let meta = std::fs::metadata(path).ok()?;
-    (!meta.is_file()).then(|| {
-        format!(
-            "{} is {}, not {what}; point url at the app's {}",
-            path.display(),
-            file_type_name(meta.file_type()),
-            what.trim_start_matches("a ")
-        )
-    })
+    (!meta.is_file())
+        .then(|| crate::sources::file::not_a_file_sentence(path, meta.file_type(), expected))
 }
 
 type Pending = (mpsc::Receiver<(usize, SourceCheck)>, Instant);

@@ -162,7 +162,9 @@ fn main() -> ExitCode {
             },
             clock::real_ns(),
         )),
-        Command::CheckConfig { file } => match Config::load(&file) {
+        Command::CheckConfig { file } => match Config::load(&file)
+            .and_then(|config| source_files_usable(&file, &config).map(|()| config))
+        {
             Ok(_) => {
                 println!("{}: valid", file.display());
                 ExitCode::SUCCESS
@@ -197,7 +199,12 @@ fn main() -> ExitCode {
             listen,
             data_dir,
         } => {
-            let mut config = match load_config(config) {
+            let file = config.clone();
+            let loaded = load_config(config).and_then(|c| match &file {
+                Some(file) => source_files_usable(file, &c).map(|()| c),
+                None => Ok(c),
+            });
+            let mut config = match loaded {
                 Ok(c) => c,
                 Err(e) => return fail(EXIT_CONFIG, &e.to_string()),
             };
@@ -213,6 +220,23 @@ fn main() -> ExitCode {
                 Err(e) => fail(EXIT_CONFIG, &e.to_string()),
             }
         }
+    }
+}
+
+/// A source path that exists must be a regular file, for `run` and `check-config` (a FIFO
+/// would block the source's open). `doctor` loads the same file without this check and
+/// reports such a source as unusable instead.
+fn source_files_usable(
+    file: &std::path::Path,
+    config: &Config,
+) -> Result<(), stallwatch::config::ConfigError> {
+    match stallwatch::sources::file::first_not_a_file(&config.sources) {
+        None => Ok(()),
+        Some((index, problem)) => Err(stallwatch::config::ConfigError::Key {
+            path: file.to_path_buf(),
+            key: format!("source[{index}].url"),
+            problem: format!("is refused: {problem}"),
+        }),
     }
 }
 

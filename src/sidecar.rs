@@ -31,6 +31,13 @@ use crate::status::{DowntimeStatus, LiveStatus, ReferenceStatus, SharedStatus, S
 /// Time allowed for open HTTP connections to finish after a stop signal; the whole
 /// shutdown must fit in the 5 s an orchestrator waits before SIGKILL.
 pub const HTTP_DRAIN: Duration = Duration::from_secs(2);
+/// Longest wait for the source threads after the stop signal. A poll in flight ends within
+/// its own timeouts; a source stuck in a system call (a database that accepted the
+/// connection and never answers) is left behind, so the rest of the shutdown — the
+/// exporter's last batch, the alert engine, the clean heartbeat — still fits in the 5 s.
+pub const SOURCE_STOP_DEADLINE: Duration = Duration::from_millis(2_500);
+/// How often the shutdown looks whether the source threads have finished.
+const SOURCE_STOP_CHECK: Duration = Duration::from_millis(10);
 /// Samples from network references waiting for the tick thread.
 pub const NETWORK_SAMPLE_QUEUE: usize = 64;
 /// Extra wait after the freeze merge window before an episode is attributed, covering the
@@ -240,7 +247,7 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
                 slots.push((database_clock_name(&source.name), RefSlot::Network));
                 (slots.len() - 1, sample_tx.clone())
             });
-            SourceRunner {
+            let thread = SourceRunner {
                 clock,
                 config: source.clone(),
                 index,
@@ -253,7 +260,8 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
                 settle_ns,
                 traces: source_traces.get_mut(index).and_then(Option::take),
             }
-            .spawn()
+            .spawn();
+            (source.name.clone(), thread)
         })
         .collect();
     let tick = Runner {
@@ -299,6 +307,7 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
 
     let signal = stop_signal().await;
     tracing::info!(signal, "stopping");
+    let sources_deadline = std::time::Instant::now() + SOURCE_STOP_DEADLINE;
     // Phase 1: stop taking work.
     let _ = drain_tx.send(());
     stop.store(true, Ordering::Relaxed);
@@ -312,9 +321,7 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
     }
     tokio::task::spawn_blocking(move || {
         let _ = tick.join();
-        for thread in source_threads {
-            let _ = thread.join();
-        }
+        join_sources(source_threads, sources_deadline);
         // After the sources: their last finished workflows are in its queue.
         if let Some(otlp) = otlp {
             otlp.stop();
@@ -331,6 +338,33 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
 /// Waits for SIGTERM or SIGINT. SIGHUP (a closed terminal, `systemctl reload`) is logged
 /// and ignored: config reload is not supported, and its default action would kill the
 /// process without a clean heartbeat.
+/// Joins the source threads (by source name) that finish by `deadline`; the others are
+/// left running, each named in a warning, and end with the process.
+fn join_sources(
+    threads: Vec<(String, std::thread::JoinHandle<()>)>,
+    deadline: std::time::Instant,
+) {
+    let mut waiting = threads;
+    while !waiting.is_empty() && std::time::Instant::now() < deadline {
+        let (done, busy): (Vec<_>, Vec<_>) =
+            waiting.into_iter().partition(|(_, t)| t.is_finished());
+        for (_, thread) in done {
+            let _ = thread.join();
+        }
+        waiting = busy;
+        if !waiting.is_empty() {
+            std::thread::sleep(SOURCE_STOP_CHECK);
+        }
+    }
+    for (source, _) in waiting {
+        tracing::warn!(
+            source = %source,
+            deadline_ms = SOURCE_STOP_DEADLINE.as_millis() as u64,
+            "source thread still busy at the shutdown deadline; leaving it behind"
+        );
+    }
+}
+
 async fn stop_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");

@@ -8,7 +8,7 @@
 //! fed in the order they completed. A **stall** is a workflow still pending whose last
 //! progress is older than `stall_after`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Step names whose span is an intended wait, not work.
 pub const INTENDED_WAITS: &[&str] = &["DBOS.recv", "DBOS.sleep", "DBOS.getEvent", "DBOS.get_event"];
@@ -142,6 +142,15 @@ impl GapTracker {
     /// Forgets a workflow that finished (its next row, if any, starts fresh).
     pub fn forget(&mut self, workflow_id: &str) {
         self.workflows.remove(workflow_id);
+    }
+
+    /// Forgets the workflows that are no longer open and have had no step since
+    /// `quiet_since_ns`: they finished, and their last rows have been read (the caller
+    /// picks `quiet_since_ns` past its read overlap). Without this the tracker holds
+    /// every workflow it ever saw until the cap, so memory grows with workflows seen.
+    pub fn forget_finished(&mut self, open: &HashSet<&str>, quiet_since_ns: i64) {
+        self.workflows
+            .retain(|id, a| open.contains(id.as_str()) || a.end_ns >= quiet_since_ns);
     }
 
     pub fn tracked(&self) -> usize {
@@ -565,5 +574,35 @@ mod tests {
             .map(|w| w.workflow_id.as_str())
             .collect();
         assert_eq!(ids, vec!["a", "c"]);
+    }
+
+    #[test]
+    fn finished_workflows_are_forgotten_once_quiet_and_open_ones_kept() {
+        let mut t = GapTracker::default();
+        for id in ["done", "open", "recent"] {
+            t.observe(&StepRow {
+                workflow_id: id.into(),
+                ..row("a", 0, if id == "recent" { 50_000 } else { 1_000 })
+            });
+        }
+        let open: HashSet<&str> = ["open"].into_iter().collect();
+        t.forget_finished(&open, 10_000 * MS);
+        assert_eq!(
+            t.tracked(),
+            2,
+            "'done' is forgotten, 'open' and 'recent' kept"
+        );
+        // The forgotten one starts fresh: no gap back to its last step.
+        assert!(t
+            .observe(&StepRow {
+                workflow_id: "done".into(),
+                ..row("b", 90_000, 91_000)
+            })
+            .is_none());
+        let g = t.observe(&StepRow {
+            workflow_id: "open".into(),
+            ..row("b", 90_000, 91_000)
+        });
+        assert!(g.is_some(), "an open workflow keeps its history");
     }
 }

@@ -102,6 +102,9 @@ impl Source for JsonlSource {
                         SourceError::new(ErrorKind::Missing, e.to_string())
                     }
                     TailError::Io { .. } => SourceError::new(ErrorKind::Io, e.to_string()),
+                    TailError::NotAFile { .. } => {
+                        SourceError::new(ErrorKind::NotAFile, e.to_string())
+                    }
                 })?;
             obs.oversize_lines += batch.skipped_oversize;
             for line in &batch.lines {

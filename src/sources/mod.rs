@@ -8,6 +8,7 @@
 
 pub mod db;
 pub mod dbos;
+pub mod file;
 pub mod jsonl;
 pub mod postgres;
 pub mod queue_table;
@@ -69,6 +70,9 @@ pub struct Observation {
     pub samples: Vec<sql::Sample>,
     /// Values of an operator's query that were not numbers (counted and skipped).
     pub bad_values: u64,
+    /// Reads that hit [`MAX_ROWS_PER_POLL`] with more to read: what they counted is a
+    /// lower bound (`source_errors_total{kind="rows_capped"}`).
+    pub capped_reads: u64,
     /// SQLite journal mode of the app database.
     pub journal_mode: Option<String>,
     /// The database server's clock, read during the poll (Postgres): a freeze reference.
@@ -97,10 +101,12 @@ pub enum ErrorKind {
     Corrupt,
     Io,
     Query,
+    /// The path names a FIFO, directory, device or socket, never opened.
+    NotAFile,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 9] = [
+    pub const ALL: [ErrorKind; 10] = [
         ErrorKind::Missing,
         ErrorKind::NotADatabase,
         ErrorKind::Schema,
@@ -110,6 +116,7 @@ impl ErrorKind {
         ErrorKind::Corrupt,
         ErrorKind::Io,
         ErrorKind::Query,
+        ErrorKind::NotAFile,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -123,6 +130,7 @@ impl ErrorKind {
             ErrorKind::Corrupt => "corrupt",
             ErrorKind::Io => "io",
             ErrorKind::Query => "query",
+            ErrorKind::NotAFile => "not_a_file",
         }
     }
 }

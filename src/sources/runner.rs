@@ -41,6 +41,9 @@ pub const MAX_QUEUE_LABELS: usize = 100;
 pub const MAX_LOCK_BACKOFF: u32 = 8;
 /// Distinct label combinations per `sql` source.
 pub const MAX_SQL_SERIES: usize = 1_000;
+/// How long a workflow that left the open set must have been quiet before the gap
+/// tracker forgets it: well past the sources' read overlap, so its last rows are read.
+const FINISHED_QUIET_NS: i64 = 120 * crate::clock::NANOS_PER_SEC;
 /// Episodes waiting for attribution; beyond this the oldest are attributed at once.
 pub const MAX_UNSETTLED_EPISODES: usize = 10_000;
 
@@ -122,8 +125,9 @@ impl SourceRunner {
             sm.source_errors_total
                 .with_label_values(&[&name, kind.as_str()]);
         }
-        sm.source_errors_total
-            .with_label_values(&[&name, "bad_timestamp"]);
+        for kind in ["bad_timestamp", "rows_capped"] {
+            sm.source_errors_total.with_label_values(&[&name, kind]);
+        }
         if self.config.kind == SourceKind::Jsonl {
             sm.source_errors_total
                 .with_label_values(&[&name, "oversize_line"]);
@@ -358,6 +362,11 @@ impl SourceRunner {
                 .set(*n as f64);
         }
         self.publish_queue_facts(&obs, &present);
+        if obs.capped_reads > 0 {
+            sm.source_errors_total
+                .with_label_values(&[name, "rows_capped"])
+                .inc_by(obs.capped_reads);
+        }
         self.skipped("bad_timestamp", obs.bad_timestamps);
         self.skipped("oversize_line", obs.oversize_lines);
 
@@ -436,6 +445,12 @@ impl SourceRunner {
                 }
             }
             d.stalled = ids;
+            // Finished workflows leave the gap tracker once their last rows are surely
+            // read; a capped open set proves nothing about what is missing from it.
+            if (open.len() as i64) < crate::sources::dbos::MAX_OPEN_WORKFLOWS {
+                let open_ids: HashSet<&str> = open.iter().map(|w| w.workflow_id.as_str()).collect();
+                d.gaps.forget_finished(&open_ids, now - FINISHED_QUIET_NS);
+            }
             let mut longest = now_stalled.clone();
             longest.sort_by(|a, b| {
                 (a.idle_since_ns(), &a.workflow_id).cmp(&(b.idle_since_ns(), &b.workflow_id))

@@ -4,9 +4,12 @@
 //! every query in autocommit, so each read transaction lasts one statement (a long reader
 //! would starve WAL checkpoints, or block writers in rollback-journal mode); waits at most
 //! [`SOURCE_BUSY_TIMEOUT`] for a lock, then reports `locked` for this poll and tries again
-//! on the next. The connection is dropped after any error and reopened on the next poll,
-//! so a file that was replaced, repaired or created later is picked up.
+//! on the next. The connection is dropped after any error, and when the path no longer
+//! names the file it opened (replaced, deleted, or swapped for a FIFO or directory), and
+//! reopened on the next poll, so a file that was replaced, repaired or created later is
+//! picked up. Only a regular file is ever opened ([`super::file::open_regular`]).
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,6 +19,7 @@ use rusqlite::{Connection, OpenFlags};
 use rusqlite::types::ValueRef;
 
 use super::db::{Query, Session, Table, Value};
+use super::file::{open_regular, OpenError};
 use super::{ErrorKind, SourceError};
 use crate::freeze::reference::RefSample;
 
@@ -25,12 +29,20 @@ pub const SOURCE_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub struct SqliteReader {
     path: PathBuf,
-    conn: Option<Connection>,
+    /// The open connection and the (device, inode) of the file it was opened on.
+    conn: Option<(Connection, (u64, u64))>,
 }
 
 impl SqliteReader {
     pub fn new(path: PathBuf) -> SqliteReader {
         SqliteReader { path, conn: None }
+    }
+
+    /// Whether the path still names the file the connection was opened on: one `stat`
+    /// per poll, so a database replaced under the same name (or a FIFO or directory put
+    /// in its place) is noticed instead of the deleted file being read forever.
+    fn still_at_path(&self, opened: (u64, u64)) -> bool {
+        std::fs::metadata(&self.path).is_ok_and(|m| m.is_file() && (m.dev(), m.ino()) == opened)
     }
 
     pub fn path(&self) -> &Path {
@@ -43,11 +55,17 @@ impl SqliteReader {
         &mut self,
         f: impl FnOnce(&mut dyn Session) -> Result<T, SourceError>,
     ) -> Result<T, SourceError> {
+        if let Some((_, opened)) = &self.conn {
+            if !self.still_at_path(*opened) {
+                tracing::info!(path = %self.path.display(), "app database file replaced or gone; reopening");
+                self.conn = None;
+            }
+        }
         if self.conn.is_none() {
             self.conn = Some(open(&self.path)?);
         }
         let mut session = SqliteSession {
-            conn: self.conn.as_ref().expect("opened above"),
+            conn: &self.conn.as_ref().expect("opened above").0,
             path: &self.path,
         };
         let result = f(&mut session);
@@ -109,40 +127,25 @@ impl Session for SqliteSession<'_> {
     }
 }
 
-fn open(path: &Path) -> Result<Connection, SourceError> {
-    match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(SourceError::new(
-                ErrorKind::Missing,
-                format!("{} does not exist", path.display()),
-            ));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            return Err(SourceError::new(
+fn open(path: &Path) -> Result<(Connection, (u64, u64)), SourceError> {
+    // Only a regular file, opened without blocking (a FIFO would block SQLite's own open
+    // forever); opening it for reading also proves permission before SQLite hides the
+    // reason. Held until SQLite has opened the path, which leaves only the moment between
+    // this look and SQLite's open for a FIFO to be swapped in.
+    let (_looked_at, meta) = open_regular(path, "a SQLite database file").map_err(|e| match e {
+        OpenError::Missing(_) => SourceError::new(
+            ErrorKind::Missing,
+            format!("{} does not exist", path.display()),
+        ),
+        OpenError::NotAFile(sentence) => SourceError::new(ErrorKind::NotAFile, sentence),
+        OpenError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            SourceError::new(
                 ErrorKind::Permission,
-                format!("{}: permission denied", path.display()),
-            ));
+                format!("cannot open {}: {source}", path.display()),
+            )
         }
-        Err(e) => {
-            return Err(SourceError::new(
-                ErrorKind::Io,
-                format!("{}: {e}", path.display()),
-            ))
-        }
-        Ok(_) => {}
-    }
-    // Opening the file for reading proves permission before SQLite hides the reason.
-    if let Err(e) = std::fs::File::open(path) {
-        let kind = if e.kind() == std::io::ErrorKind::PermissionDenied {
-            ErrorKind::Permission
-        } else {
-            ErrorKind::Io
-        };
-        return Err(SourceError::new(
-            kind,
-            format!("cannot open {}: {e}", path.display()),
-        ));
-    }
+        other => SourceError::new(ErrorKind::Io, other.to_string()),
+    })?;
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -166,7 +169,7 @@ fn open(path: &Path) -> Result<Connection, SourceError> {
         r.get::<_, i64>(0)
     })
     .map_err(|e| classify(path, e))?;
-    Ok(conn)
+    Ok((conn, (meta.dev(), meta.ino())))
 }
 
 /// The database's journal mode (`wal`, `delete`, …), read without changing it.

@@ -23,6 +23,10 @@
 //! - **Missing**: [`TailError::Missing`]. A held handle is kept, so lines the writer still
 //!   appends to the deleted or renamed file are returned by later polls; when a file
 //!   appears at the path it is read from its beginning, since it is all new content.
+//! - **Not a regular file** (a FIFO, directory, device or socket, also one renamed over
+//!   the log): never opened ([`super::file::open_regular`]), [`TailError::NotAFile`],
+//!   handled like a missing file: the held file is read to its end first, and the path is
+//!   looked at again on every poll.
 //!
 //! Also inherent to following by name (as with `tail -F`): at most one file is held, so if
 //! the path is rotated twice between polls the middle file is never seen, and lines a
@@ -36,6 +40,8 @@ use std::fs::File;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::PathBuf;
+
+use super::file::{open_regular, OpenError};
 
 /// Longest line kept, in bytes, without its newline: far above any sane JSON event, and
 /// the most one runaway writer (a line that never ends) can make this side hold.
@@ -124,6 +130,9 @@ pub enum TailError {
     /// The file exists but cannot be looked at, opened or read.
     #[error("cannot read {path}: {reason}")]
     Io { path: PathBuf, reason: String },
+    /// The path names something other than a regular file; the sentence says what.
+    #[error("{sentence}")]
+    NotAFile { sentence: String },
 }
 
 /// What one poll may still take.
@@ -186,7 +195,7 @@ impl Tailer {
                 // A file that appears later is new content, wherever this side started.
                 Ok(()) | Err(TailError::Missing { .. }) => self.start_at_end_pending = false,
                 // Unreadable for now: decide where to start once it can be read.
-                Err(TailError::Io { .. }) => {}
+                Err(TailError::Io { .. } | TailError::NotAFile { .. }) => {}
             }
             opened?;
             self.read_available(&mut budget, &mut batch)?;
@@ -250,16 +259,14 @@ impl Tailer {
         }
     }
 
-    /// Opens the path and reads the identity of what was actually opened.
+    /// Opens the path, if it is a regular file, and reads the identity of what was
+    /// actually opened. Never blocks in `open()` (a FIFO is refused, not opened).
     fn open_path(&self) -> Result<Held, TailError> {
-        let file = File::open(&self.path).map_err(|err| {
-            if err.kind() == io::ErrorKind::NotFound {
-                self.missing()
-            } else {
-                self.io_error(&err)
-            }
+        let (file, meta) = open_regular(&self.path, "a log file").map_err(|err| match err {
+            OpenError::Missing(_) => self.missing(),
+            OpenError::NotAFile(sentence) => TailError::NotAFile { sentence },
+            OpenError::Io { source, .. } => self.io_error(&source),
         })?;
-        let meta = file.metadata().map_err(|err| self.io_error(&err))?;
         Ok(Held {
             file,
             id: FileId::of(&meta),
@@ -927,6 +934,52 @@ mod tests {
         assert!(err
             .to_string()
             .starts_with(&format!("cannot read {}: ", path.display())));
+    }
+
+    /// Issue 14 item 4: a FIFO renamed over the log blocked the poll in `open()` forever.
+    #[test]
+    fn a_fifo_or_device_renamed_over_the_log_is_refused_after_the_old_file_is_finished() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        append(&path, b"a\n");
+        let mut tailer = Tailer::new(path.clone(), false);
+        assert_eq!(lines(&poll_all(&mut tailer)), ["a"]);
+        let mut old = OpenOptions::new().append(true).open(&path).unwrap();
+
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; the result is checked.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        fs::rename(&fifo, &path).unwrap();
+        old.write_all(b"late\n").unwrap();
+        assert_eq!(
+            lines(&poll_all(&mut tailer)),
+            ["late"],
+            "the old file first"
+        );
+        let err = tailer.poll(ALL_LINES, ALL_BYTES).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} is a FIFO (named pipe), not a log file; point url at the app's log file",
+                path.display()
+            )
+        );
+
+        let link = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        fs::rename(&link, &path).unwrap();
+        let err = tailer.poll(ALL_LINES, ALL_BYTES).unwrap_err();
+        assert!(matches!(err, TailError::NotAFile { .. }), "{err:?}");
+        assert!(err.to_string().contains("is a character device"), "{err}");
+
+        let next = dir.path().join("next");
+        append(&next, b"b\n");
+        fs::rename(&next, &path).unwrap();
+        let batch = poll_all(&mut tailer);
+        assert_eq!(lines(&batch), ["b"]);
+        assert!(batch.rotated);
     }
 
     /// splitmix64: a small seeded generator so the stress test is the same on every run.
