@@ -335,9 +335,6 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT. SIGHUP (a closed terminal, `systemctl reload`) is logged
-/// and ignored: config reload is not supported, and its default action would kill the
-/// process without a clean heartbeat.
 /// Joins the source threads (by source name) that finish by `deadline`; the others are
 /// left running, each named in a warning, and end with the process.
 fn join_sources(
@@ -365,6 +362,9 @@ fn join_sources(
     }
 }
 
+/// Waits for SIGTERM or SIGINT. SIGHUP (a closed terminal, `systemctl reload`) is logged
+/// and ignored: config reload is not supported, and its default action would kill the
+/// process without a clean heartbeat.
 async fn stop_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
