@@ -337,10 +337,7 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
 
 /// Joins the source threads (by source name) that finish by `deadline`; the others are
 /// left running, each named in a warning, and end with the process.
-fn join_sources(
-    threads: Vec<(String, std::thread::JoinHandle<()>)>,
-    deadline: std::time::Instant,
-) {
+fn join_sources(threads: Vec<(String, std::thread::JoinHandle<()>)>, deadline: std::time::Instant) {
     let mut waiting = threads;
     while !waiting.is_empty() && std::time::Instant::now() < deadline {
         let (done, busy): (Vec<_>, Vec<_>) =
