@@ -167,11 +167,14 @@ mod tests {
         mkfifo(&fifo);
         let link = dir.path().join("zero");
         std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let socket = dir.path().join("socket");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
         let started = Instant::now();
         for (path, what) in [
             (fifo.as_path(), "a FIFO (named pipe)"),
             (dir.path(), "a directory"),
             (link.as_path(), "a character device"),
+            (socket.as_path(), "a socket"),
         ] {
             match open_regular(path, "a log file") {
                 Err(OpenError::NotAFile(sentence)) => assert_eq!(
