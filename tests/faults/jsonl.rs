@@ -426,7 +426,7 @@ fn a_fifo_or_device_swapped_in_while_running_is_refused_and_sigterm_still_stops_
 }
 
 #[test]
-fn a_directory_in_place_of_a_sqlite_source_is_refused_by_name() {
+fn a_directory_or_fifo_in_place_of_a_sqlite_source_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
     rusqlite::Connection::open(&db)
@@ -449,6 +449,15 @@ fn a_directory_in_place_of_a_sqlite_source_is_refused_by_name() {
             db.display()
         )),
         "{text}"
+    );
+    // A FIFO in its place: refused before SQLite could block opening it.
+    std::fs::remove_dir(&db).unwrap();
+    mkfifo(&db);
+    wait_down(
+        &sidecar,
+        "app",
+        "not_a_file",
+        "is a FIFO (named pipe), not a SQLite database file",
     );
     assert_stops_cleanly(&mut sidecar);
 }
