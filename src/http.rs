@@ -3,9 +3,18 @@
 //!
 //! Handlers read the metrics registry, the live status snapshot, or the state DB through
 //! a read-only connection on the blocking pool. None of them waits for the tick thread.
+//!
+//! [`serve`] is the accept loop (hyper's HTTP/1 connection under our own loop, not
+//! `axum::serve`, which has no timeouts and no limit): a client has
+//! [`HEADER_READ_TIMEOUT`] to send each request head, at most [`connection_limit`]
+//! connections are open (a share of `RLIMIT_NOFILE` after a reserve for the state DB and
+//! the sources), and beyond it the longest-idle connection is closed to make room, so
+//! `/healthz` answers however many idle sockets a client holds. Accept errors (EMFILE)
+//! pause the loop instead of spinning it.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -26,6 +35,26 @@ pub const DEFAULT_EVENT_LIMIT: i64 = 1000;
 pub const HEALTHY_TICKS: i64 = 20;
 /// Floor for that staleness, so a short tick does not make health flap.
 pub const HEALTHY_MIN_NS: i64 = 5_000_000_000;
+/// A client has this long to send a whole request head, counted from when the server
+/// starts waiting for it: from the connect, or from the previous response on a kept-alive
+/// connection. So it is both the header timeout (a slowloris trickling bytes is cut) and
+/// the keep-alive idle timeout. A scrape sends its ~200-byte head at once.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// File descriptors never given to HTTP connections: the state DB's connections (with WAL
+/// and shm), the runtime, stdio and logs. The sidecar holds about 30 at rest.
+pub const FD_RESERVE: u64 = 64;
+/// Further descriptors kept per source (its database, WAL and shm, or a followed file).
+pub const FD_RESERVE_PER_SOURCE: u64 = 4;
+/// Most HTTP connections open at once, whatever the fd limit: scrapers, a status page and
+/// a few people with curl need far fewer.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Fewest connections allowed, however low the fd limit: `/healthz` and a scrape fit.
+pub const MIN_CONNECTIONS: usize = 4;
+/// Pause after a failed accept (EMFILE, ENFILE, ENOMEM) before the next, so a full fd
+/// table does not spin the loop; an idle connection is closed first to free one.
+pub const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// How often a stopping server looks whether its connections have finished.
+const DRAIN_CHECK: Duration = Duration::from_millis(10);
 
 #[derive(Clone)]
 pub struct AppState {
@@ -45,7 +74,19 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/episodes", get(episodes))
         .route("/api/v1/alerts", get(alerts))
+        .layer(axum::middleware::map_response(date_now))
         .with_state(state)
+}
+
+/// Every response's `Date` is the wall clock now. hyper's own is cached until its next
+/// one-second update, which after the clock is stepped back lies as far in the future as
+/// the step, so it stayed stale for that long (an hour for a one-hour step).
+async fn date_now(mut response: Response) -> Response {
+    let now = httpdate::fmt_http_date(std::time::SystemTime::now());
+    if let Ok(value) = header::HeaderValue::from_str(&now) {
+        response.headers_mut().insert(header::DATE, value);
+    }
+    response
 }
 
 /// The live status page: a constant document whose script reads the API below.
@@ -176,7 +217,8 @@ fn window(q: &FreezeQuery) -> Result<(i64, i64), Box<Response>> {
                 .unwrap_or(0),
             Err(_) => {
                 return Err(Box::new(bad_request(format!(
-                    "`since` must be an RFC 3339 time like 2026-11-23T19:00:00Z, not {text:?}"
+                    "`since` must be an RFC 3339 time like 2026-11-23T19:00:00Z, not {}",
+                    crate::config::quoted(text)
                 ))))
             }
         },
@@ -286,16 +328,323 @@ async fn episodes(
     };
     let source = q.source.clone();
     read_state(&s, move |r| {
-        Ok(r.episodes_since(since_ns, limit)?
+        let wanted = |name: &str| source.as_deref().is_none_or(|want| name == want);
+        let mut rows: Vec<EpisodeRow> = r
+            .episodes_since(since_ns, limit)?
             .into_iter()
-            .filter(|e| source.as_ref().is_none_or(|want| &e.episode.source == want))
-            .map(episode_json)
-            .collect::<Vec<_>>())
+            .filter(|e| wanted(&e.episode.source))
+            .map(|e| EpisodeRow::Episode(episode_json(e)))
+            .collect();
+        rows.extend(
+            r.folded_since(since_ns)?
+                .into_iter()
+                .filter(|f| wanted(&f.source))
+                .map(|f| {
+                    EpisodeRow::Folded(FoldedJson {
+                        kind: "folded",
+                        folded: f.count,
+                        first_day: crate::report::time::day_label(f.first_day),
+                        last_day: crate::report::time::day_label(f.last_day),
+                        source: f.source,
+                    })
+                }),
+        );
+        Ok(rows)
     })
     .await
+}
+
+/// One row of `/api/v1/episodes`: an episode, or after them one summary row per source
+/// whose episodes were folded (counted, not stored one by one) on the days from `since`.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum EpisodeRow {
+    Episode(EpisodeJson),
+    Folded(FoldedJson),
+}
+
+#[derive(Serialize)]
+struct FoldedJson {
+    source: String,
+    /// Always `folded`.
+    kind: &'static str,
+    /// How many episodes of this source were folded.
+    folded: u64,
+    /// UTC days (`YYYY-MM-DD`) of the first and last folded episode counted.
+    first_day: String,
+    last_day: String,
 }
 
 async fn alerts(State(s): State<AppState>) -> Response {
     let now = crate::clock::real_ns();
     read_state(&s, move |r| r.alerts_view(now)).await
+}
+
+// ---- serving -------------------------------------------------------------------------
+
+/// How many HTTP connections may be open under a soft `RLIMIT_NOFILE` of `nofile`, with
+/// `sources` sources: half of what the reserve leaves, within
+/// [`MIN_CONNECTIONS`]..=[`MAX_CONNECTIONS`].
+pub fn connection_limit(nofile: u64, sources: usize) -> usize {
+    let reserve = FD_RESERVE + FD_RESERVE_PER_SOURCE * sources as u64;
+    let share = nofile.saturating_sub(reserve) / 2;
+    usize::try_from(share)
+        .unwrap_or(usize::MAX)
+        .clamp(MIN_CONNECTIONS, MAX_CONNECTIONS)
+}
+
+/// This process's soft `RLIMIT_NOFILE`.
+pub fn nofile_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        1024
+    }
+}
+
+/// Why a connection was refused or cut, `stallwatch_http_connections_rejected_total{reason}`.
+pub const REJECT_REASONS: [&str; 4] = ["idle_evicted", "limit", "accept_error", "header_timeout"];
+
+/// One open connection: when it last finished a request (`None` while one is in
+/// flight) and how to close it.
+struct Open {
+    idle_since: Option<Instant>,
+    close: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// The open connections, behind a short lock (never held across an await).
+#[derive(Default)]
+struct Registry {
+    next_id: u64,
+    open: HashMap<u64, Open>,
+}
+
+#[derive(Clone)]
+struct Connections {
+    registry: Arc<Mutex<Registry>>,
+    metrics: Arc<Metrics>,
+    status: SharedStatus,
+    limit: usize,
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reject(&self, reason: &'static str) {
+        self.metrics
+            .http
+            .connections_rejected_total
+            .with_label_values(&[reason])
+            .inc();
+        *self.status.lock().http.rejected.entry(reason).or_default() += 1;
+    }
+
+    fn publish(&self, open: usize) {
+        self.metrics.http.connections.set(open as i64);
+        self.status.lock().http.connections = open as u64;
+    }
+
+    /// Closes the connection idle longest; false when every one is busy.
+    fn evict_idle(&self) -> bool {
+        let mut registry = self.lock();
+        let oldest = registry
+            .open
+            .iter()
+            .filter_map(|(id, c)| c.idle_since.map(|t| (t, *id)))
+            .min();
+        let Some((_, id)) = oldest else {
+            return false;
+        };
+        if let Some(close) = registry.open.get_mut(&id).and_then(|c| c.close.take()) {
+            let _ = close.send(());
+        }
+        registry.open.remove(&id);
+        let open = registry.open.len();
+        drop(registry);
+        self.publish(open);
+        self.reject("idle_evicted");
+        true
+    }
+
+    /// Registers a new connection if there is room (closing the longest-idle one if need
+    /// be); `None` when the limit is reached and every connection is busy.
+    fn admit(&self) -> Option<(u64, tokio::sync::oneshot::Receiver<()>)> {
+        if self.lock().open.len() >= self.limit && !self.evict_idle() {
+            self.reject("limit");
+            return None;
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut registry = self.lock();
+        let id = registry.next_id;
+        registry.next_id += 1;
+        registry.open.insert(
+            id,
+            Open {
+                idle_since: Some(Instant::now()),
+                close: Some(tx),
+            },
+        );
+        let open = registry.open.len();
+        drop(registry);
+        self.publish(open);
+        Some((id, rx))
+    }
+
+    fn set_busy(&self, id: u64, busy: bool) {
+        if let Some(c) = self.lock().open.get_mut(&id) {
+            c.idle_since = (!busy).then(Instant::now);
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        let mut registry = self.lock();
+        if registry.open.remove(&id).is_some() {
+            let open = registry.open.len();
+            drop(registry);
+            self.publish(open);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().open.is_empty()
+    }
+}
+
+/// Marks a connection busy while a request is in flight.
+struct Busy {
+    connections: Connections,
+    id: u64,
+}
+
+impl Busy {
+    fn enter(connections: &Connections, id: u64) -> Busy {
+        connections.set_busy(id, true);
+        Busy {
+            connections: connections.clone(),
+            id,
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.connections.set_busy(self.id, false);
+    }
+}
+
+/// Serves `app` on `listener` until `stop` resolves, then lets open connections finish
+/// their requests (the caller bounds that wait) and returns when all are closed.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limit: usize,
+    metrics: Arc<Metrics>,
+    status: SharedStatus,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    metrics.http.connection_limit.set(limit as i64);
+    for reason in REJECT_REASONS {
+        metrics
+            .http
+            .connections_rejected_total
+            .with_label_values(&[reason]);
+    }
+    status.lock().http.connection_limit = limit as u64;
+    let connections = Connections {
+        registry: Arc::default(),
+        metrics,
+        status,
+        limit,
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    let builder = Arc::new(builder);
+    let (draining_tx, draining) = tokio::sync::watch::channel(false);
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut stop => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                connections.reject("accept_error");
+                tracing::warn!(error = %e, "cannot accept an HTTP connection; closing an idle one and pausing");
+                connections.evict_idle();
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let Some((id, evicted)) = connections.admit() else {
+            drop(stream);
+            continue;
+        };
+        let service = {
+            let connections = connections.clone();
+            let tower = hyper_util::service::TowerToHyperService::new(app.clone());
+            hyper::service::service_fn(move |request| {
+                let busy = Busy::enter(&connections, id);
+                let response = hyper::service::Service::call(&tower, request);
+                async move {
+                    let response = response.await;
+                    drop(busy);
+                    response
+                }
+            })
+        };
+        let builder = builder.clone();
+        let connections = connections.clone();
+        let mut draining = draining.clone();
+        tokio::spawn(async move {
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => Some(result),
+                // Closed to make room: dropping the connection closes its socket.
+                _ = evicted => None,
+                _ = draining.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    Some(conn.await)
+                }
+            };
+            if let Some(Err(e)) = result {
+                if e.is_timeout() {
+                    connections.reject("header_timeout");
+                }
+            }
+            connections.remove(id);
+        });
+    }
+    drop(listener);
+    let _ = draining_tx.send(true);
+    while !connections.is_empty() {
+        tokio::time::sleep(DRAIN_CHECK).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_limit_leaves_room_for_the_sources() {
+        assert_eq!(connection_limit(256, 0), 96);
+        assert_eq!(connection_limit(256, 8), 80);
+        assert_eq!(connection_limit(1024, 0), MAX_CONNECTIONS);
+        assert_eq!(connection_limit(64, 0), MIN_CONNECTIONS);
+        assert_eq!(connection_limit(u64::MAX, 32), MAX_CONNECTIONS);
+    }
 }

@@ -119,7 +119,18 @@ enum Command {
 fn main() -> ExitCode {
     // Taken first, so a restart's measured downtime does not include start-up work.
     let started = clock::read_clocks();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Usage errors quote the argument; a pasted 100 KB value is shown clipped.
+        Err(e) if e.use_stderr() => {
+            eprint!(
+                "{}",
+                stallwatch::config::clip_words(&e.render().to_string())
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(e) => e.exit(),
+    };
     match cli.command {
         Command::Analyze {
             source,
@@ -259,8 +270,9 @@ fn finish(result: Result<Outcome, report::ToolError>) -> ExitCode {
     }
 }
 
+/// One sentence on stderr; any value it quotes whole (a `--since` of 64 KB) is clipped.
 fn fail(code: u8, sentence: &str) -> ExitCode {
-    eprintln!("stallwatch: {sentence}");
+    eprintln!("stallwatch: {}", stallwatch::config::clip_words(sentence));
     ExitCode::from(code)
 }
 

@@ -50,6 +50,7 @@ pub struct Metrics {
     pub sources: SourceMetrics,
     pub alerts: AlertMetrics,
     pub host: HostClockMetrics,
+    pub http: HttpMetrics,
 }
 
 /// What this machine's clocks can show: the kernel's sync state and whether a full VM
@@ -94,6 +95,46 @@ impl HostClockMetrics {
             r.register(Box::new(g.clone())).expect("unique");
         }
         r.register(Box::new(m.clock_info.clone())).expect("unique");
+        m
+    }
+}
+
+/// The HTTP server's connections and its limit (`http::serve`).
+pub struct HttpMetrics {
+    pub connections: prometheus::IntGauge,
+    pub connection_limit: prometheus::IntGauge,
+    pub connections_rejected_total: IntCounterVec,
+}
+
+impl HttpMetrics {
+    fn new(r: &Registry) -> HttpMetrics {
+        let m = HttpMetrics {
+            connections: prometheus::IntGauge::with_opts(opts(
+                "http_connections",
+                "HTTP connections open now.",
+            ))
+            .expect("valid metric"),
+            connection_limit: prometheus::IntGauge::with_opts(opts(
+                "http_connection_limit",
+                "Most HTTP connections open at once: a share of RLIMIT_NOFILE after a reserve for the state DB and sources.",
+            ))
+            .expect("valid metric"),
+            connections_rejected_total: IntCounterVec::new(
+                opts(
+                    "http_connections_rejected_total",
+                    "HTTP connections refused or cut, by reason: idle_evicted (the longest-idle one, closed to make room \
+                     at the limit), limit (refused: every open one busy), accept_error (EMFILE and the like), \
+                     header_timeout (no whole request head in time: idle keep-alive or slowloris).",
+                ),
+                &["reason"],
+            )
+            .expect("valid metric"),
+        };
+        r.register(Box::new(m.connections.clone())).expect("unique");
+        r.register(Box::new(m.connection_limit.clone()))
+            .expect("unique");
+        r.register(Box::new(m.connections_rejected_total.clone()))
+            .expect("unique");
         m
     }
 }
@@ -408,6 +449,7 @@ impl Metrics {
             sources: SourceMetrics::new(&registry),
             alerts: AlertMetrics::new(&registry),
             host: HostClockMetrics::new(&registry),
+            http: HttpMetrics::new(&registry),
             registry,
         };
         let build_info = GaugeVec::new(

@@ -291,19 +291,22 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
     }
 
     let app = http::router(AppState {
-        metrics,
-        status,
+        metrics: metrics.clone(),
+        status: status.clone(),
         reader: Arc::new(Mutex::new(reader)),
         tick_ns: config.freeze.tick.as_nanos() as i64,
     });
+    let nofile = http::nofile_limit();
+    let limit = http::connection_limit(nofile, config.sources.len());
+    tracing::info!(
+        connection_limit = limit,
+        nofile,
+        "HTTP connections limited to a share of the open-file limit"
+    );
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = drain_rx.await;
-            })
-            .await
-    });
+    let server = tokio::spawn(http::serve(listener, app, limit, metrics, status, async {
+        let _ = drain_rx.await;
+    }));
 
     let signal = stop_signal().await;
     tracing::info!(signal, "stopping");

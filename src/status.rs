@@ -60,6 +60,17 @@ pub struct LiveStatus {
     pub state_db_error: Option<String>,
     pub events_recorded: u64,
     pub sources: Vec<SourceStatus>,
+    /// The HTTP server's connections against its limit.
+    pub http: HttpStatus,
+}
+
+/// The HTTP server's connections: open now, the limit, and how many were refused or cut
+/// since start, by `stallwatch_http_connections_rejected_total` reason.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct HttpStatus {
+    pub connections: u64,
+    pub connection_limit: u64,
+    pub rejected: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Status of one job/step source.
