@@ -313,3 +313,38 @@ fn in_demo_stall(db: &Path) -> Result<bool, String> {
         Err(format!("wf-7 steps so far: {ids:?}"))
     }
 }
+
+/// Item 7: the command line quotes what it refuses (`--since`, `--listen`) at most ~80
+/// characters long, like the config and the API.
+#[test]
+fn a_huge_command_line_value_is_quoted_short() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let huge = "7".repeat(100_000);
+    for args in [
+        vec![
+            "report",
+            "--data-dir",
+            &dir.path().display().to_string(),
+            "--since",
+            &huge,
+        ],
+        vec!["run", "--listen", &huge],
+        vec!["analyze", "--source", &format!("sqlite:///{huge}")],
+    ] {
+        let out = run_to_exit(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{:?}: {}",
+            &args[..2],
+            &out.stderr[..out.stderr.len().min(300)]
+        );
+        assert!(
+            out.stderr.len() < 2_000,
+            "{:?}: {} bytes on stderr: {}…",
+            &args[..2],
+            out.stderr.len(),
+            &out.stderr[..300]
+        );
+    }
+}
