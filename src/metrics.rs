@@ -46,6 +46,10 @@ pub struct Metrics {
     pub cpu_steal_seconds_total: prometheus::Counter,
     pub downtime_seconds_total: CounterVec,
     pub state_db_errors_total: IntCounter,
+    pub state_writes_dropped_total: IntCounterVec,
+    pub state_writes_pending: Gauge,
+    pub state_db_recreated_total: IntCounter,
+    pub episodes_folded_total: IntCounterVec,
     pub dropped_total: IntCounterVec,
     pub sources: SourceMetrics,
     pub alerts: AlertMetrics,
@@ -441,6 +445,34 @@ impl Metrics {
                 "Failed writes or reads of the state database.",
             ))
             .expect("valid metric"),
+            state_writes_dropped_total: IntCounterVec::new(
+                opts(
+                    "state_writes_dropped_total",
+                    "Writes the state database refused that did not fit the writer's retry queue \
+                     (or were still held at exit), by kind: freeze or episode.",
+                ),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            state_writes_pending: Gauge::with_opts(opts(
+                "state_writes_pending",
+                "Writes the state database refused, held in memory until it takes them again.",
+            ))
+            .expect("valid metric"),
+            state_db_recreated_total: IntCounter::with_opts(opts(
+                "state_db_recreated_total",
+                "Times the state database was found deleted or replaced while running and was put back at its path.",
+            ))
+            .expect("valid metric"),
+            episodes_folded_total: IntCounterVec::new(
+                opts(
+                    "episodes_folded_total",
+                    "Episodes counted but not stored one by one (the state writer's queue was full), by source; \
+                     the counts are stored per day and shown by /api/v1/episodes and report.",
+                ),
+                &["source"],
+            )
+            .expect("valid metric"),
             dropped_total: IntCounterVec::new(
                 opts("dropped_total", "Items dropped because a bounded internal queue was full, by queue."),
                 &["queue"],
@@ -482,6 +514,9 @@ impl Metrics {
         for queue in DROP_QUEUES {
             m.dropped_total.with_label_values(&[queue]);
         }
+        for kind in crate::persist::WRITE_KINDS {
+            m.state_writes_dropped_total.with_label_values(&[kind]);
+        }
         let r = &m.registry;
         r.register(Box::new(m.freezes_total.clone()))
             .expect("unique");
@@ -510,6 +545,14 @@ impl Metrics {
         r.register(Box::new(m.state_db_errors_total.clone()))
             .expect("unique");
         r.register(Box::new(m.dropped_total.clone()))
+            .expect("unique");
+        r.register(Box::new(m.state_writes_dropped_total.clone()))
+            .expect("unique");
+        r.register(Box::new(m.state_writes_pending.clone()))
+            .expect("unique");
+        r.register(Box::new(m.state_db_recreated_total.clone()))
+            .expect("unique");
+        r.register(Box::new(m.episodes_folded_total.clone()))
             .expect("unique");
         r.register(Box::new(build_info)).expect("unique");
         #[cfg(target_os = "linux")]

@@ -143,6 +143,8 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
         ..Default::default()
     });
 
+    // A new state DB over a lost one: said on stderr by the open, shown all run long.
+    status.lock().state_db_notice = db.notice().map(str::to_string);
     // The gap since the previous run, before the first heartbeat of this one replaces it.
     let mut startup_freezes = Vec::new();
     if let Some(last) = db.last_heartbeat()? {

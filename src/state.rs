@@ -3,8 +3,17 @@
 //! Owns the schema (versioned migrations in `user_version`), WAL with
 //! `synchronous=NORMAL` (a heartbeat a second without an fsync each), and the refusal to
 //! touch a file it cannot trust: a corrupt, newer or unwritable state DB is an error
-//! naming the file, never deleted or recreated. Never opens an app database.
+//! naming the file, never deleted. Never opens an app database.
+//!
+//! It also owns knowing that the file is still the one it opened: the (dev, inode) of
+//! the DB and its `-wal`/`-shm` at open time ([`StateDb::still_at_path`]), a copy of a
+//! DB deleted while it is still open ([`StateDb::recreate`]), readers that follow a DB
+//! recreated at their path, and the marker file ([`STATE_DB_MARKER`]) that says a data
+//! dir held a state DB, so a start over a lost one says so instead of starting fresh
+//! silently.
 
+use std::cell::RefCell;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,6 +33,16 @@ pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const MAX_EVENTS: i64 = 100_000;
 /// Most events one API query returns.
 pub const MAX_EVENTS_PER_QUERY: i64 = 10_000;
+/// Marker left in the data dir once a state DB was created there. Hidden, so `rm data/*`
+/// or `rm data/stallwatch.sqlite*` leaves it: a start that finds it without the DB says
+/// the history was lost instead of starting fresh silently.
+pub const STATE_DB_MARKER: &str = ".stallwatch-state-db";
+/// Suffix of the copy written beside the DB while recreating it, renamed into place.
+const RECREATE_SUFFIX: &str = ".recreating";
+/// `state_fact.kind` of a state DB started fresh over a data dir that held one.
+pub const FACT_RECREATED: &str = "recreated";
+/// `state_fact.kind` of a state DB deleted while running and copied back from the open file.
+pub const FACT_RESTORED: &str = "restored";
 
 /// Schema migrations; entry `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -99,6 +118,21 @@ const MIGRATIONS: &[&str] = &[
         WHERE state = 'pending';
      CREATE INDEX notification_state ON notification (state, id);
      CREATE INDEX notification_done ON notification (done_at_ns) WHERE state <> 'pending';",
+    // 4: what happened to the state DB itself (started fresh over a lost one, restored
+    // after a deletion), and episodes counted but not stored one by one, per source per
+    // UTC day (days since 1970-01-01).
+    "CREATE TABLE state_fact (
+        id     INTEGER PRIMARY KEY,
+        kind   TEXT    NOT NULL,
+        at_ns  INTEGER NOT NULL,
+        detail TEXT    NOT NULL
+     );
+     CREATE TABLE episode_folded (
+        source TEXT    NOT NULL,
+        day    INTEGER NOT NULL,
+        count  INTEGER NOT NULL,
+        PRIMARY KEY (source, day)
+     );",
 ];
 
 /// The schema version this build writes (`PRAGMA user_version` after migrating).
@@ -115,6 +149,10 @@ pub enum StateError {
     Unwritable { path: PathBuf, reason: String },
     #[error("state database {path} is corrupt ({reason}); move it aside to start fresh, stallwatch will not delete it")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("state database {path}: no space left on device; free space on that filesystem or choose another data_dir")]
+    NoSpace { path: PathBuf },
+    #[error("state database {path} {what}, not a file; move it aside or choose another data_dir")]
+    NotAFile { path: PathBuf, what: &'static str },
     #[error("state database {path} has schema version {found}, newer than this stallwatch understands ({known}); upgrade stallwatch")]
     TooNew {
         path: PathBuf,
@@ -137,15 +175,32 @@ pub struct StoredEvent {
     pub event: FreezeEvent,
 }
 
-pub struct StateDb {
-    conn: Connection,
-    path: PathBuf,
+/// The errno behind the last failed call on `conn` (0 when there is none).
+fn system_errno(conn: &Connection) -> i32 {
+    // SAFETY: the handle is valid while `conn` lives; sqlite3_system_errno only reads it.
+    unsafe { rusqlite::ffi::sqlite3_system_errno(conn.handle()) }
+}
+
+/// An error of a call on `conn`: a full disk reads "no space left on device" whether
+/// SQLite said `SQLITE_FULL` or a "disk I/O error" whose errno was ENOSPC.
+fn classify_on(conn: &Connection, path: &Path, e: rusqlite::Error) -> StateError {
+    let io = matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::SystemIoFailure)
+    );
+    if io && system_errno(conn) == libc::ENOSPC {
+        return StateError::NoSpace {
+            path: path.to_path_buf(),
+        };
+    }
+    classify(path, e)
 }
 
 fn classify(path: &Path, e: rusqlite::Error) -> StateError {
     use rusqlite::ErrorCode::*;
     let path = path.to_path_buf();
     match e.sqlite_error_code() {
+        Some(DiskFull) => StateError::NoSpace { path },
         Some(NotADatabase | DatabaseCorrupt) => StateError::Corrupt {
             path,
             reason: e.to_string(),
@@ -158,24 +213,287 @@ fn classify(path: &Path, e: rusqlite::Error) -> StateError {
     }
 }
 
+/// Where a file sits on disk: what tells the file at a path from the one opened there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The file at `path` now, if there is one.
+    pub fn of(path: &Path) -> Option<FileId> {
+        std::fs::metadata(path).ok().map(|m| FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
+
+/// Whether the state DB's path still names the file the writer has open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtPath {
+    /// The same file.
+    Same,
+    /// Nothing there: the DB (or the data dir) was deleted while open.
+    Missing,
+    /// Another file: the DB was deleted and something else put there, or moved aside.
+    Replaced,
+}
+
+pub struct StateDb {
+    conn: Connection,
+    path: PathBuf,
+    /// The DB file and its WAL and shared-memory files as opened.
+    id: Option<FileId>,
+    wal_id: Option<FileId>,
+    shm_id: Option<FileId>,
+    /// Set when this open started a new DB over a data dir that held one: what was lost.
+    notice: Option<String>,
+}
+
+/// `path` with `suffix` appended to its file name (`x.sqlite` → `x.sqlite-wal`).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Refuses a state DB path that exists but is not a regular file (a directory, a FIFO).
+fn check_is_file(path: &Path) -> Result<(), StateError> {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let kind = meta.file_type();
+    let what = if kind.is_file() {
+        return Ok(());
+    } else if kind.is_dir() {
+        "is a directory"
+    } else if kind.is_fifo() {
+        "is a FIFO"
+    } else if kind.is_socket() {
+        "is a socket"
+    } else {
+        "is a device"
+    };
+    Err(StateError::NotAFile {
+        path: path.to_path_buf(),
+        what,
+    })
+}
+
+/// What says a state DB existed at `path` before: the marker, or its WAL or shm files.
+fn evidence_of_lost_db(path: &Path) -> Option<String> {
+    let marker = path.with_file_name(STATE_DB_MARKER);
+    if let Ok(text) = std::fs::read_to_string(&marker) {
+        let created = text
+            .lines()
+            .find_map(|l| l.strip_prefix("created_unix_ns="))
+            .and_then(|n| n.trim().parse::<i64>().ok())
+            .map(|ns| format!(" created {}", crate::report::time::rfc3339(ns)))
+            .unwrap_or_default();
+        return Some(format!("{}{created}", marker.display()));
+    }
+    ["-wal", "-shm"]
+        .iter()
+        .map(|s| sibling(path, s))
+        .find(|p| p.exists())
+        .map(|p| format!("{} left over", p.display()))
+}
+
 impl StateDb {
     /// Opens (creating if absent) the state DB in `data_dir`, checks it and migrates it.
+    /// A new DB over a data dir that held one prints one warning naming what was lost
+    /// and records a [`FACT_RECREATED`] fact, so `report` says history starts there.
     pub fn open(data_dir: &Path) -> Result<StateDb, StateError> {
+        StateDb::open_inner(data_dir, None)
+    }
+
+    /// `lost_while_running`: why a DB deleted while this process ran could not be copied.
+    fn open_inner(
+        data_dir: &Path,
+        lost_while_running: Option<&str>,
+    ) -> Result<StateDb, StateError> {
         std::fs::create_dir_all(data_dir).map_err(|e| StateError::DataDir {
             path: data_dir.to_path_buf(),
             reason: e.to_string().to_lowercase(),
         })?;
         let path = data_dir.join(STATE_DB_FILE);
+        check_is_file(&path)?;
+        let lost = if path.exists() {
+            None
+        } else {
+            evidence_of_lost_db(&path)
+        };
         let conn = Connection::open(&path).map_err(|e| classify(&path, e))?;
-        let db = StateDb { conn, path };
-        db.configure().map_err(|e| classify(&db.path, e))?;
+        let mut db = StateDb {
+            conn,
+            path,
+            id: None,
+            wal_id: None,
+            shm_id: None,
+            notice: None,
+        };
+        db.configure()
+            .map_err(|e| classify_on(&db.conn, &db.path, e))?;
         db.check()?;
         db.migrate()?;
+        db.id = FileId::of(&db.path);
+        db.wal_id = FileId::of(&sibling(&db.path, "-wal"));
+        db.shm_id = FileId::of(&sibling(&db.path, "-shm"));
+        let notice = match (lost_while_running, lost) {
+            (Some(why), _) => Some(format!(
+                "state database {} was deleted while stallwatch ran and could not be copied \
+                 back ({why}); a new one starts here: the freezes, episodes, alerts and \
+                 heartbeat recorded before are lost",
+                db.path.display()
+            )),
+            (None, Some(evidence)) => Some(format!(
+                "state database {} is missing but this data dir held one ({evidence}); \
+                 starting a new one: its freeze history, episodes, alerts and last heartbeat \
+                 are lost, so the downtime before this start cannot be classified",
+                db.path.display()
+            )),
+            (None, None) => None,
+        };
+        if let Some(text) = &notice {
+            if lost_while_running.is_none() {
+                tracing::warn!("{text}");
+            }
+            db.insert_fact(FACT_RECREATED, crate::clock::real_ns(), text)?;
+        }
+        db.notice = notice;
+        db.write_marker();
         Ok(db)
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What this open found lost, if it started a new DB over one that existed.
+    pub fn notice(&self) -> Option<&str> {
+        self.notice.as_deref()
+    }
+
+    fn err(&self, e: rusqlite::Error) -> StateError {
+        classify_on(&self.conn, &self.path, e)
+    }
+
+    /// Leaves the marker that says a state DB lives here (best effort: without it a lost
+    /// DB is still told by its WAL files).
+    fn write_marker(&self) {
+        let marker = self.path.with_file_name(STATE_DB_MARKER);
+        if marker.exists() {
+            return;
+        }
+        let text = format!(
+            "stallwatch created its state database {STATE_DB_FILE} in this directory.\n\
+             If that file goes missing, its history is lost; stallwatch says so when it \
+             starts a new one.\ncreated_unix_ns={}\n",
+            crate::clock::real_ns()
+        );
+        if let Err(e) = std::fs::write(&marker, text) {
+            tracing::warn!(path = %marker.display(), error = %e, "cannot write the state database marker");
+        }
+    }
+
+    /// Whether the path still names the file this connection has open.
+    pub fn still_at_path(&self) -> AtPath {
+        match FileId::of(&self.path) {
+            None => AtPath::Missing,
+            Some(id) if Some(id) == self.id => AtPath::Same,
+            Some(_) => AtPath::Replaced,
+        }
+    }
+
+    /// After [`StateDb::still_at_path`] said the file is gone: puts a state DB back at the
+    /// path and opens it. When nothing else is there, the history is copied from this
+    /// still-open (deleted) file, so nothing is lost; else what is at the path is opened,
+    /// or a new DB started. Returns the new DB and whether the history was kept.
+    ///
+    /// This connection must stay open (the caller keeps it): SQLite deletes the `-wal`
+    /// and `-shm` files by name when the last connection to a DB closes, and those names
+    /// now belong to the new DB.
+    pub fn recreate(&self) -> Result<(StateDb, bool), StateError> {
+        let data_dir = self.path.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(data_dir).map_err(|e| StateError::DataDir {
+            path: data_dir.to_path_buf(),
+            reason: e.to_string().to_lowercase(),
+        })?;
+        let copied = if self.still_at_path() == AtPath::Missing {
+            Some(self.copy_into_place())
+        } else {
+            None
+        };
+        // Our WAL and shm must not be taken for the new DB's (SQLite would replay them).
+        for (suffix, ours) in [("-wal", self.wal_id), ("-shm", self.shm_id)] {
+            let p = sibling(&self.path, suffix);
+            if ours.is_some() && FileId::of(&p) == ours {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        match copied {
+            Some(Ok(tmp)) => {
+                std::fs::rename(&tmp, &self.path).map_err(|e| StateError::Unwritable {
+                    path: self.path.clone(),
+                    reason: e.to_string().to_lowercase(),
+                })?;
+                Ok((StateDb::open_inner(data_dir, None)?, true))
+            }
+            Some(Err(e)) => Ok((StateDb::open_inner(data_dir, Some(&e.to_string()))?, false)),
+            None => Ok((StateDb::open_inner(data_dir, None)?, false)),
+        }
+    }
+
+    /// `VACUUM INTO` a file beside the path: a whole, consistent copy of what this
+    /// connection sees, renamed into place by the caller.
+    fn copy_into_place(&self) -> Result<PathBuf, StateError> {
+        let tmp = sibling(&self.path, RECREATE_SUFFIX);
+        let _ = std::fs::remove_file(&tmp);
+        let text = tmp.to_string_lossy().into_owned();
+        match self.conn.execute("VACUUM INTO ?1", [&text]) {
+            Ok(_) => Ok(tmp),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(self.err(e))
+            }
+        }
+    }
+
+    /// Moves every WAL frame into the DB file and empties the WAL, so nothing is lost if
+    /// another connection deletes the WAL by name when it closes.
+    pub fn checkpoint(&self) -> Result<(), StateError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .map_err(|e| self.err(e))
+    }
+
+    /// Records what happened to the state DB itself.
+    pub fn insert_fact(&self, kind: &str, at_ns: i64, detail: &str) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "INSERT INTO state_fact (kind, at_ns, detail) VALUES (?1, ?2, ?3)",
+                params![kind, at_ns, detail],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(e))
+    }
+
+    /// Adds episodes that were counted but not stored one by one: `(source, UTC day, count)`.
+    pub fn add_folded(&self, folds: &[(String, i64, u64)]) -> Result<(), StateError> {
+        let run = || -> rusqlite::Result<()> {
+            let tx = self.conn.unchecked_transaction()?;
+            for (source, day, count) in folds {
+                tx.execute(
+                    "INSERT INTO episode_folded (source, day, count) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (source, day) DO UPDATE SET count = count + excluded.count",
+                    params![source, day, *count as i64],
+                )?;
+            }
+            tx.commit()
+        };
+        run().map_err(|e| self.err(e))
     }
 
     fn configure(&self) -> rusqlite::Result<()> {
@@ -197,7 +515,7 @@ impl StateDb {
         let verdict: String = self
             .conn
             .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
-            .map_err(|e| classify(&self.path, e))?;
+            .map_err(|e| self.err(e))?;
         if verdict != "ok" {
             return Err(StateError::Corrupt {
                 path: self.path.clone(),
@@ -207,11 +525,11 @@ impl StateDb {
         // Prove it is writable now rather than at the first heartbeat.
         self.conn
             .execute_batch("BEGIN IMMEDIATE; COMMIT;")
-            .map_err(|e| classify(&self.path, e))
+            .map_err(|e| self.err(e))
     }
 
     fn migrate(&self) -> Result<(), StateError> {
-        let err = |e| classify(&self.path, e);
+        let err = |e| self.err(e);
         let known = MIGRATIONS.len() as i64;
         let found: i64 = self
             .conn
@@ -255,12 +573,12 @@ impl StateDb {
             )?;
             Ok(id)
         };
-        tx().map_err(|e| classify(&self.path, e))
+        tx().map_err(|e| self.err(e))
     }
 
     /// Events that started at or after `since_ns`, oldest first, at most `limit`.
     pub fn events_since(&self, since_ns: i64, limit: i64) -> Result<Vec<StoredEvent>, StateError> {
-        read_events(&self.conn, since_ns, limit).map_err(|e| classify(&self.path, e))
+        read_events(&self.conn, since_ns, limit).map_err(|e| self.err(e))
     }
 
     /// Start time of the most recent lost-time freeze, to restore the gauge after a restart.
@@ -271,7 +589,7 @@ impl StateDb {
                 [],
                 |r| r.get(0),
             )
-            .map_err(|e| classify(&self.path, e))
+            .map_err(|e| self.err(e))
     }
 
     /// Replaces the heartbeat.
@@ -292,7 +610,7 @@ impl StateDb {
                 ],
             )
             .map(|_| ())
-            .map_err(|e| classify(&self.path, e))
+            .map_err(|e| self.err(e))
     }
 
     /// The heartbeat a previous run left, if any.
@@ -314,7 +632,7 @@ impl StateDb {
                 },
             )
             .optional()
-            .map_err(|e| classify(&self.path, e))
+            .map_err(|e| self.err(e))
     }
 }
 
@@ -351,33 +669,58 @@ impl StateDb {
                 ],
             )
             .map(|n| n == 1)
-            .map_err(|e| classify(&self.path, e))
+            .map_err(|e| self.err(e))
     }
 }
 
 /// A read-only connection for the HTTP API, so queries never wait on the writer's thread.
+///
+/// It follows the DB: when the file at its path is no longer the one it opened (the
+/// writer recreated a deleted DB there), the next read opens the new one. While nothing
+/// is at the path it keeps reading the file it has open.
 pub struct StateReader {
-    conn: Connection,
+    open: RefCell<(Connection, Option<FileId>)>,
     path: PathBuf,
+}
+
+fn open_read_only(path: &Path) -> Result<Connection, StateError> {
+    check_is_file(path)?;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| classify(path, e))?;
+    conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| classify(path, e))?;
+    Ok(conn)
 }
 
 impl StateReader {
     pub fn open(path: &Path) -> Result<StateReader, StateError> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| classify(path, e))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| classify(path, e))?;
+        let conn = open_read_only(path)?;
         Ok(StateReader {
-            conn,
+            open: RefCell::new((conn, FileId::of(path))),
             path: path.to_path_buf(),
         })
     }
 
+    /// The connection to the file at the path now (one `stat` a read).
+    fn current(&self) -> std::cell::Ref<'_, Connection> {
+        let now = FileId::of(&self.path);
+        if now.is_some() && now != self.open.borrow().1 {
+            match open_read_only(&self.path) {
+                Ok(conn) => *self.open.borrow_mut() = (conn, now),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot open the recreated state database; reading the one open")
+                }
+            }
+        }
+        std::cell::Ref::map(self.open.borrow(), |(conn, _)| conn)
+    }
+
     pub fn events_since(&self, since_ns: i64, limit: i64) -> Result<Vec<StoredEvent>, StateError> {
-        read_events(&self.conn, since_ns, limit).map_err(|e| classify(&self.path, e))
+        let conn = self.current();
+        read_events(&conn, since_ns, limit).map_err(|e| classify(&self.path, e))
     }
 
     /// Firing and recent alerts, recent notifications and the outbox's size.
@@ -385,7 +728,8 @@ impl StateReader {
         &self,
         now_ns: i64,
     ) -> Result<crate::alerts::outbox::AlertsView, StateError> {
-        crate::alerts::outbox::read_view(&self.conn, now_ns).map_err(|e| classify(&self.path, e))
+        let conn = self.current();
+        crate::alerts::outbox::read_view(&conn, now_ns).map_err(|e| classify(&self.path, e))
     }
 
     /// Lost-time freezes that may overlap `[from_ns, to_ns]` (started up to a day before it).
@@ -394,8 +738,9 @@ impl StateReader {
         from_ns: i64,
         to_ns: i64,
     ) -> Result<Vec<FreezeSpan>, StateError> {
+        let conn = self.current();
         let run = || -> rusqlite::Result<Vec<FreezeSpan>> {
-            let mut stmt = self.conn.prepare_cached(
+            let mut stmt = conn.prepare_cached(
                 "SELECT id, kind, started_at_ns, duration_ns, channels FROM freeze_event
                  WHERE started_at_ns >= ?1 AND started_at_ns <= ?2 AND kind != 'wall_clock_step'",
             )?;
@@ -422,8 +767,9 @@ impl StateReader {
         since_ns: i64,
         limit: i64,
     ) -> Result<Vec<StoredEpisode>, StateError> {
+        let conn = self.current();
         let run = || -> rusqlite::Result<Vec<StoredEpisode>> {
-            let mut stmt = self.conn.prepare_cached(
+            let mut stmt = conn.prepare_cached(
                 "SELECT id, source, kind, workflow_id, workflow_name, from_step, to_step, started_at_ns,
                         duration_ns, cause, freeze_id, detected_at_ns
                  FROM episode WHERE started_at_ns >= ?1 ORDER BY started_at_ns, id LIMIT ?2",
@@ -455,6 +801,51 @@ impl StateReader {
         };
         run().map_err(|e| classify(&self.path, e))
     }
+
+    /// Episodes counted but not stored one by one, per source, on the UTC days from the
+    /// one `since_ns` falls on: `(source, count, first day, last day)`, by source. A DB
+    /// from before they were counted (schema < 4) has none.
+    pub fn folded_since(&self, since_ns: i64) -> Result<Vec<FoldedEpisodes>, StateError> {
+        let conn = self.current();
+        read_folded(&conn, crate::report::time::day_of(since_ns), i64::MAX)
+            .map_err(|e| classify(&self.path, e))
+    }
+}
+
+/// Episodes a source produced that were counted but not stored one by one (the state
+/// writer's queue was full, or its retry queue while the disk refused writes).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FoldedEpisodes {
+    pub source: String,
+    pub count: u64,
+    /// UTC days (since 1970-01-01) of the first and last count.
+    pub first_day: i64,
+    pub last_day: i64,
+}
+
+/// Folded episodes per source on UTC days `[from_day, to_day]`; none before schema 4.
+pub fn read_folded(
+    conn: &Connection,
+    from_day: i64,
+    to_day: i64,
+) -> rusqlite::Result<Vec<FoldedEpisodes>> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version < 4 {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT source, sum(count), min(day), max(day) FROM episode_folded
+         WHERE day >= ?1 AND day <= ?2 GROUP BY source ORDER BY source",
+    )?;
+    let rows = stmt.query_map(params![from_day, to_day], |r| {
+        Ok(FoldedEpisodes {
+            source: r.get(0)?,
+            count: r.get::<_, i64>(1)?.max(0) as u64,
+            first_day: r.get(2)?,
+            last_day: r.get(3)?,
+        })
+    })?;
+    rows.collect()
 }
 
 /// An episode as stored, with its id.
@@ -608,5 +999,106 @@ mod tests {
         std::fs::write(&file, "x").unwrap();
         let err = StateDb::open(&file.join("sub")).err().unwrap();
         assert!(matches!(err, StateError::DataDir { .. }), "{err}");
+    }
+
+    /// Issue 14 item 9: a DB deleted while open is put back from the open file.
+    #[test]
+    fn a_db_deleted_while_open_is_copied_back_with_its_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path()).unwrap();
+        db.insert_event(&event(FreezeKind::ProcessStall, 10), 11)
+            .unwrap();
+        assert_eq!(db.still_at_path(), AtPath::Same);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(sibling(db.path(), suffix));
+        }
+        assert_eq!(db.still_at_path(), AtPath::Missing);
+        let (new, kept) = db.recreate().unwrap();
+        assert!(kept);
+        assert_eq!(new.still_at_path(), AtPath::Same);
+        assert_eq!(new.events_since(0, 10).unwrap().len(), 1);
+        assert!(new.notice().is_none(), "nothing was lost");
+        new.insert_event(&event(FreezeKind::VmPause, 20), 21)
+            .unwrap();
+        let reader = StateReader::open(new.path()).unwrap();
+        assert_eq!(reader.events_since(0, 10).unwrap().len(), 2);
+    }
+
+    /// Issue 14 item 9: a reader follows the DB recreated at its path.
+    #[test]
+    fn a_reader_follows_a_db_recreated_at_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path()).unwrap();
+        let reader = StateReader::open(db.path()).unwrap();
+        db.insert_event(&event(FreezeKind::ProcessStall, 10), 11)
+            .unwrap();
+        // SQLite opens the WAL at the first read; after that the path no longer matters.
+        assert_eq!(reader.events_since(0, 10).unwrap().len(), 1);
+        std::fs::remove_file(db.path()).unwrap();
+        // Nothing at the path: it reads the file it has open.
+        assert_eq!(reader.events_since(0, 10).unwrap().len(), 1);
+        let (new, _) = db.recreate().unwrap();
+        new.insert_event(&event(FreezeKind::VmPause, 20), 21)
+            .unwrap();
+        assert_eq!(reader.events_since(0, 10).unwrap().len(), 2);
+    }
+
+    /// Issue 14 item 9: a start over a data dir whose DB is gone records where history starts.
+    #[test]
+    fn a_missing_db_beside_its_marker_is_recorded_as_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateDb::open(dir.path()).unwrap();
+        assert!(first.notice().is_none());
+        let path = first.path().to_path_buf();
+        drop(first);
+        assert!(dir.path().join(STATE_DB_MARKER).is_file());
+        std::fs::remove_file(&path).unwrap();
+        let second = StateDb::open(dir.path()).unwrap();
+        let notice = second.notice().expect("a notice").to_string();
+        assert!(
+            notice.contains("is missing but this data dir held one"),
+            "{notice}"
+        );
+        let kinds: Vec<String> = second
+            .conn
+            .prepare("SELECT kind FROM state_fact")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(kinds, [FACT_RECREATED]);
+        // A fresh data dir is not a loss.
+        let fresh = tempfile::tempdir().unwrap();
+        assert!(StateDb::open(fresh.path()).unwrap().notice().is_none());
+    }
+
+    #[test]
+    fn folded_counts_add_up_per_source_and_day() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(dir.path()).unwrap();
+        db.add_folded(&[("a".into(), 100, 5), ("b".into(), 100, 1)])
+            .unwrap();
+        db.add_folded(&[("a".into(), 100, 2), ("a".into(), 101, 3)])
+            .unwrap();
+        let reader = StateReader::open(db.path()).unwrap();
+        let day = 86_400 * 1_000_000_000i64;
+        let all = reader.folded_since(100 * day).unwrap();
+        let got: Vec<_> = all
+            .iter()
+            .map(|f| (f.source.as_str(), f.count, f.first_day, f.last_day))
+            .collect();
+        assert_eq!(got, [("a", 10, 100, 101), ("b", 1, 100, 100)]);
+        let later = reader.folded_since(101 * day + 5).unwrap();
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].count, 3);
+    }
+
+    #[test]
+    fn a_directory_where_the_db_should_be_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join(STATE_DB_FILE)).unwrap();
+        let err = StateDb::open(dir.path()).err().unwrap();
+        assert!(err.to_string().contains("is a directory"), "{err}");
     }
 }

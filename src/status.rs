@@ -58,6 +58,11 @@ pub struct LiveStatus {
     /// Why the sidecar was down before this start, if it was.
     pub last_downtime: Option<DowntimeStatus>,
     pub state_db_error: Option<String>,
+    /// Writes the state DB refused, held in memory until it takes them again.
+    pub state_db_pending_writes: u64,
+    /// What happened to the state DB itself this run: started fresh over a lost one, or
+    /// deleted while running and put back (kept for the whole run).
+    pub state_db_notice: Option<String>,
     pub events_recorded: u64,
     pub sources: Vec<SourceStatus>,
     /// The HTTP server's connections against its limit.

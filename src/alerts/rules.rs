@@ -472,10 +472,10 @@ fn state_db(facts: &Facts, out: &mut Vec<Condition>) {
         rule: RuleKind::StateDb,
         labels: BTreeMap::new(),
         instance: None,
-        title: "state database cannot be written".into(),
+        title: "state database needs attention".into(),
         text: format!(
-            "stallwatch cannot write its state database ({error}). Freeze detection goes on, \
-             but events are not being recorded."
+            "stallwatch's state database: {error}. Freeze detection goes on; see \
+             /api/v1/status for what is held in memory or was lost."
         ),
         started_at_ns: facts.now_ns,
     });

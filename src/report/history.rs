@@ -159,7 +159,17 @@ pub struct History {
     conn: Option<Connection>,
     has_episodes: bool,
     has_alerts: bool,
+    /// Schema 4: folded episode counts and facts about the state DB itself.
+    has_facts: bool,
     path: PathBuf,
+}
+
+/// A fact about the state DB itself: started fresh over a lost one, or restored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateFact {
+    pub kind: String,
+    pub at_ns: i64,
+    pub detail: String,
 }
 
 impl History {
@@ -198,6 +208,7 @@ impl History {
             conn: (found > 0).then_some(conn),
             has_episodes: found >= 2,
             has_alerts: found >= 3,
+            has_facts: found >= 4,
             path,
         })
     }
@@ -211,6 +222,40 @@ impl History {
             path: self.path.clone(),
             reason: e.to_string(),
         }
+    }
+
+    /// Episodes folded (counted, not stored one by one) per source on the UTC days `w` covers.
+    pub fn folded_totals(
+        &self,
+        w: Window,
+    ) -> Result<Vec<crate::state::FoldedEpisodes>, HistoryError> {
+        let Some(conn) = self.conn.as_ref().filter(|_| self.has_facts) else {
+            return Ok(Vec::new());
+        };
+        let last = super::time::day_of(w.end_ns.saturating_sub(1));
+        crate::state::read_folded(conn, super::time::day_of(w.start_ns), last)
+            .map_err(|e| self.err(e))
+    }
+
+    /// What happened to the state DB itself, oldest first (a few rows at most).
+    pub fn state_facts(&self) -> Result<Vec<StateFact>, HistoryError> {
+        let Some(conn) = self.conn.as_ref().filter(|_| self.has_facts) else {
+            return Ok(Vec::new());
+        };
+        let run = || -> rusqlite::Result<Vec<StateFact>> {
+            let mut stmt = conn.prepare_cached(
+                "SELECT kind, at_ns, detail FROM state_fact ORDER BY at_ns, id LIMIT 100",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(StateFact {
+                    kind: r.get(0)?,
+                    at_ns: r.get(1)?,
+                    detail: r.get(2)?,
+                })
+            })?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e))
     }
 
     /// Freezes per kind that started in `w`, by kind name.

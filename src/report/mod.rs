@@ -183,6 +183,11 @@ pub struct ReportData {
     pub covered: Window,
     /// The sidecar's own alerts; `None` when the state DB predates alert history.
     pub alerts: Option<history::AlertHistory>,
+    /// Episodes folded (counted, not stored one by one) per source on the window's days.
+    pub folded: Vec<crate::state::FoldedEpisodes>,
+    /// What happened to the state DB itself: a fresh start over a lost one is where
+    /// history starts.
+    pub state_facts: Vec<history::StateFact>,
 }
 
 impl ReportData {
@@ -263,6 +268,8 @@ pub fn report(args: &ReportArgs, now_ns: i64) -> Result<Outcome, ToolError> {
         evidence,
         covered: verify::coverage(&evidence).covered(window, now_ns),
         alerts: history.alert_history(window, now_ns)?,
+        folded: history.folded_totals(window)?,
+        state_facts: history.state_facts()?,
     };
     let stdout = match args.format {
         Format::Text => render::report_text(&data),

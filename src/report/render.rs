@@ -359,6 +359,9 @@ pub fn report_text(d: &ReportData) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "stallwatch report: {}", d.state_db);
     let _ = writeln!(out, "  window {}", window_text(&d.window));
+    for line in state_fact_lines(d) {
+        let _ = writeln!(out, "  {line}");
+    }
     if d.is_empty() {
         let _ = writeln!(out, "{}", no_data_sentence(d));
         return out;
@@ -394,6 +397,9 @@ pub fn report_text(d: &ReportData) -> String {
         ]
     }));
     out.push_str(&columns(&rows, "  "));
+    for line in folded_lines(d) {
+        let _ = writeln!(out, "  {line}");
+    }
     out.push_str(&alerts_text(d));
     if !d.longest_freezes.is_empty() {
         let _ = writeln!(out, "\nLongest freezes:");
@@ -620,6 +626,9 @@ pub fn report_markdown(d: &ReportData) -> String {
             })
         )
     );
+    for line in folded_lines(d) {
+        let _ = writeln!(out, "- {line}");
+    }
     let _ = writeln!(out, "{}", alerts_markdown(d).trim_start());
     if !d.longest_freezes.is_empty() {
         let _ = writeln!(
@@ -714,8 +723,50 @@ pub fn report_json(d: &ReportData) -> String {
             "longest": d.longest_episodes.iter().map(episode_json).collect::<Vec<_>>(),
         },
         "alerts": alerts_json(d),
+        "folded_episodes": d.folded.iter().map(|f| json!({
+            "source": f.source,
+            "count": f.count,
+            "first_day": day_label(f.first_day),
+            "last_day": day_label(f.last_day),
+        })).collect::<Vec<_>>(),
+        "state_db_facts": d.state_facts.iter().map(|f| json!({
+            "kind": f.kind,
+            "at": rfc3339(f.at_ns),
+            "detail": f.detail,
+        })).collect::<Vec<_>>(),
     });
     serde_json::to_string_pretty(&v).expect("JSON values serialise") + "\n"
+}
+
+/// A line per source whose episodes were folded: they are counted, not listed.
+fn folded_lines(d: &ReportData) -> Vec<String> {
+    d.folded
+        .iter()
+        .map(|f| {
+            format!(
+                "{}: {} more episodes folded (counted, not stored one by one)",
+                f.source, f.count
+            )
+        })
+        .collect()
+}
+
+/// What happened to the state DB itself: where its history starts, or a restore.
+fn state_fact_lines(d: &ReportData) -> Vec<String> {
+    d.state_facts
+        .iter()
+        .map(|f| match f.kind.as_str() {
+            crate::state::FACT_RECREATED => format!(
+                "history starts {}: this state DB was started fresh over a lost one",
+                rfc3339(f.at_ns)
+            ),
+            crate::state::FACT_RESTORED => format!(
+                "state DB deleted while running and restored {} from the open copy",
+                rfc3339(f.at_ns)
+            ),
+            other => format!("state DB {other} {}: {}", rfc3339(f.at_ns), f.detail),
+        })
+        .collect()
 }
 
 // ---- verify -------------------------------------------------------------------------
