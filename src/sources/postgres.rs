@@ -10,7 +10,9 @@
 //! TLS follows libpq's `sslmode`: `disable`; `prefer` (TLS if the server offers it);
 //! `require` (TLS, certificate not checked — libpq's meaning); `verify-ca` and
 //! `verify-full` (TLS, certificate checked against the Mozilla roots and the host name).
-//! The URL keeps its password; only [`crate::config::redact_url`]'s form is ever shown.
+//! The URL keeps its password; only [`crate::config::redact_url`]'s form is ever shown,
+//! which reads a Postgres URL the way this driver does (`config::postgres_url`: userinfo
+//! ends at the first `@`); config refuses a URL the driver would split otherwise.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
