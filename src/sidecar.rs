@@ -112,6 +112,12 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
         )
         .collect();
     let metrics = Arc::new(Metrics::new(&names));
+    // Each source's folded episodes start at 0, so increase() sees the first fold.
+    for source in &config.sources {
+        metrics
+            .episodes_folded_total
+            .with_label_values(&[&source.name]);
+    }
     if let Some(ns) = db.last_freeze_started_ns()? {
         metrics.last_freeze_timestamp_seconds.set(ns as f64 / 1e9);
     }
