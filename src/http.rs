@@ -476,7 +476,8 @@ impl Connections {
     /// Registers a new connection if there is room (closing the longest-idle one if need
     /// be); `None` when the limit is reached and every connection is busy.
     fn admit(&self) -> Option<(u64, tokio::sync::oneshot::Receiver<()>)> {
-        if self.lock().open.len() >= self.limit && !self.evict_idle() {
+        let full = self.lock().open.len() >= self.limit;
+        if full && !self.evict_idle() {
             self.reject("limit");
             return None;
         }
