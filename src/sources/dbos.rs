@@ -385,3 +385,63 @@ impl Source for DbosSource {
         Ok(obs)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sources::sqlite::SqliteReader;
+
+    const SCHEMA: &str = "
+        CREATE TABLE workflow_status (workflow_uuid TEXT PRIMARY KEY, status TEXT, name TEXT,
+            queue_name TEXT, recovery_attempts INTEGER DEFAULT 0, created_at INTEGER NOT NULL,
+            updated_at INTEGER NOT NULL, started_at_epoch_ms INTEGER);
+        CREATE TABLE operation_outputs (workflow_uuid TEXT NOT NULL, function_id INTEGER NOT NULL,
+            function_name TEXT NOT NULL DEFAULT '', output TEXT, error TEXT,
+            started_at_epoch_ms INTEGER, completed_at_epoch_ms INTEGER,
+            PRIMARY KEY (workflow_uuid, function_id));";
+
+    fn step(c: &rusqlite::Connection, wf: &str, fid: i64, started: i64, completed: i64) {
+        c.execute(
+            "INSERT INTO operation_outputs (workflow_uuid, function_id, function_name,
+                 started_at_epoch_ms, completed_at_epoch_ms) VALUES (?1, ?2, 'f', ?3, ?4)",
+            rusqlite::params![wf, fid, started, completed],
+        )
+        .unwrap();
+    }
+
+    fn keys(obs: &Observation) -> Vec<(String, i64)> {
+        obs.steps
+            .iter()
+            .map(|r| (r.workflow_id.clone(), r.completed_ns / MS))
+            .collect()
+    }
+
+    /// A mark taken a day ahead is pulled back; a row written later behind the new
+    /// cursor (within the look-back) is found by the sweep, once.
+    #[test]
+    fn a_mark_from_a_clock_a_day_ahead_is_pulled_back_and_late_rows_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dbos.sqlite");
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(SCHEMA).unwrap();
+        let t: i64 = 1_763_900_000_000;
+        step(&c, "pending", 1, t, t + 10);
+        let mut src = DbosSource::new(Database::Sqlite(SqliteReader::new(path)));
+        let day = 86_400_000;
+        assert!(keys(&src.poll((t + day) * MS).unwrap()).is_empty());
+        assert_eq!(
+            keys(&src.poll((t + 1_600) * MS).unwrap()),
+            vec![("pending".to_string(), t + 10)]
+        );
+        step(&c, "after", 1, t - 500, t - 400);
+        step(&c, "after", 2, t + 2_100, t + 2_200);
+        assert_eq!(
+            keys(&src.poll((t + 2_700) * MS).unwrap()),
+            vec![
+                ("after".to_string(), t - 400),
+                ("after".to_string(), t + 2_200)
+            ]
+        );
+        assert!(keys(&src.poll((t + 2_900) * MS).unwrap()).is_empty());
+    }
+}

@@ -36,10 +36,16 @@ pub fn attempts(v: &Value) -> Option<Result<i64, String>> {
     )
 }
 
+/// Open rows whose attempts are remembered to count new retries; beyond this a row first
+/// seen is not remembered and its retries are not counted (about 100 bytes a row).
+pub const MAX_TRACKED_ROWS: usize = 10 * MAX_ROWS_PER_POLL as usize;
+
 /// The statements of one layout, built once.
 struct Queries {
     depth: Query,
-    attempts: Option<Query>,
+    /// Open rows with attempts, one page in key order: the first page, and the page after
+    /// a key (one more parameter after the open statuses).
+    attempts: Option<(Query, Query)>,
     claimed: Option<Query>,
     dead_status: Option<Query>,
     dead_count: Option<Query>,
@@ -73,12 +79,22 @@ impl Queries {
             depth: Query::portable(format!(
                 "SELECT {queue}, {status}, count(*), {oldest} FROM {table} WHERE {status} IN ({open}) GROUP BY 1, 2"
             )),
+            // Paged by the key (a keyset cursor), so more open rows than one read takes
+            // are all seen, a page per poll, instead of only the first MAX_ROWS_PER_POLL.
             attempts: l.attempts_column.as_deref().map(|a| {
-                Query::portable(format!(
-                    "SELECT {queue}, CAST({key} AS TEXT), {a} FROM {table} WHERE {status} IN ({open}) AND {a} > 0 ORDER BY {key} LIMIT {MAX_ROWS_PER_POLL}",
-                    key = q(&l.key_column),
-                    a = q(a)
-                ))
+                let page = |after: &str| {
+                    Query::portable(format!(
+                        "SELECT {queue}, CAST({key} AS TEXT), {a}, {key} FROM {table} WHERE {status} IN ({open}) AND {a} > 0{after} ORDER BY {key} LIMIT {MAX_ROWS_PER_POLL}",
+                        key = q(&l.key_column),
+                        a = q(a)
+                    ))
+                };
+                let after = format!(
+                    " AND {} > ?{}",
+                    q(&l.key_column),
+                    l.open_statuses.len() + 1
+                );
+                (page(""), page(&after))
             }),
             claimed: match (&l.running_status, &l.claimed_column, l.lease) {
                 (Some(_), Some(c), Some(_)) => Some(Query::portable(format!(
@@ -119,8 +135,14 @@ pub struct QueueTableSource {
     db: Database,
     layout: QueueLayout,
     queries: Queries,
-    /// Failed attempts of each open row at the last poll, to count new retries.
-    attempts: HashMap<String, i64>,
+    /// Failed attempts of each open row when last read, and the sweep that read it.
+    attempts: HashMap<String, (i64, u64)>,
+    /// The key the next page of attempts starts after; `None`: a new sweep from the start.
+    attempts_after: Option<Value>,
+    /// Sweeps of the open rows begun: rows not read by the last whole sweep are closed.
+    sweep: u64,
+    /// Dead letters in their table at the last poll.
+    last_dead_count: Option<u64>,
     last_dead_status: Option<HashMap<String, u64>>,
     /// Newest dead letter seen (rowid on SQLite, time on Postgres), once the table was read.
     dead_hwm: Option<Value>,
@@ -133,6 +155,9 @@ impl QueueTableSource {
             queries: Queries::new(&layout),
             layout,
             attempts: HashMap::new(),
+            attempts_after: None,
+            sweep: 0,
+            last_dead_count: None,
             last_dead_status: None,
             dead_hwm: None,
         }
@@ -165,13 +190,22 @@ impl Source for QueueTableSource {
             .map(|s| Value::Text(s.clone()))
             .collect();
         let dead_hwm = self.dead_hwm.clone();
+        let attempts_after = self.attempts_after.clone();
         let reads = self.db.read(|s| {
             let mut rows = |query: &Option<Query>, params: &[Value]| match query {
                 Some(query) => s.rows(query, params),
                 None => Ok(Vec::new()),
             };
             let depth = rows(&Some(qs.depth.clone()), &open)?;
-            let attempts = rows(&qs.attempts, &open)?;
+            let attempts = match (&qs.attempts, &attempts_after) {
+                (None, _) => Vec::new(),
+                (Some((first, _)), None) => rows(&Some(first.clone()), &open)?,
+                (Some((_, after)), Some(key)) => {
+                    let mut params = open.clone();
+                    params.push(key.clone());
+                    rows(&Some(after.clone()), &params)?
+                }
+            };
             let running = l
                 .running_status
                 .clone()
@@ -228,35 +262,39 @@ impl Source for QueueTableSource {
         }
 
         // Retries: a row's failed attempts; increases since the last poll are new retries.
+        // A sweep reads the open rows a page per poll; a short page ends it.
         let not_retries = i64::from(self.layout.attempts_count_claims);
-        let mut seen = HashMap::with_capacity(reads.attempts.len());
+        if self.attempts_after.is_none() {
+            self.sweep += 1;
+        }
+        let sweep = self.sweep;
         let mut retries: HashMap<String, u64> = HashMap::new();
         for r in &reads.attempts {
             let key = r[1].text();
-            let before = self.attempts.get(&key).copied().unwrap_or(0);
+            let known = self.attempts.get(&key).map(|(n, _)| *n);
+            let before = known.unwrap_or(0);
             let failed = match attempts(&r[2]) {
                 Some(Ok(n)) => (n - not_retries).max(0),
                 None => 0,
                 // Counted, never used: the row keeps what it had.
                 Some(Err(_)) => {
                     obs.bad_values += 1;
-                    seen.insert(key, before);
-                    continue;
+                    before
                 }
             };
+            if known.is_none() && self.attempts.len() >= MAX_TRACKED_ROWS {
+                continue;
+            }
             if failed > before {
                 *retries.entry(r[0].text()).or_default() += (failed - before) as u64;
             }
-            seen.insert(key, failed);
+            self.attempts.insert(key, (failed, sweep));
         }
-        // A capped read saw only part of the open rows: remember the rest too, or a row
-        // that comes back into the window would count its attempts again.
-        if reads.attempts.len() as i64 >= MAX_ROWS_PER_POLL
-            && self.attempts.len() < 4 * MAX_ROWS_PER_POLL as usize
-        {
-            self.attempts.extend(seen);
-        } else {
-            self.attempts = seen;
+        let full = reads.attempts.len() as i64 >= MAX_ROWS_PER_POLL;
+        self.attempts_after = reads.attempts.last().filter(|_| full).map(|r| r[3].clone());
+        if !full {
+            // A whole sweep is done: rows it did not read are closed or retry no more.
+            self.attempts.retain(|_, (_, seen_in)| *seen_in == sweep);
         }
         obs.retries = retries.into_iter().collect();
         obs.retries.sort();
@@ -310,9 +348,15 @@ impl Source for QueueTableSource {
                 .first()
                 .map_or((0, Value::Null), |r| (count(&r[0]), r[1].clone()));
             // The first read only sets the mark; an empty table's first rows are all new.
+            // Never by the mark alone: letters at the mark's own time committed later, or
+            // any after a mark stamped in the future, still raise the count.
+            let grown = self
+                .last_dead_count
+                .map_or(0, |before| current.saturating_sub(before));
+            self.last_dead_count = Some(current);
             let new = match &self.dead_hwm {
                 None => 0,
-                Some(_) => above,
+                Some(_) => above.max(grown),
             };
             if !mark.is_null() || self.dead_hwm.is_none() {
                 self.dead_hwm = Some(mark);

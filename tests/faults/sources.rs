@@ -137,14 +137,19 @@ fn wait_polled(sidecar: &Sidecar) {
     std::thread::sleep(Duration::from_secs(1));
 }
 
-/// Waits until exactly one step gap is counted with cause `stall`, then watches that it
+/// Waits until a step gap is counted with cause `stall`, then watches that it
 /// stays one (a re-read must not count it twice).
 fn expect_one_gap(sidecar: &Sidecar) {
-    poll_until("the gap written after the burst", EPISODE_TIMEOUT, || {
+    poll_until("the gap written later", EPISODE_TIMEOUT, || {
         let m = sidecar.metrics();
         match counter(&m, "step_gaps_total", "stall") {
             n if n >= 1.0 => Ok(()),
-            n => Err(format!("step_gaps_total{{cause=\"stall\"}} = {n}")),
+            _ => Err(m
+                .0
+                .lines()
+                .filter(|l| l.contains("step_gap") || l.contains("duration_seconds_count"))
+                .collect::<Vec<_>>()
+                .join("\n")),
         }
     });
     std::thread::sleep(WATCH);
@@ -288,22 +293,22 @@ fn a_dbos_burst_past_one_read_at_one_millisecond_does_not_blind_the_source_postg
 
 // ---- item 2: a clock a day ahead, then stepped back --------------------------------------
 
-#[test]
-fn a_sidecar_started_a_day_ahead_then_stepped_back_sees_new_rows_and_stalls_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dbos_sqlite(dir.path());
-    let conn = Connection::open(&db).unwrap();
-    // A workflow pending since a moment ago, its first step done: not stalled by any clock
-    // that runs right.
-    let t = now_ms();
-    conn.execute(WORKFLOW, params!["pending", "PENDING", t])
-        .unwrap();
-    conn.execute(STEP, params!["pending", 1, "fetch", t, t + 10])
-        .unwrap();
-    let clock = FakeClock::new(dir.path());
+/// A sidecar started with its wall clock a day ahead over `db`; `pending` adds a
+/// workflow pending since a moment ago, its first step done (not stalled by any clock
+/// that runs right).
+fn start_a_day_ahead(dir: &Path, db: &Path, pending: bool) -> (Sidecar, FakeClock, Connection) {
+    let conn = Connection::open(db).unwrap();
+    if pending {
+        let t = now_ms();
+        conn.execute(WORKFLOW, params!["pending", "PENDING", t])
+            .unwrap();
+        conn.execute(STEP, params!["pending", 1, "fetch", t, t + 10])
+            .unwrap();
+    }
+    let clock = FakeClock::new(dir);
     clock.set(&format!("+{DAY_SECS}"));
     let sidecar = start(
-        dir.path(),
+        dir,
         dbos_config(
             &format!("sqlite://{}", db.display()),
             "stall_after = \"1m\"\n",
@@ -311,6 +316,38 @@ fn a_sidecar_started_a_day_ahead_then_stepped_back_sees_new_rows_and_stalls_noth
         clock.env(),
     );
     wait_polled(&sidecar);
+    (sidecar, clock, conn)
+}
+
+/// Steps the clock back to the right time, then writes a gap (on the app's one
+/// connection, as an app does).
+fn step_back_and_write_a_gap(clock: &FakeClock, conn: &Connection) {
+    clock.set("+0");
+    std::thread::sleep(Duration::from_secs(1));
+    let t = now_ms();
+    conn.execute(
+        STEP,
+        params!["after", 1, "fetch", t - GAP_MS - 600, t - GAP_MS - 500],
+    )
+    .unwrap();
+    conn.execute(STEP, params!["after", 2, "send", t - 500, t - 400])
+        .unwrap();
+}
+
+#[test]
+fn a_sidecar_started_a_day_ahead_then_stepped_back_sees_rows_written_after_the_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dbos_sqlite(dir.path());
+    let (sidecar, clock, conn) = start_a_day_ahead(dir.path(), &db, false);
+    step_back_and_write_a_gap(&clock, &conn);
+    expect_one_gap(&sidecar);
+}
+
+#[test]
+fn a_sidecar_started_a_day_ahead_then_stepped_back_calls_no_pending_workflow_stalled() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dbos_sqlite(dir.path());
+    let (sidecar, clock, conn) = start_a_day_ahead(dir.path(), &db, true);
     let no_stall = |when: &str| {
         let m = sidecar.metrics();
         assert_eq!(
@@ -328,17 +365,7 @@ fn a_sidecar_started_a_day_ahead_then_stepped_back_sees_new_rows_and_stalls_noth
         );
     };
     no_stall("a day ahead");
-
-    clock.set("+0");
-    std::thread::sleep(Duration::from_secs(1));
-    let t = now_ms();
-    conn.execute(
-        STEP,
-        params!["after", 1, "fetch", t - GAP_MS - 600, t - GAP_MS - 500],
-    )
-    .unwrap();
-    conn.execute(STEP, params!["after", 2, "send", t - 500, t - 400])
-        .unwrap();
+    step_back_and_write_a_gap(&clock, &conn);
     expect_one_gap(&sidecar);
     no_stall("stepped back");
     let episodes = sidecar.get("/api/v1/episodes").json();
@@ -517,4 +544,115 @@ fn analyze_counts_times_of_i64_max_and_min_and_never_prints_1677() {
         .as_f64()
         .unwrap_or_else(|| panic!("a longest gap: {v:#}"));
     assert!((longest - 2.9).abs() < 0.01, "{v:#}");
+}
+
+// ---- item 1 in queue_table: every paged read -------------------------------------------
+
+/// Open rows with attempts: more than one read takes.
+const OPEN_ROWS: i64 = ROWS_PER_READ + 50;
+
+#[test]
+fn retries_of_open_rows_past_the_first_read_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("jobs.db");
+    let mut conn = Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         CREATE TABLE jobs (key TEXT PRIMARY KEY, status TEXT, attempts INTEGER);",
+    )
+    .unwrap();
+    let tx = conn.transaction().unwrap();
+    for i in 0..OPEN_ROWS {
+        tx.execute(
+            "INSERT INTO jobs VALUES (?1, 'pending', 1)",
+            params![format!("k{i:06}")],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+    let config = format!(
+        "[[source]]\nname = \"{SOURCE}\"\nkind = \"queue_table\"\nurl = \"sqlite://{}\"\n\
+         poll = \"200ms\"\ntable = \"jobs\"\nkey_column = \"key\"\nstatus_column = \"status\"\n\
+         attempts_column = \"attempts\"\nopen_statuses = [\"pending\"]\n",
+        db.display()
+    );
+    let sidecar = start(dir.path(), config, Vec::new());
+    let retries = "stallwatch_job_retries_total{queue=\"\",source=\"app\"}";
+    let wait_for = |want: f64, what: &str| {
+        poll_until(what, EPISODE_TIMEOUT, || {
+            let m = sidecar.metrics();
+            match m.value(retries) {
+                Some(n) if n >= want => Ok(n),
+                n => Err(format!("job_retries_total {n:?}")),
+            }
+        })
+    };
+    // Each row's first attempt, the rows past the first read included.
+    assert_eq!(
+        wait_for(OPEN_ROWS as f64, "every open row read"),
+        OPEN_ROWS as f64
+    );
+    // The last row by key, never in the first read, fails once more.
+    conn.execute(
+        "UPDATE jobs SET attempts = 2 WHERE key = ?1",
+        params![format!("k{:06}", OPEN_ROWS - 1)],
+    )
+    .unwrap();
+    wait_for(
+        OPEN_ROWS as f64 + 1.0,
+        "the retry of a row past the first read",
+    );
+    std::thread::sleep(WATCH);
+    assert_eq!(
+        sidecar.metrics().expect(retries),
+        OPEN_ROWS as f64 + 1.0,
+        "each retry counted once across the pages"
+    );
+}
+
+#[test]
+fn dead_letters_at_the_marks_own_time_or_after_a_future_one_are_counted_postgres() {
+    let db = TestDb::create("dead");
+    let mut c = db.client();
+    c.batch_execute(
+        "CREATE TABLE jobs (key text PRIMARY KEY, status text, attempts int);
+         CREATE TABLE dead_letter (key text, payload text, error text, died double precision);",
+    )
+    .unwrap();
+    let now_s = || now_ms() as f64 / 1000.0;
+    let at = now_s() - 60.0;
+    let dead = |c: &mut Client, key: &str, died: f64| {
+        c.execute(
+            "INSERT INTO dead_letter (key, died) VALUES ($1, $2)",
+            &[&key, &died],
+        )
+        .unwrap();
+    };
+    dead(&mut c, "first", at);
+    let config = format!(
+        "[[source]]\nname = \"{SOURCE}\"\nkind = \"queue_table\"\npreset = \"lab-jobs\"\n\
+         url = \"{}\"\npoll = \"200ms\"\n",
+        db.url()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = start(dir.path(), config, Vec::new());
+    wait_polled(&sidecar);
+    let total = "stallwatch_dead_letters_total{queue=\"\",source=\"app\"}";
+    let wait_for = |want: f64, what: &str| {
+        poll_until(what, EPISODE_TIMEOUT, || {
+            let m = sidecar.metrics();
+            match m.value(total) {
+                Some(n) if n >= want => Ok(n),
+                n => Err(format!("dead_letters_total {n:?}")),
+            }
+        })
+    };
+    dead(&mut c, "same-time", at);
+    wait_for(1.0, "a dead letter at the mark's own time");
+    dead(&mut c, "future", now_s() + DAY_SECS as f64);
+    wait_for(2.0, "a dead letter stamped a day ahead");
+    dead(&mut c, "after-future", now_s());
+    wait_for(3.0, "a dead letter after one stamped in the future");
+    std::thread::sleep(WATCH);
+    assert_eq!(sidecar.metrics().expect(total), 3.0, "each counted once");
 }
