@@ -262,8 +262,9 @@ pub const CLOCK_AHEAD_OF_APP_NS: i64 = 3_600 * 1_000_000_000;
 /// in the app's frame (the sidecar's clock, or the newest time the app wrote plus the
 /// monotonic time since, when the sidecar's clock is more than [`CLOCK_AHEAD_OF_APP_NS`]
 /// ahead of that); from then on it grows with the monotonic clock only. A wall step
-/// either way changes nothing already seen, and progress stamped in the future (a clock
-/// that was ahead) is idle from when it was seen.
+/// either way changes nothing already seen. Progress stamped ahead of now counts from
+/// that time, as DBOS stamps a sleep with its wake time: a workflow last stamped by a
+/// clock that was ahead (and has been stepped back) is not stalled before that time.
 #[derive(Debug, Default)]
 pub struct StallClock {
     /// max(time the app wrote − monotonic time it was read): the app's clock, on ours.
@@ -299,7 +300,8 @@ impl StallClock {
                 let mark = w.idle_since_ns();
                 let (_, first_mono, first_idle) = match self.seen.get(&w.workflow_id) {
                     Some(e) if e.0 == mark => *e,
-                    _ => (mark, mono_ns, app_now.saturating_sub(mark).max(0)),
+                    // Negative while a wait's deadline or a sleep's wake time is ahead.
+                    _ => (mark, mono_ns, app_now.saturating_sub(mark)),
                 };
                 seen.insert(w.workflow_id.clone(), (mark, first_mono, first_idle));
                 let watched = mono_ns.saturating_sub(first_mono).max(0);
@@ -560,6 +562,25 @@ mod tests {
             70,
             "stepped forward a day"
         );
+    }
+
+    /// A wait's deadline ahead of now is not progress stamped by a wrong clock: the
+    /// workflow is overdue only once it has passed.
+    #[test]
+    fn a_wait_deadline_ahead_keeps_its_time_on_the_stall_clock() {
+        let t = 1_763_900_000 * S;
+        let w = OpenWorkflow {
+            created_ns: t,
+            last_completed_ns: Some(t),
+            wait_deadline_ns: Some(t + 2 * S),
+            in_wait: true,
+            ..open("w", "", None, None)
+        };
+        let mut c = StallClock::default();
+        let r = c.rebase(std::slice::from_ref(&w), [t], t + S / 2, 0);
+        assert_eq!(r[0].overdue_ns(t + S / 2), None);
+        let r = c.rebase(std::slice::from_ref(&w), [], t + 3 * S, 5 * S / 2);
+        assert_eq!(r[0].overdue_ns(t + 3 * S), Some(S));
     }
 
     #[test]
