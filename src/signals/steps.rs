@@ -255,6 +255,10 @@ pub fn blocked_queues(
 /// stalls counted from the newest time it wrote.
 pub const CLOCK_AHEAD_OF_APP_NS: i64 = 3_600 * 1_000_000_000;
 
+/// Less than this between the app-frame idle time and the wall clock's is read jitter,
+/// not a clock step: the workflow's times are used as written.
+pub const CLOCKS_AGREE_NS: i64 = 1_000_000_000;
+
 /// How long open workflows have made no progress, measured so that a wall-clock step
 /// either way neither invents nor erases stall time (issue 14). Pure: clocks are passed in.
 ///
@@ -306,7 +310,12 @@ impl StallClock {
                 seen.insert(w.workflow_id.clone(), (mark, first_mono, first_idle));
                 let watched = mono_ns.saturating_sub(first_mono).max(0);
                 let idle = first_idle.saturating_add(watched);
-                let delta = now_ns.saturating_sub(idle).saturating_sub(mark);
+                // Within a second the clocks agree (their reads are a poll apart): the app's
+                // own times stay exactly as written, so a live episode keeps its start.
+                let delta = match now_ns.saturating_sub(idle).saturating_sub(mark) {
+                    d if d.abs() < CLOCKS_AGREE_NS => 0,
+                    d => d,
+                };
                 OpenWorkflow {
                     created_ns: w.created_ns.saturating_add(delta),
                     last_completed_ns: w.last_completed_ns.map(|t| t.saturating_add(delta)),
