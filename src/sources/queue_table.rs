@@ -81,10 +81,12 @@ impl Queries {
             )),
             // Paged by the key (a keyset cursor), so more open rows than one read takes
             // are all seen, a page per poll, instead of only the first MAX_ROWS_PER_POLL.
+            // Aliased: Postgres names `CAST(id AS TEXT)` "id" too, and ORDER BY would be
+            // ambiguous.
             attempts: l.attempts_column.as_deref().map(|a| {
                 let page = |after: &str| {
                     Query::portable(format!(
-                        "SELECT {queue}, CAST({key} AS TEXT), {a}, {key} FROM {table} WHERE {status} IN ({open}) AND {a} > 0{after} ORDER BY {key} LIMIT {MAX_ROWS_PER_POLL}",
+                        "SELECT {queue}, CAST({key} AS TEXT) AS stallwatch_key_text, {a}, {key} AS stallwatch_key FROM {table} WHERE {status} IN ({open}) AND {a} > 0{after} ORDER BY {key} LIMIT {MAX_ROWS_PER_POLL}",
                         key = q(&l.key_column),
                         a = q(a)
                     ))
