@@ -42,7 +42,8 @@ pub const DEAD_STATUS: &str = "MAX_RECOVERY_ATTEMPTS_EXCEEDED";
 /// clock reaches them (as a gap of 0).
 pub const DEDUP_FUTURE_SLACK_MS: i64 = 60_000;
 /// Most rows remembered for de-duplication: a burst of more within the look-back window
-/// narrows the late-commit sweep to the newest of them instead of growing without bound.
+/// narrows the late-commit sweep to the newest of them instead of growing without bound
+/// (counted as `source_errors_total{kind="rows_capped"}`).
 pub const MAX_RECENT_KEYS: usize = 4 * MAX_ROWS_PER_POLL as usize;
 
 const MS: i64 = 1_000_000;
@@ -192,12 +193,14 @@ impl DbosSource {
         }
     }
 
-    /// Forgets rows no sweep will read again, keeping at most [`MAX_RECENT_KEYS`].
-    fn forget_old(&mut self, cursor_ms: i64, now_ms: i64) {
+    /// Forgets rows no sweep will read again, keeping at most [`MAX_RECENT_KEYS`];
+    /// whether that limit narrowed the sweep.
+    fn forget_old(&mut self, cursor_ms: i64, now_ms: i64) -> bool {
         let mut floor = cursor_ms - LATE_COMMIT_LOOKBACK_MS;
         let latest = now_ms.saturating_add(DEDUP_FUTURE_SLACK_MS);
         self.recent.retain(|_, c| *c >= floor && *c <= latest);
-        if self.recent.len() > MAX_RECENT_KEYS {
+        let narrowed = self.recent.len() > MAX_RECENT_KEYS;
+        if narrowed {
             let mut times: Vec<i64> = self.recent.values().copied().collect();
             let cut = times.len() - MAX_RECENT_KEYS;
             let (_, nth, _) = times.select_nth_unstable(cut);
@@ -205,6 +208,7 @@ impl DbosSource {
             self.recent.retain(|_, c| *c >= floor);
         }
         self.sweep_floor_ms = floor;
+        narrowed
     }
 }
 
@@ -370,7 +374,10 @@ impl Source for DbosSource {
         obs.bad_timestamps = bad_times;
         obs.bad_values = bad_values;
         let cursor_ms = self.cursor.as_ref().map_or(now_ms, |c| c.completed_ms);
-        self.forget_old(cursor_ms, now_ms);
+        // Late commits older than the narrowed window go unseen: said as `rows_capped`.
+        if self.forget_old(cursor_ms, now_ms) {
+            obs.capped_reads += 1;
+        }
 
         let dead = dead.first().map_or(0, |r| int(&r[0]).max(0) as u64);
         let new = self

@@ -37,7 +37,8 @@ pub fn attempts(v: &Value) -> Option<Result<i64, String>> {
 }
 
 /// Open rows whose attempts are remembered to count new retries; beyond this a row first
-/// seen is not remembered and its retries are not counted (about 100 bytes a row).
+/// seen is not remembered and its retries are not counted, said as `rows_capped` (about
+/// 100 bytes a row).
 pub const MAX_TRACKED_ROWS: usize = 10 * MAX_ROWS_PER_POLL as usize;
 
 /// The statements of one layout, built once.
@@ -271,6 +272,7 @@ impl Source for QueueTableSource {
         }
         let sweep = self.sweep;
         let mut retries: HashMap<String, u64> = HashMap::new();
+        let mut untracked = false;
         for r in &reads.attempts {
             let key = r[1].text();
             let known = self.attempts.get(&key).map(|(n, _)| *n);
@@ -285,12 +287,17 @@ impl Source for QueueTableSource {
                 }
             };
             if known.is_none() && self.attempts.len() >= MAX_TRACKED_ROWS {
+                untracked = true;
                 continue;
             }
             if failed > before {
                 *retries.entry(r[0].text()).or_default() += (failed - before) as u64;
             }
             self.attempts.insert(key, (failed, sweep));
+        }
+        // Retries of rows past the limit are not counted: a lower bound, and said so.
+        if untracked {
+            obs.capped_reads += 1;
         }
         let full = reads.attempts.len() as i64 >= MAX_ROWS_PER_POLL;
         self.attempts_after = reads.attempts.last().filter(|_| full).map(|r| r[3].clone());
