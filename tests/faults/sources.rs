@@ -551,6 +551,41 @@ fn analyze_counts_times_of_i64_max_and_min_and_never_prints_1677() {
 /// Open rows with attempts: more than one read takes.
 const OPEN_ROWS: i64 = ROWS_PER_READ + 50;
 
+/// Waits for `job_retries_total{queue=""}` to reach `want`; what it read.
+fn wait_for_retries(sidecar: &Sidecar, want: f64, what: &str) -> f64 {
+    let retries = "stallwatch_job_retries_total{queue=\"\",source=\"app\"}";
+    poll_until(what, EPISODE_TIMEOUT, || {
+        let m = sidecar.metrics();
+        match m.value(retries) {
+            Some(n) if n >= want => Ok(n),
+            n => Err(format!("job_retries_total {n:?}")),
+        }
+    })
+}
+
+/// Each open row's first attempt is counted, the rows past the first read included;
+/// then `bump_last` makes the last row by key fail once more: one retry more, once.
+fn expect_every_open_row_counted(sidecar: &Sidecar, bump_last: impl FnOnce()) {
+    let all = OPEN_ROWS as f64;
+    assert_eq!(wait_for_retries(sidecar, all, "every open row read"), all);
+    bump_last();
+    wait_for_retries(sidecar, all + 1.0, "the retry of a row past the first read");
+    std::thread::sleep(WATCH);
+    assert_eq!(
+        wait_for_retries(sidecar, 0.0, "the count"),
+        all + 1.0,
+        "each retry counted once across the pages"
+    );
+}
+
+fn jobs_config(url: &str) -> String {
+    format!(
+        "[[source]]\nname = \"{SOURCE}\"\nkind = \"queue_table\"\nurl = \"{url}\"\n\
+         poll = \"200ms\"\ntable = \"jobs\"\nkey_column = \"key\"\nstatus_column = \"status\"\n\
+         attempts_column = \"attempts\"\nopen_statuses = [\"pending\"]\n"
+    )
+}
+
 #[test]
 fn retries_of_open_rows_past_the_first_read_are_counted() {
     let dir = tempfile::tempdir().unwrap();
@@ -570,44 +605,36 @@ fn retries_of_open_rows_past_the_first_read_are_counted() {
         .unwrap();
     }
     tx.commit().unwrap();
-    let config = format!(
-        "[[source]]\nname = \"{SOURCE}\"\nkind = \"queue_table\"\nurl = \"sqlite://{}\"\n\
-         poll = \"200ms\"\ntable = \"jobs\"\nkey_column = \"key\"\nstatus_column = \"status\"\n\
-         attempts_column = \"attempts\"\nopen_statuses = [\"pending\"]\n",
-        db.display()
-    );
-    let sidecar = start(dir.path(), config, Vec::new());
-    let retries = "stallwatch_job_retries_total{queue=\"\",source=\"app\"}";
-    let wait_for = |want: f64, what: &str| {
-        poll_until(what, EPISODE_TIMEOUT, || {
-            let m = sidecar.metrics();
-            match m.value(retries) {
-                Some(n) if n >= want => Ok(n),
-                n => Err(format!("job_retries_total {n:?}")),
-            }
-        })
-    };
-    // Each row's first attempt, the rows past the first read included.
-    assert_eq!(
-        wait_for(OPEN_ROWS as f64, "every open row read"),
-        OPEN_ROWS as f64
-    );
-    // The last row by key, never in the first read, fails once more.
-    conn.execute(
-        "UPDATE jobs SET attempts = 2 WHERE key = ?1",
-        params![format!("k{:06}", OPEN_ROWS - 1)],
-    )
+    let url = format!("sqlite://{}", db.display());
+    let sidecar = start(dir.path(), jobs_config(&url), Vec::new());
+    expect_every_open_row_counted(&sidecar, || {
+        conn.execute(
+            "UPDATE jobs SET attempts = 2 WHERE key = ?1",
+            params![format!("k{:06}", OPEN_ROWS - 1)],
+        )
+        .unwrap();
+    });
+}
+
+#[test]
+fn retries_of_open_rows_past_the_first_read_are_counted_postgres() {
+    let db = TestDb::create("retries");
+    let mut c = db.client();
+    c.batch_execute(&format!(
+        "CREATE TABLE jobs (key bigint PRIMARY KEY, status text, attempts int);
+         INSERT INTO jobs SELECT k, 'pending', 1 FROM generate_series(0, {}) k;",
+        OPEN_ROWS - 1
+    ))
     .unwrap();
-    wait_for(
-        OPEN_ROWS as f64 + 1.0,
-        "the retry of a row past the first read",
-    );
-    std::thread::sleep(WATCH);
-    assert_eq!(
-        sidecar.metrics().expect(retries),
-        OPEN_ROWS as f64 + 1.0,
-        "each retry counted once across the pages"
-    );
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = start(dir.path(), jobs_config(&db.url()), Vec::new());
+    expect_every_open_row_counted(&sidecar, || {
+        c.execute(
+            "UPDATE jobs SET attempts = 2 WHERE key = $1",
+            &[&(OPEN_ROWS - 1)],
+        )
+        .unwrap();
+    });
 }
 
 #[test]
