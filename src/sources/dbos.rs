@@ -14,13 +14,15 @@
 //! `completed_at`); a cursor found ahead of the clock means the clock was stepped back,
 //! and it is pulled back to `now` − [`LATE_COMMIT_LOOKBACK_MS`]. Rows committed late by a
 //! concurrent workflow are found by sweeping [`LATE_COMMIT_LOOKBACK_MS`] behind the cursor,
-//! a bounded page per poll, deduplicated by primary key.
+//! a bounded page per poll, deduplicated by primary key, for [`LATE_SWEEP_AFTER_MOVE`]
+//! after the cursor last moved.
 //!
 //! Times and counts the app wrote are used only when sane ([`super::timestamp::plausible`],
 //! [`super::queue_table::MAX_ATTEMPTS`]); the rest are counted as `bad_timestamp` or
 //! `bad_value` and never used.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use super::db::{Database, Query, Value};
 use super::queue_table::attempts;
@@ -30,6 +32,11 @@ use crate::signals::steps::{OpenWorkflow, StepRow};
 
 /// How far each poll looks back for rows that committed after later ones.
 pub const LATE_COMMIT_LOOKBACK_MS: i64 = 5_000;
+/// How long after the cursor last moved the look-back window is swept: a row commits
+/// within [`LATE_COMMIT_LOOKBACK_MS`] of its completion time, so twice that finds it, and
+/// an app that has gone quiet after a burst costs no re-reads of the burst every poll.
+pub const LATE_SWEEP_AFTER_MOVE: Duration =
+    Duration::from_millis(2 * LATE_COMMIT_LOOKBACK_MS as u64);
 /// On the first poll, how much history to read: what happened while the sidecar was down.
 pub const STARTUP_LOOKBACK_MS: i64 = 3_600_000;
 /// Most open workflows read per poll.
@@ -152,6 +159,8 @@ pub struct DbosSource {
     cursor: Option<Key>,
     /// Where the late-commit sweep resumes; `None`: at the start of the look-back window.
     sweep: Option<Key>,
+    /// When the cursor last moved (or was pulled back), on the monotonic clock.
+    cursor_moved: Instant,
     /// Oldest completion time the sweep re-reads: the look-back window's start, raised
     /// when more than [`MAX_RECENT_KEYS`] rows fall in it.
     sweep_floor_ms: i64,
@@ -167,6 +176,7 @@ impl DbosSource {
             queries: Queries::new(),
             cursor: None,
             sweep: None,
+            cursor_moved: Instant::now(),
             sweep_floor_ms: i64::MIN,
             recent: HashMap::new(),
             last_dead: None,
@@ -187,6 +197,7 @@ impl DbosSource {
                 );
                 self.sweep = None;
                 self.sweep_floor_ms = i64::MIN;
+                self.cursor_moved = Instant::now();
                 Key::before(now_ms - LATE_COMMIT_LOOKBACK_MS)
             }
             None => Key::before(now_ms - STARTUP_LOOKBACK_MS),
@@ -286,9 +297,10 @@ impl Source for DbosSource {
                     (cursor.completed_ms - LATE_COMMIT_LOOKBACK_MS).max(self.sweep_floor_ms),
                 )
             });
+        let sweeping = self.sweep.is_some() || self.cursor_moved.elapsed() <= LATE_SWEEP_AFTER_MOVE;
         let q = &self.queries;
         let (late, steps, open, depth, dead, mode, clock) = self.db.read(|s| {
-            let late = if sweep_from.completed_ms <= cursor.completed_ms {
+            let late = if sweeping && sweep_from.completed_ms <= cursor.completed_ms {
                 s.rows(&q.steps, &sweep_from.params(cursor.completed_ms))?
             } else {
                 Vec::new()
@@ -310,6 +322,9 @@ impl Source for DbosSource {
         self.sweep = (late.len() as i64 >= MAX_ROWS_PER_POLL)
             .then(|| late.last().map(|r| Key::of(r)))
             .flatten();
+        if !steps.is_empty() {
+            self.cursor_moved = Instant::now();
+        }
         self.cursor = Some(steps.last().map_or(cursor, |r| Key::of(r)));
 
         let mut obs = Observation {
