@@ -106,6 +106,9 @@ pub struct SourceStatus {
     pub dead_letters: Vec<DeadLetterStatus>,
     /// Today's spend against the cap, when the source has a cap.
     pub cost: Option<CostStatus>,
+    /// Label values folded into `other` since start, by label (`label_overflow_total`):
+    /// the source has more distinct queues, steps or workflows than the budget keeps.
+    pub label_overflow: std::collections::BTreeMap<&'static str, u64>,
     /// Lines and values skipped since start, by their `source_errors_total` kind
     /// (`bad_timestamp`, `oversize_line`, `bad_value`); kinds never seen are absent.
     pub skipped: std::collections::BTreeMap<&'static str, u64>,

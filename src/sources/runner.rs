@@ -280,6 +280,24 @@ impl SourceRunner {
         *status.sources[self.index].skipped.entry(kind).or_default() += n;
     }
 
+    /// Counts `n` label values folded into `other` for `label`: in `label_overflow_total`
+    /// and in the source's status, so a limit that is hit is said where people look.
+    fn overflowed(&self, label: &'static str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.metrics
+            .sources
+            .label_overflow_total
+            .with_label_values(&[self.config.name.as_str(), label])
+            .inc_by(n);
+        let mut status = self.status.lock();
+        *status.sources[self.index]
+            .label_overflow
+            .entry(label)
+            .or_default() += n;
+    }
+
     /// Passes a database clock reading to the freeze detector.
     fn send_clock(&self, sample: Result<crate::freeze::reference::RefSample, String>) {
         if let Some((index, tx)) = &self.clock {
@@ -298,12 +316,8 @@ impl SourceRunner {
         }
         let name = self.config.name.as_str();
         let sm: &SourceMetrics = &self.metrics.sources;
-        let overflow = |label: &str, budget: &LabelBudget, before: u64| {
-            if budget.overflowed() > before {
-                sm.label_overflow_total
-                    .with_label_values(&[name, label])
-                    .inc_by(budget.overflowed() - before);
-            }
+        let overflow = |label: &'static str, budget: &LabelBudget, before: u64| {
+            self.overflowed(label, budget.overflowed() - before);
         };
 
         // Queues: gauges for what is there now; series seen before and gone now drop to 0.
@@ -362,11 +376,7 @@ impl SourceRunner {
                 .set(*n as f64);
         }
         self.publish_queue_facts(&obs, &present);
-        if obs.capped_reads > 0 {
-            sm.source_errors_total
-                .with_label_values(&[name, "rows_capped"])
-                .inc_by(obs.capped_reads);
-        }
+        self.skipped("rows_capped", obs.capped_reads);
         self.skipped("bad_timestamp", obs.bad_timestamps);
         self.skipped("oversize_line", obs.oversize_lines);
 
@@ -634,11 +644,7 @@ impl SourceRunner {
             sm.queue_blocked.with_label_values(&[name, gone]).set(0.0);
         }
         d.blocked_series.extend(now_blocked);
-        if d.queues.overflowed() > before {
-            sm.label_overflow_total
-                .with_label_values(&[name, "queue"])
-                .inc_by(d.queues.overflowed() - before);
-        }
+        self.overflowed("queue", d.queues.overflowed() - before);
         for b in &blocked {
             if !d.blocked_logged.contains(&b.queue) {
                 tracing::warn!(

@@ -162,6 +162,17 @@ fn a_hundred_thousand_queues_stay_within_the_label_budget_in_every_family() {
     assert_eq!(dead_total as usize, QUEUES.div_ceil(3), "every dead letter");
     let overflow = m.expect(r#"stallwatch_label_overflow_total{label="queue",source="wide"}"#);
     assert!(overflow > 0.0, "the overflow is counted: {overflow}");
+    // And the status says so, where an operator looks first.
+    let status = sidecar.status();
+    let source = &status["sources"][0];
+    assert!(
+        source["label_overflow"]["queue"].as_u64() > Some(0),
+        "label_overflow in /api/v1/status: {source}"
+    );
+    assert!(
+        source["skipped"]["rows_capped"].as_u64() > Some(0),
+        "rows_capped in /api/v1/status: {source}"
+    );
     assert!(
         m.0.len() < 256 * 1024,
         "/metrics is {} bytes with 100,000 queues",
