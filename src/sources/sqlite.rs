@@ -29,8 +29,20 @@ pub const SOURCE_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub struct SqliteReader {
     path: PathBuf,
-    /// The open connection and the (device, inode) of the file it was opened on.
-    conn: Option<(Connection, (u64, u64))>,
+    conn: Option<Opened>,
+}
+
+/// An open connection and what it was opened on.
+struct Opened {
+    conn: Connection,
+    /// The descriptor the file was checked through, kept open as long as the connection
+    /// and closed after it (fields drop in order): on Linux, closing *any* descriptor of a
+    /// file drops every POSIX lock the process holds on it, SQLite's shared WAL lock
+    /// included, after which the app's last close checkpoints and deletes the WAL under
+    /// the reader and it reads old data until it reopens.
+    _checked: std::fs::File,
+    /// (device, inode) of the file.
+    id: (u64, u64),
 }
 
 impl SqliteReader {
@@ -55,8 +67,8 @@ impl SqliteReader {
         &mut self,
         f: impl FnOnce(&mut dyn Session) -> Result<T, SourceError>,
     ) -> Result<T, SourceError> {
-        if let Some((_, opened)) = &self.conn {
-            if !self.still_at_path(*opened) {
+        if let Some(opened) = &self.conn {
+            if !self.still_at_path(opened.id) {
                 tracing::info!(path = %self.path.display(), "app database file replaced or gone; reopening");
                 self.conn = None;
             }
@@ -65,7 +77,7 @@ impl SqliteReader {
             self.conn = Some(open(&self.path)?);
         }
         let mut session = SqliteSession {
-            conn: &self.conn.as_ref().expect("opened above").0,
+            conn: &self.conn.as_ref().expect("opened above").conn,
             path: &self.path,
         };
         let result = f(&mut session);
@@ -127,12 +139,13 @@ impl Session for SqliteSession<'_> {
     }
 }
 
-fn open(path: &Path) -> Result<(Connection, (u64, u64)), SourceError> {
+fn open(path: &Path) -> Result<Opened, SourceError> {
     // Only a regular file, opened without blocking (a FIFO would block SQLite's own open
     // forever); opening it for reading also proves permission before SQLite hides the
-    // reason. Held until SQLite has opened the path, which leaves only the moment between
-    // this look and SQLite's open for a FIFO to be swapped in.
-    let (_looked_at, meta) = open_regular(path, "a SQLite database file").map_err(|e| match e {
+    // reason. Held while SQLite opens the path, which leaves only the moment between this
+    // look and SQLite's open for a FIFO to be swapped in, and then for as long as the
+    // connection (see [`Opened::_checked`]).
+    let (checked, meta) = open_regular(path, "a SQLite database file").map_err(|e| match e {
         OpenError::Missing(_) => SourceError::new(
             ErrorKind::Missing,
             format!("{} does not exist", path.display()),
@@ -169,7 +182,11 @@ fn open(path: &Path) -> Result<(Connection, (u64, u64)), SourceError> {
         r.get::<_, i64>(0)
     })
     .map_err(|e| classify(path, e))?;
-    Ok((conn, (meta.dev(), meta.ino())))
+    Ok(Opened {
+        conn,
+        _checked: checked,
+        id: (meta.dev(), meta.ino()),
+    })
 }
 
 /// The database's journal mode (`wal`, `delete`, …), read without changing it.
