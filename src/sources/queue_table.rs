@@ -101,7 +101,9 @@ impl Queries {
             }),
             claimed: match (&l.running_status, &l.claimed_column, l.lease) {
                 (Some(_), Some(c), Some(_)) => Some(Query::portable(format!(
-                    "SELECT {queue}, {c} FROM {table} WHERE {status} = ?1 LIMIT {MAX_ROWS_PER_POLL}",
+                    // Oldest claims first: when more rows run than one read takes, the
+                    // ones past their lease are the ones read.
+                    "SELECT {queue}, {c} FROM {table} WHERE {status} = ?1 ORDER BY {c} LIMIT {MAX_ROWS_PER_POLL}",
                     c = q(c)
                 ))),
                 _ => None,
@@ -318,6 +320,17 @@ impl Source for QueueTableSource {
                     Some(Ok(_)) | None => {}
                     Some(Err(_)) => obs.bad_timestamps += 1,
                 }
+            }
+            // A full read whose newest claim is still past its lease may have left more
+            // stuck rows unread: the count is a lower bound, and says so.
+            let full = reads.claimed.len() as i64 >= MAX_ROWS_PER_POLL;
+            let last_stuck = reads
+                .claimed
+                .last()
+                .and_then(|r| r[1].time_ns())
+                .is_some_and(|t| matches!(t, Ok(at) if now_ns - at > lease_ns));
+            if full && last_stuck {
+                obs.capped_reads += 1;
             }
             if stuck.is_empty() {
                 stuck.insert(String::new(), 0);
