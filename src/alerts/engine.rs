@@ -240,6 +240,13 @@ impl Engine {
     // ---- deciding -----------------------------------------------------------------------
 
     fn evaluate(&mut self, announced: &[FreezeEvent]) {
+        match self.outbox.follow_path() {
+            Ok(true) => tracing::warn!(
+                "state database put back at its path: the alert engine writes there now"
+            ),
+            Ok(false) => {}
+            Err(e) => self.db_failed("reopening the state database", &e),
+        }
         let now = real_ns();
         let outbox = match self.outbox.stats() {
             Ok(stats) => stats,

@@ -75,6 +75,9 @@ pub type Restored = (Vec<Alert>, Vec<(String, i64)>);
 pub struct Outbox {
     conn: Connection,
     max_pending: usize,
+    path: std::path::PathBuf,
+    /// The file `conn` was opened on, to notice a state DB put back at the path.
+    opened: Option<crate::state::FileId>,
 }
 
 fn severity_rank(s: Severity) -> i64 {
@@ -88,10 +91,38 @@ fn severity_rank(s: Severity) -> i64 {
 impl Outbox {
     /// Opens the (already migrated) state DB for the alert engine.
     pub fn open(path: &Path, max_pending: usize) -> rusqlite::Result<Outbox> {
+        let conn = Self::connect(path)?;
+        Ok(Outbox {
+            conn,
+            max_pending,
+            path: path.to_path_buf(),
+            opened: crate::state::FileId::of(path),
+        })
+    }
+
+    fn connect(path: &Path) -> rusqlite::Result<Connection> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        Ok(Outbox { conn, max_pending })
+        Ok(conn)
+    }
+
+    /// Follows a state DB the writer put back at the path after it was deleted (see
+    /// `persist.rs`): a different file there now → reopen, so alerts and notifications
+    /// go into the DB that is kept, not the deleted one. Returns whether it moved.
+    ///
+    /// The old connection is never closed: SQLite deletes a WAL database's `-wal` and
+    /// `-shm` *by name* when the last connection to it closes, and those names now belong
+    /// to the new DB. The writer caps recreations, so at most a few are held to exit.
+    pub fn follow_path(&mut self) -> rusqlite::Result<bool> {
+        let now = crate::state::FileId::of(&self.path);
+        if now.is_none() || now == self.opened {
+            return Ok(false);
+        }
+        let conn = Self::connect(&self.path)?;
+        std::mem::forget(std::mem::replace(&mut self.conn, conn));
+        self.opened = now;
+        Ok(true)
     }
 
     /// Alerts that were firing, and one-shot fingerprints fired since `since_ns`.

@@ -57,10 +57,18 @@ fn stop_for_a_while(sidecar: &Sidecar) {
 
 /// Rows of `table` in the state DB at `dir`, read with a connection of this test's own.
 fn rows(dir: &Path, table: &str) -> i64 {
+    rows_where(dir, table, "1")
+}
+
+fn rows_where(dir: &Path, table: &str, condition: &str) -> i64 {
     let conn = Connection::open_with_flags(dir.join(STATE_DB), OpenFlags::SQLITE_OPEN_READ_ONLY)
         .unwrap_or_else(|e| panic!("opening the state DB in {}: {e}", dir.display()));
-    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-        .unwrap()
+    conn.query_row(
+        &format!("SELECT count(*) FROM {table} WHERE {condition}"),
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
 }
 
 fn facts(dir: &Path) -> Vec<String> {
@@ -131,6 +139,21 @@ fn a_state_db_deleted_while_running_is_noticed_and_put_back_with_its_history() {
             Err(format!("{firing:?}"))
         }
     });
+
+    // The alert engine follows the DB put back: the state_db alert is in the file at the
+    // path (and so in /api/v1/alerts and after a restart), not only in the deleted one.
+    poll_until(
+        "the state_db alert in the DB at the path",
+        NOTICE_TIMEOUT,
+        || {
+            let n = rows_where(&data, "alert", "rule = 'state_db'");
+            if n >= 1 {
+                Ok(())
+            } else {
+                Err(format!("{n} state_db alert rows"))
+            }
+        },
+    );
 
     // Back at its path, with the history it held.
     assert_eq!(
