@@ -29,6 +29,11 @@ use crate::signals::episode::{Episode, EpisodeKind};
 pub const STATE_DB_FILE: &str = "stallwatch.sqlite";
 /// How long a statement waits for a lock held by another connection (the API reader).
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Page cache of each of the sidecar's own connections to the state DB, in KiB (SQLite's
+/// default is 2,000 per connection). Its reads are small and recent; a dozen connections
+/// each caching 2 MB of a growing file made the process's memory climb for hours before
+/// levelling off (benches/soak.sh). The OS page cache still holds the file.
+pub const CACHE_KIB: i64 = 256;
 /// Freeze events kept; older ones are pruned so a flapping clock cannot fill the disk.
 pub const MAX_EVENTS: i64 = 100_000;
 /// Most events one API query returns.
@@ -508,6 +513,7 @@ impl StateDb {
             ));
         }
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        self.conn.pragma_update(None, "cache_size", -CACHE_KIB)?;
         Ok(())
     }
 
@@ -691,6 +697,8 @@ fn open_read_only(path: &Path) -> Result<Connection, StateError> {
     )
     .map_err(|e| classify(path, e))?;
     conn.busy_timeout(BUSY_TIMEOUT)
+        .map_err(|e| classify(path, e))?;
+    conn.pragma_update(None, "cache_size", -CACHE_KIB)
         .map_err(|e| classify(path, e))?;
     Ok(conn)
 }

@@ -104,6 +104,7 @@ impl Outbox {
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "cache_size", -crate::state::CACHE_KIB)?;
         Ok(conn)
     }
 

@@ -26,6 +26,10 @@ use crate::freeze::reference::RefSample;
 /// Longest wait for the app's lock: short, because waiting holds nothing useful and the
 /// next poll comes anyway.
 pub const SOURCE_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+/// Page cache of a source's connection, in KiB (SQLite's default is 2,000): a poll reads
+/// recent rows through indexes, and the app's file grows for ever, so a full default
+/// cache per source is memory that climbs for hours; the OS page cache holds the file.
+pub const SOURCE_CACHE_KIB: i64 = 512;
 
 pub struct SqliteReader {
     path: PathBuf,
@@ -167,6 +171,8 @@ fn open(path: &Path) -> Result<Opened, SourceError> {
     conn.busy_timeout(SOURCE_BUSY_TIMEOUT)
         .map_err(|e| classify(path, e))?;
     conn.pragma_update(None, "query_only", true)
+        .map_err(|e| classify(path, e))?;
+    conn.pragma_update(None, "cache_size", -SOURCE_CACHE_KIB)
         .map_err(|e| classify(path, e))?;
     // A "quoted" name that matches no column must be an error, not a string literal:
     // otherwise a missing status column silently reads as an empty queue.
