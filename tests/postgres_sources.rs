@@ -55,19 +55,17 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::pgdb::{admin, TestDb, PG_HOST, PG_PORT};
 use common::{assert_near, free_port, poll_until, process_state, Launch, Sidecar};
 use postgres::{Client, NoTls};
 use serde_json::Value;
 use tempfile::{NamedTempFile, TempDir};
 
 /// The shared server every test makes its database on.
-const PG_HOST: &str = "127.0.0.1";
-const PG_PORT: u16 = 5432;
 /// The sidecar's `statement_timeout` (src/sources/postgres.rs).
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Poll interval of the sources in these tests (the heartbeat example ships its own 5 s).
@@ -2624,75 +2622,6 @@ fn bad_input_is_one_clear_sentence_per_source_and_the_others_stay_up() {
 }
 
 // ---- the database, the sidecar, /metrics -----------------------------------------------
-
-fn admin_params(dbname: &str) -> String {
-    format!("host={PG_HOST} port={PG_PORT} user=postgres dbname={dbname} connect_timeout=10")
-}
-
-fn admin() -> Client {
-    Client::connect(&admin_params("postgres"), NoTls).unwrap_or_else(|e| {
-        panic!(
-            "cannot reach Postgres at {PG_HOST}:{PG_PORT} as postgres ({e}); these tests need \
-             PostgreSQL running there with trust auth"
-        )
-    })
-}
-
-/// A database of the test's own, dropped (with its connections) when dropped.
-struct TestDb {
-    name: String,
-}
-
-impl TestDb {
-    fn create(tag: &str) -> TestDb {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let name = format!(
-            "sw_pgsrc_{tag}_{}_{}_{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst),
-            nanos % 1_000_000
-        );
-        admin()
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
-        TestDb { name }
-    }
-
-    fn url(&self) -> String {
-        format!("postgresql://postgres@{PG_HOST}:{PG_PORT}/{}", self.name)
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(&admin_params(&self.name), NoTls)
-            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.name))
-    }
-
-    #[track_caller]
-    fn execute(&self, sql: &str) {
-        self.client()
-            .batch_execute(sql)
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        // Never panic here: this runs while a failed test unwinds.
-        let dropped = Client::connect(&admin_params("postgres"), NoTls).and_then(|mut c| {
-            c.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.name
-            ))
-        });
-        if let Err(e) = dropped {
-            eprintln!("could not drop database {}: {e}", self.name);
-        }
-    }
-}
 
 /// Starts a sidecar with `config` and extra environment, waiting for `/readyz`.
 fn start(dir: &Path, config: &str, env: &[(&str, &str)]) -> Sidecar {

@@ -31,12 +31,11 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
+use common::pgdb::TestDb;
 use common::{poll_until, process_state, run_to_exit, Finished};
-use postgres::{Client, NoTls};
 use rusqlite::{params, Connection};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -49,9 +48,6 @@ const HOUR_MS: i64 = 3_600_000;
 const DAY2_MS: i64 = 1_763_683_200_000;
 /// The incident's gap: 16:59:28.000 − 15:12:15.010 (the end of the debounce).
 const INCIDENT_GAP_SECONDS: f64 = 6_432.990;
-
-const PG_HOST: &str = "127.0.0.1";
-const PG_PORT: u16 = 5432;
 
 /// `operation_outputs` and `workflow_status` as DBOS 3.4 creates them on SQLite (the
 /// columns analyze does not read are kept, so the schema is the real one).
@@ -406,58 +402,6 @@ fn incident_shape_on_sqlite_names_the_107_minute_gap_first() {
 }
 
 // ---- Postgres -----------------------------------------------------------------------
-
-fn admin_params(dbname: &str) -> String {
-    format!("host={PG_HOST} port={PG_PORT} user=postgres dbname={dbname} connect_timeout=10")
-}
-
-/// A database of the test's own, dropped (with its connections) when dropped.
-struct TestDb {
-    name: String,
-}
-
-impl TestDb {
-    fn create(tag: &str) -> TestDb {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "sw_analyze_{tag}_{}_{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        );
-        let mut admin = Client::connect(&admin_params("postgres"), NoTls).unwrap_or_else(|e| {
-            panic!("cannot reach Postgres at {PG_HOST}:{PG_PORT} as postgres ({e}); this test needs PostgreSQL running there with trust auth")
-        });
-        admin
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .unwrap();
-        TestDb { name }
-    }
-
-    fn url(&self) -> String {
-        format!(
-            "postgresql://postgres@{PG_HOST}:{PG_PORT}/{}?sslmode=disable",
-            self.name
-        )
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(&admin_params(&self.name), NoTls).unwrap()
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let dropped = Client::connect(&admin_params("postgres"), NoTls).and_then(|mut c| {
-            c.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.name
-            ))
-        });
-        if let Err(e) = dropped {
-            eprintln!("could not drop database {}: {e}", self.name);
-        }
-    }
-}
 
 #[test]
 fn incident_shape_on_postgres_reads_the_same() {

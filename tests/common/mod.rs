@@ -10,6 +10,7 @@
 
 pub mod cgroup;
 pub mod faketime;
+pub mod pgdb;
 pub mod receiver;
 pub mod servers;
 

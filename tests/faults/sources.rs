@@ -13,14 +13,14 @@
 //!   85,962-day gap. Now they are counted as `bad_value`/`bad_timestamp` and never used.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use postgres::{Client, NoTls};
+use postgres::Client;
 use rusqlite::{params, Connection};
 use serde_json::Value;
 
 use crate::common::faketime::FakeClock;
+use crate::common::pgdb::TestDb;
 use crate::common::{poll_until, run_to_exit, Launch, Metrics, Sidecar};
 
 /// The source's name in every config here.
@@ -39,9 +39,6 @@ const EPISODE_TIMEOUT: Duration = Duration::from_secs(30);
 const WATCH: Duration = Duration::from_secs(3);
 /// A day, as libfaketime's offset (seconds).
 const DAY_SECS: i64 = 86_400;
-
-const PG_HOST: &str = "127.0.0.1";
-const PG_PORT: u16 = 5432;
 
 fn now_ms() -> i64 {
     SystemTime::now()
@@ -196,58 +193,6 @@ fn a_dbos_burst_past_one_read_at_one_millisecond_does_not_blind_the_source_sqlit
     conn.execute(STEP, params!["after", 2, "send", t - 500, t - 400])
         .unwrap();
     expect_one_gap(&sidecar);
-}
-
-/// A database of the test's own on the real Postgres, dropped with its connections.
-struct TestDb {
-    name: String,
-}
-
-fn pg_params(dbname: &str) -> String {
-    format!("host={PG_HOST} port={PG_PORT} user=postgres dbname={dbname} connect_timeout=10")
-}
-
-impl TestDb {
-    fn create(tag: &str) -> TestDb {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "sw_faults_{tag}_{}_{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        );
-        let mut admin = Client::connect(&pg_params("postgres"), NoTls).unwrap_or_else(|e| {
-            panic!("cannot reach Postgres at {PG_HOST}:{PG_PORT} as postgres ({e}); this test needs it running there with trust auth")
-        });
-        admin
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .unwrap();
-        TestDb { name }
-    }
-
-    fn url(&self) -> String {
-        format!(
-            "postgresql://postgres@{PG_HOST}:{PG_PORT}/{}?sslmode=disable",
-            self.name
-        )
-    }
-
-    fn client(&self) -> Client {
-        Client::connect(&pg_params(&self.name), NoTls).unwrap()
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let dropped = Client::connect(&pg_params("postgres"), NoTls).and_then(|mut c| {
-            c.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.name
-            ))
-        });
-        if let Err(e) = dropped {
-            eprintln!("could not drop database {}: {e}", self.name);
-        }
-    }
 }
 
 #[test]
