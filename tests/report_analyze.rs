@@ -34,6 +34,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
+use common::dbos_schema;
 use common::pgdb::TestDb;
 use common::{poll_until, process_state, run_to_exit, Finished};
 use rusqlite::{params, Connection};
@@ -71,20 +72,6 @@ CREATE TABLE operation_outputs (
     PRIMARY KEY (workflow_uuid, function_id));
 CREATE INDEX idx_operation_outputs_completed_at_function_name_v2
     ON operation_outputs (completed_at_epoch_ms, function_name, application_name);
-";
-
-/// The same tables on Postgres, in schema `dbos` (bigint epoch columns, as DBOS has them).
-const DBOS_PG_SCHEMA: &str = "
-CREATE SCHEMA dbos;
-CREATE TABLE dbos.workflow_status (
-    workflow_uuid TEXT PRIMARY KEY, status TEXT, name TEXT, queue_name TEXT,
-    recovery_attempts BIGINT DEFAULT 0, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL);
-CREATE TABLE dbos.operation_outputs (
-    workflow_uuid TEXT NOT NULL, function_id INTEGER NOT NULL, function_name TEXT NOT NULL DEFAULT '',
-    output TEXT, error TEXT, child_workflow_id TEXT,
-    started_at_epoch_ms BIGINT, completed_at_epoch_ms BIGINT,
-    PRIMARY KEY (workflow_uuid, function_id));
-CREATE INDEX idx_operation_outputs_completed_at ON dbos.operation_outputs (completed_at_epoch_ms);
 ";
 
 /// One `operation_outputs` row.
@@ -408,7 +395,7 @@ fn incident_shape_on_postgres_reads_the_same() {
     let db = TestDb::create("incident");
     let (ops, workflows) = incident_history();
     let mut c = db.client();
-    c.batch_execute(DBOS_PG_SCHEMA).unwrap();
+    c.batch_execute(dbos_schema::POSTGRES).unwrap();
     let mut tx = c.transaction().unwrap();
     for (id, name) in &workflows {
         tx.execute(

@@ -20,6 +20,7 @@
 
 mod common;
 
+use common::dbos_schema;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -498,19 +499,7 @@ fn dbos_db(dir: &Path) -> PathBuf {
     let path = dir.join("dbos.sqlite");
     let conn = Connection::open(&path).unwrap();
     conn.pragma_update(None, "journal_mode", "wal").unwrap();
-    conn.execute_batch(
-        "CREATE TABLE workflow_status (
-            workflow_uuid TEXT PRIMARY KEY, status TEXT, name TEXT, queue_name TEXT,
-            recovery_attempts INTEGER DEFAULT 0, created_at INTEGER NOT NULL,
-            updated_at INTEGER NOT NULL, started_at_epoch_ms INTEGER);
-         CREATE TABLE operation_outputs (
-            workflow_uuid TEXT NOT NULL, function_id INTEGER NOT NULL,
-            function_name TEXT NOT NULL DEFAULT '', output TEXT, error TEXT,
-            started_at_epoch_ms INTEGER, completed_at_epoch_ms INTEGER,
-            PRIMARY KEY (workflow_uuid, function_id));
-         CREATE INDEX operation_outputs_completed ON operation_outputs (completed_at_epoch_ms);",
-    )
-    .unwrap();
+    conn.execute_batch(dbos_schema::SQLITE).unwrap();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod cgroup;
+pub mod dbos_schema;
 pub mod faketime;
 pub mod pgdb;
 pub mod receiver;

@@ -19,6 +19,7 @@ use postgres::Client;
 use rusqlite::{params, Connection};
 use serde_json::Value;
 
+use crate::common::dbos_schema;
 use crate::common::faketime::FakeClock;
 use crate::common::pgdb::TestDb;
 use crate::common::{poll_until, run_to_exit, Launch, Metrics, Sidecar};
@@ -47,35 +48,6 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-/// `workflow_status` and `operation_outputs` with the columns the source reads, as DBOS
-/// has them on SQLite.
-const DBOS_SQLITE_SCHEMA: &str = "
-CREATE TABLE workflow_status (
-    workflow_uuid TEXT PRIMARY KEY, status TEXT, name TEXT, queue_name TEXT,
-    recovery_attempts INTEGER DEFAULT 0, created_at INTEGER NOT NULL,
-    updated_at INTEGER NOT NULL, started_at_epoch_ms INTEGER);
-CREATE TABLE operation_outputs (
-    workflow_uuid TEXT NOT NULL, function_id INTEGER NOT NULL,
-    function_name TEXT NOT NULL DEFAULT '', output TEXT, error TEXT,
-    started_at_epoch_ms INTEGER, completed_at_epoch_ms INTEGER,
-    PRIMARY KEY (workflow_uuid, function_id));
-CREATE INDEX operation_outputs_completed ON operation_outputs (completed_at_epoch_ms);
-";
-
-/// The same tables in schema `dbos` on Postgres (bigint epoch columns).
-const DBOS_PG_SCHEMA: &str = "
-CREATE SCHEMA dbos;
-CREATE TABLE dbos.workflow_status (
-    workflow_uuid TEXT PRIMARY KEY, status TEXT, name TEXT, queue_name TEXT,
-    recovery_attempts BIGINT DEFAULT 0, created_at BIGINT NOT NULL, updated_at BIGINT NOT NULL,
-    started_at_epoch_ms BIGINT);
-CREATE TABLE dbos.operation_outputs (
-    workflow_uuid TEXT NOT NULL, function_id INTEGER NOT NULL, function_name TEXT NOT NULL DEFAULT '',
-    output TEXT, error TEXT, started_at_epoch_ms BIGINT, completed_at_epoch_ms BIGINT,
-    PRIMARY KEY (workflow_uuid, function_id));
-CREATE INDEX operation_outputs_completed ON dbos.operation_outputs (completed_at_epoch_ms);
-";
-
 const STEP: &str = "INSERT INTO operation_outputs
     (workflow_uuid, function_id, function_name, started_at_epoch_ms, completed_at_epoch_ms)
     VALUES (?1, ?2, ?3, ?4, ?5)";
@@ -86,7 +58,7 @@ fn dbos_sqlite(dir: &Path) -> PathBuf {
     let path = dir.join("dbos.sqlite");
     let conn = Connection::open(&path).unwrap();
     conn.pragma_update(None, "journal_mode", "wal").unwrap();
-    conn.execute_batch(DBOS_SQLITE_SCHEMA).unwrap();
+    conn.execute_batch(dbos_schema::SQLITE).unwrap();
     path
 }
 
@@ -199,7 +171,7 @@ fn a_dbos_burst_past_one_read_at_one_millisecond_does_not_blind_the_source_sqlit
 fn a_dbos_burst_past_one_read_at_one_millisecond_does_not_blind_the_source_postgres() {
     let db = TestDb::create("burst");
     let mut c = db.client();
-    c.batch_execute(DBOS_PG_SCHEMA).unwrap();
+    c.batch_execute(dbos_schema::POSTGRES).unwrap();
     let at = now_ms() - 20_000;
     c.execute(
         &format!(

@@ -16,6 +16,7 @@
 //! The tmpfs cases need root and `mount` (this project's test VMs have both); without
 //! them they fail, saying so.
 
+use crate::common::dbos_schema;
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -432,19 +433,7 @@ fn dbos_db_full_of_gaps(dir: &Path) -> PathBuf {
     let path = dir.join("dbos.sqlite");
     let mut conn = Connection::open(&path).unwrap();
     conn.pragma_update(None, "journal_mode", "wal").unwrap();
-    conn.execute_batch(
-        "CREATE TABLE workflow_status (
-            workflow_uuid TEXT PRIMARY KEY, status TEXT, name TEXT, queue_name TEXT,
-            recovery_attempts INTEGER DEFAULT 0, created_at INTEGER NOT NULL,
-            updated_at INTEGER NOT NULL, started_at_epoch_ms INTEGER);
-         CREATE TABLE operation_outputs (
-            workflow_uuid TEXT NOT NULL, function_id INTEGER NOT NULL,
-            function_name TEXT NOT NULL DEFAULT '', output TEXT, error TEXT,
-            started_at_epoch_ms INTEGER, completed_at_epoch_ms INTEGER,
-            PRIMARY KEY (workflow_uuid, function_id));
-         CREATE INDEX operation_outputs_completed ON operation_outputs (completed_at_epoch_ms);",
-    )
-    .unwrap();
+    conn.execute_batch(dbos_schema::SQLITE).unwrap();
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
