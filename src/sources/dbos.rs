@@ -330,6 +330,9 @@ impl Source for DbosSource {
         let mut obs = Observation {
             journal_mode: mode,
             server_clock: clock,
+            // More open workflows than one read takes: stalls and waits past the first
+            // MAX_OPEN_WORKFLOWS are not seen this poll, and that is said.
+            capped_reads: u64::from(open.len() as i64 >= MAX_OPEN_WORKFLOWS),
             ..Default::default()
         };
         let (mut bad_times, mut bad_values) = (0, 0);

@@ -215,3 +215,121 @@ fn a_hundred_thousand_queues_stay_within_the_label_budget_in_every_family() {
         );
     }
 }
+
+/// Stalled workflows in the DBOS DB at the start, and those added later, stalled longer
+/// (together within the 5,000 open workflows one poll reads).
+const STALLED: usize = 4_000;
+const STALLED_LATER: usize = 100;
+
+/// Writes `n` PENDING workflows `prefix-i`, each with one step finished `idle_s + i` ms
+/// ago plus `idle_s` seconds: stalled for any `stall_after` under `idle_s`.
+fn pending_workflows(conn: &Connection, prefix: &str, n: usize, idle_s: i64) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let tx = conn.unchecked_transaction().unwrap();
+    for i in 0..n {
+        let id = format!("{prefix}-{i}");
+        let done = now_ms - idle_s * 1000 - i as i64;
+        tx.execute(
+            "INSERT INTO workflow_status (workflow_uuid, status, name, created_at, updated_at)
+             VALUES (?1, 'PENDING', 'reply', ?2, ?2)",
+            params![id, done - 1000],
+        )
+        .unwrap();
+        tx.execute(
+            "INSERT INTO operation_outputs
+             (workflow_uuid, function_id, function_name, started_at_epoch_ms, completed_at_epoch_ms)
+             VALUES (?1, 1, 'fetch', ?2, ?3)",
+            params![id, done - 10, done],
+        )
+        .unwrap();
+    }
+    tx.commit().unwrap();
+}
+
+/// `workflow_stalled` rows in the state DB: (fingerprint, state).
+fn stalled_alerts(state: &Path) -> Vec<(String, String)> {
+    let conn = Connection::open_with_flags(
+        state.join("stallwatch.sqlite"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut stmt = conn
+        .prepare("SELECT fingerprint, state FROM alert WHERE rule = 'workflow_stalled'")
+        .unwrap();
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    rows.collect::<Result<_, _>>().unwrap()
+}
+
+/// Issue 14 item 6: with 5,000 stalled workflows only the 20 listed had alerts, and one
+/// still stalled was "resolved" once a longer stall took its place on the list.
+#[test]
+fn thousands_of_stalled_workflows_are_one_alert_that_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("dbos.sqlite");
+    let conn = Connection::open(&db).unwrap();
+    conn.pragma_update(None, "journal_mode", "wal").unwrap();
+    conn.execute_batch(crate::common::dbos_schema::SQLITE)
+        .unwrap();
+    pending_workflows(&conn, "wf", STALLED, 600);
+    let state = dir.path().join("state");
+    let sidecar = Sidecar::start_with(
+        &state,
+        &Launch {
+            config: Some(format!(
+                "[[source]]\nname = \"app\"\nkind = \"dbos\"\nurl = \"sqlite://{}\"\n\
+                 poll = \"1s\"\nstall_after = \"1m\"\n\n\
+                 [[rule]]\nrule = \"workflow_stalled\"\nresolve_after = \"0s\"\n",
+                db.display()
+            )),
+            ..Launch::default()
+        },
+    );
+    poll_until("the stalled workflows", FIRST_POLL, || {
+        let status = sidecar.status();
+        let n = status["sources"][0]["stalled_count"].as_u64();
+        match (n, stalled_alerts(&state).len()) {
+            (Some(n), 1..) if n as usize == STALLED => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+
+    // Longer stalls appear: they lead the list now, and nothing still stalled resolves.
+    pending_workflows(&conn, "older", STALLED_LATER, 1200);
+    poll_until(
+        "the longer stalls at the head of the list",
+        FIRST_POLL,
+        || {
+            let status = sidecar.status();
+            let source = &status["sources"][0];
+            let first = source["stalled"][0]["workflow_id"].as_str().unwrap_or("");
+            if first.starts_with("older-") {
+                Ok(())
+            } else {
+                Err(source.to_string())
+            }
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let alerts = stalled_alerts(&state);
+    assert_eq!(
+        alerts,
+        [(
+            "workflow_stalled{source=app}".to_string(),
+            "firing".to_string()
+        )],
+        "one alert for the source, still firing"
+    );
+    let status = sidecar.status();
+    let source = &status["sources"][0];
+    assert!(
+        source["stalled_count"].as_u64() >= Some(STALLED as u64),
+        "every stalled workflow counted: {source}"
+    );
+    assert!(
+        source["stalled"].as_array().map_or(0, Vec::len) <= 20,
+        "the list stays bounded"
+    );
+}
