@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # benches/analyze.sh — issue 8's analyze benchmark: `stallwatch analyze` over a DBOS
 # SQLite system database with 1,000,000 operation_outputs rows; prints wall time and
-# peak RSS per run against the targets (≤ 3 s, ≤ 100 MB).
+# peak RSS per run against the targets (≤ 3 s, ≤ 100 MB). Then the same for issue 19's
+# `stallwatch verify --source` over the same DB (the same read, gaps counted per window:
+# --before the first half of the history, --after the second half).
 #
 #   bash benches/analyze.sh        # from anywhere; ~1 minute the first time (release
 #                                  # build + the test DB), seconds after that
@@ -25,7 +27,7 @@
 # first). Wall time = GNU time's elapsed (process start to exit: opening the DB,
 # every batch, the output); peak RSS = its "Maximum resident set size".
 #
-# Environment: ROWS (1000000), RUNS (3).
+# Environment: ROWS (1000000), RUNS (3), CARGO_TARGET_DIR (target).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -40,7 +42,7 @@ TARGET_MB=100
 
 echo "== building stallwatch (release)" >&2
 cargo build --release --quiet
-BIN=target/release/stallwatch
+BIN=${CARGO_TARGET_DIR:-target}/release/stallwatch
 
 if [ ! -f "$DB" ]; then
   echo "== generating $DB ($ROWS rows)" >&2
@@ -106,11 +108,27 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 "$BIN" analyze --source "$DB" --gap-min 60s --format json >/dev/null  # warm-up, unmeasured
 
-printf '%-5s %10s %12s %8s %8s\n' run wall_s peak_rss_MB rows gaps
-for i in $(seq 1 "$RUNS"); do
-  /usr/bin/time -v "$BIN" analyze --source "$DB" --gap-min 60s --format json >"$out/json" 2>"$out/time"
+summary() {  # figures file, label
+  sort -n "$1" | awk -v n="$RUNS" -v ts="$TARGET_SECONDS" -v tm="$TARGET_MB" -v label="$2" '
+    { wall[NR] = $1; if ($2 > rss) rss = $2 }
+    END {
+      median = wall[int((n + 1) / 2)]
+      printf "%s: median wall %.2f s (target ≤ %d s: %s); peak RSS %.1f MB (target ≤ %d MB: %s)\n",
+        label, median, ts, (median <= ts ? "met" : "NOT met"), rss / 1024, tm, (rss / 1024 <= tm ? "met" : "NOT met")
+    }'
+}
+
+measure() {  # output file, command...
+  local json=$1; shift
+  /usr/bin/time -v "$@" >"$json" 2>"$out/time" || [ $? -le 3 ]
   wall=$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$out/time" | awk -F: '{ s = 0; for (i = 1; i <= NF; i++) s = s * 60 + $i; print s }')
   rss_kb=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$out/time")
+}
+
+echo "== analyze"
+printf '%-5s %10s %12s %8s %8s\n' run wall_s peak_rss_MB rows gaps
+for i in $(seq 1 "$RUNS"); do
+  measure "$out/json" "$BIN" analyze --source "$DB" --gap-min 60s --format json
   read -r rows gaps first_gap < <(python3 -c "
 import json,sys; v=json.load(open(sys.argv[1]))
 print(v['rows'], v['step_gaps'] + v['wait_overruns'], v['longest'][0]['duration_seconds'] if v['longest'] else 0)" "$out/json")
@@ -121,11 +139,28 @@ print(v['rows'], v['step_gaps'] + v['wait_overruns'], v['longest'][0]['duration_
     exit 1
   fi
 done
-sort -n "$out/figures" | awk -v n="$RUNS" -v ts="$TARGET_SECONDS" -v tm="$TARGET_MB" '
-  { wall[NR] = $1; if ($2 > rss) rss = $2 }
-  END {
-    median = wall[int((n + 1) / 2)]
-    printf "median wall %.2f s (target ≤ %d s: %s); peak RSS %.1f MB (target ≤ %d MB: %s)\n",
-      median, ts, (median <= ts ? "met" : "NOT met"), rss / 1024, tm, (rss / 1024 <= tm ? "met" : "NOT met")
-  }'
+
+# verify --source: the history's first and last completion split it in two windows.
+read -r first_s mid_s last_s < <(python3 -c "
+import sqlite3,sys; c=sqlite3.connect('file:'+sys.argv[1]+'?immutable=1', uri=True)
+a,b=c.execute('select min(started_at_epoch_ms), max(completed_at_epoch_ms) from operation_outputs').fetchone()
+a//=1000; b=b//1000+1; print(a, (a+b)//2, b)" "$DB")
+iso() { date -u -d "@$1" +%Y-%m-%dT%H:%M:%SZ; }
+echo "== verify --source (before $(iso "$first_s")..$(iso "$mid_s"), after $(iso "$mid_s")..$(iso "$last_s"))"
+printf '%-5s %10s %12s %8s %8s %s\n' run wall_s peak_rss_MB rows gaps verdict
+for i in $(seq 1 "$RUNS"); do
+  measure "$out/vjson" "$BIN" verify --source "$DB" --gap-min 60s --format json \
+    --before "$(iso "$first_s")..$(iso "$mid_s")" --after "$(iso "$mid_s")..$(iso "$last_s")"
+  read -r rows gaps verdict < <(python3 -c "
+import json,sys; v=json.load(open(sys.argv[1])); a=v['app_history']
+print(a['records'], sum(w['gaps'] for w in a['windows']), v['verdict'].replace(' ', '_'))" "$out/vjson")
+  printf '%-5s %10.2f %12.1f %8s %8s %s\n' "$i" "$wall" "$(echo "$rss_kb / 1024" | bc -l)" "$rows" "$gaps" "$verdict"
+  echo "$wall $rss_kb" >>"$out/vfigures"
+  if [ "$rows" != "$rows_in_db" ] || [ "$gaps" != "$planted" ]; then
+    echo "analyze.sh: verify --source read $rows rows (want $rows_in_db) and found $gaps gaps (want $planted)" >&2
+    exit 1
+  fi
+done
+summary "$out/figures" "analyze"
+summary "$out/vfigures" "verify --source"
 echo "machine: $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.1f GB", $2 / 1048576 }' /proc/meminfo), $(uname -r)"

@@ -30,6 +30,8 @@ const STALL_EVERY: u64 = 7;
 const DEMO_STALL: Duration = Duration::from_secs(8);
 /// Every this many workflows (and jobs), one ends as a dead letter.
 const DEAD_EVERY: u64 = 5;
+/// Shares of the cost cap the worker announces crossing: the cost_cap rule's ladder.
+const COST_LADDER: &[f64] = &[0.5, 0.8, 1.0];
 /// Longest the worker sleeps without looking at the stop flag: the demo exits this soon
 /// after its sidecar stops, even in the middle of an 8 s stall.
 const STOP_CHECK: Duration = Duration::from_millis(50);
@@ -76,6 +78,8 @@ pub struct DemoApp {
     pub dir: PathBuf,
     pub db: PathBuf,
     pub log: PathBuf,
+    /// The sidecar's data dir: `dir/stallwatch-state`, or the `--keep` directory.
+    pub state_dir: PathBuf,
 }
 
 impl DemoApp {
@@ -86,6 +90,7 @@ impl DemoApp {
             dir: dir.to_path_buf(),
             db: dir.join("app.sqlite"),
             log: dir.join("events.jsonl"),
+            state_dir: dir.join("stallwatch-state"),
         };
         Connection::open(&app.db)?.execute_batch(SCHEMA)?;
         std::fs::write(&app.log, b"")
@@ -95,7 +100,7 @@ impl DemoApp {
 
     /// The sidecar configuration that watches this app.
     pub fn config(&self, listen: std::net::SocketAddr) -> Config {
-        let mut config = Config::default_with(self.dir.join("stallwatch-state"));
+        let mut config = Config::default_with(self.state_dir.clone());
         config.listen = listen;
         let source =
             |name: &str, kind: SourceKind, path: &Path, detail: SourceDetail| SourceConfig {
@@ -173,8 +178,9 @@ fn pause(stop: &AtomicBool, total: Duration) -> bool {
 }
 
 /// The synthetic worker: runs until `stop` is set, and returns within [`STOP_CHECK`]
-/// of it (every wait looks at the flag).
-pub fn run_worker(app: &DemoApp, stop: &AtomicBool) -> rusqlite::Result<()> {
+/// of it (every wait looks at the flag). `say` gets one line for each thing it does on
+/// purpose (a stall, the first dead letter of each kind, a step up the cost ladder).
+pub fn run_worker(app: &DemoApp, stop: &AtomicBool, say: &dyn Fn(&str)) -> rusqlite::Result<()> {
     let conn = Connection::open(&app.db)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     // The demo's app shares the sidecar's process: a small page cache keeps what the
@@ -189,6 +195,9 @@ pub fn run_worker(app: &DemoApp, stop: &AtomicBool) -> rusqlite::Result<()> {
     let mut job = 0u64;
     let ms = || real_ns() / 1_000_000;
     let now_iso = || humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let mut spent_usd = 0.0f64;
+    let mut ladder = COST_LADDER.iter().peekable();
+    let (mut said_dead_job, mut said_dead_workflow) = (false, false);
 
     // One workflow that never progresses: a stalled workflow from the first poll on.
     conn.execute(
@@ -196,6 +205,7 @@ pub fn run_worker(app: &DemoApp, stop: &AtomicBool) -> rusqlite::Result<()> {
          VALUES ('demo-stuck', 'PENDING', 'digest', ?1, ?1)",
         params![ms() - 60_000],
     )?;
+    say("worker: workflow demo-stuck stays PENDING and never runs a step (a stalled workflow, alert workflow_stalled)");
     // A task claimed long ago and never finished: a stuck job past its lease.
     conn.execute(
         "INSERT OR IGNORE INTO digest_tasks (id, status, claimed_at, attempts, created_at)
@@ -205,6 +215,10 @@ pub fn run_worker(app: &DemoApp, stop: &AtomicBool) -> rusqlite::Result<()> {
                 .to_string()
         ],
     )?;
+    say(&format!(
+        "worker: task 1 was claimed a minute ago and never finishes (stuck past its {} s lease, alert stuck_jobs)",
+        DEMO_LEASE.as_secs()
+    ));
 
     while !stop.load(Ordering::Relaxed) {
         // A DBOS-style workflow: fetch → DBOS.sleep(1 s) → summarize → (sometimes a stall) → send.
@@ -245,8 +259,14 @@ pub fn run_worker(app: &DemoApp, stop: &AtomicBool) -> rusqlite::Result<()> {
             "summarize",
             Duration::from_millis(100 + dice.next() % 300),
         )?;
-        if workflow % STALL_EVERY == 0 && !pause(stop, DEMO_STALL) {
-            break;
+        if workflow % STALL_EVERY == 0 {
+            say(&format!(
+                "worker: workflow {id} stalled {} s on purpose after summarize — watch the page",
+                DEMO_STALL.as_secs()
+            ));
+            if !pause(stop, DEMO_STALL) {
+                break;
+            }
         }
         step(4, "send", Duration::from_millis(20 + dice.next() % 80))?;
         let end = if workflow % DEAD_EVERY == 2 {
@@ -258,6 +278,10 @@ pub fn run_worker(app: &DemoApp, stop: &AtomicBool) -> rusqlite::Result<()> {
             "UPDATE workflow_status SET status = ?2, updated_at = ?3 WHERE workflow_uuid = ?1",
             params![id, end, ms()],
         )?;
+        if end != "SUCCESS" && !said_dead_workflow {
+            said_dead_workflow = true;
+            say(&format!("worker: workflow {id} ended {end}, a DBOS dead letter (every {DEAD_EVERY}th does; only this one is told)"));
+        }
         if dice.chance(60) {
             conn.execute(
                 "INSERT INTO workflow_status (workflow_uuid, status, name, queue_name, created_at, updated_at)
@@ -294,6 +318,10 @@ pub fn run_worker(app: &DemoApp, stop: &AtomicBool) -> rusqlite::Result<()> {
                         "INSERT INTO dead_letter (key, payload, error, died) VALUES (?1, '{}', 'upstream 503', ?2)",
                         params![key, real_ns() as f64 / 1e9],
                     )?;
+                    if !said_dead_job {
+                        said_dead_job = true;
+                        say(&format!("worker: job {key} failed 4 times and went to dead_letter (poison jobs keep doing so; only this one is told)"));
+                    }
                 } else {
                     conn.execute(
                         "UPDATE jobs SET attempts = attempts + 1 WHERE key = ?1",
@@ -306,6 +334,17 @@ pub fn run_worker(app: &DemoApp, stop: &AtomicBool) -> rusqlite::Result<()> {
                     params![key],
                 )?;
                 let cost = 0.02 + (dice.next() % 10) as f64 / 100.0;
+                spent_usd += cost;
+                while let Some(&&share) = ladder.peek() {
+                    if spent_usd < share * DEMO_COST_CAP_USD {
+                        break;
+                    }
+                    ladder.next();
+                    say(&format!(
+                        "worker: spent ${spent_usd:.2} of the ${DEMO_COST_CAP_USD:.2} daily cap ({:.0} %, alert cost_cap)",
+                        share * 100.0
+                    ));
+                }
                 let line = format!(
                     "{{\"ts\":{:.3},\"key\":\"{key}\",\"event\":\"step_done\",\"cost_usd\":{cost:.2}}}\n",
                     real_ns() as f64 / 1e9
@@ -329,24 +368,286 @@ pub fn run_worker(app: &DemoApp, stop: &AtomicBool) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Runs the demo until SIGINT/SIGTERM: app, worker and sidecar.
+/// The demo's log filter when `STALLWATCH_LOG` is not set. The terminal tells what
+/// happens one line at a time (the worker's and the [`Narrator`]'s lines on stdout), so
+/// the alert engine's and the sources' WARNs, which say the same thing every few seconds,
+/// are left out; errors of any part, and the other parts' warnings (a reference that
+/// cannot be read, a full VM pause that is not visible here), stay on stderr. A source
+/// that fails still shows: its `source_down` alert is narrated.
+pub const LOG_FILTER: &str =
+    "warn,stallwatch::alerts::engine=error,stallwatch::sources::runner=error";
+
+/// How often the narrator looks at the state DB for what the sidecar recorded.
+const NARRATE_EVERY: Duration = Duration::from_secs(1);
+
+/// Where `demo --keep DIR` may put its files: a new directory (created here) or an empty
+/// one. Anything else (a file, a FIFO, a directory with files in it) is refused with one
+/// sentence, before anything is created, so the demo never mixes its files with others.
+pub fn prepare_keep_dir(dir: &Path) -> Result<PathBuf, String> {
+    let shown = crate::config::quoted(&dir.display().to_string());
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("--keep {shown} cannot be created: {e}"))?;
+        }
+        Err(e) => return Err(format!("--keep {shown} cannot be read: {e}")),
+        Ok(_) => {
+            // Through a symlink: what it points at must be a directory.
+            let is_dir = std::fs::metadata(dir).map(|m| m.is_dir()).unwrap_or(false);
+            if !is_dir {
+                return Err(format!(
+                    "--keep {shown} is not a directory; name a new or empty directory for the demo's files"
+                ));
+            }
+            let mut entries = std::fs::read_dir(dir)
+                .map_err(|e| format!("--keep {shown} cannot be read: {e}"))?;
+            if entries.next().is_some() {
+                return Err(format!(
+                    "--keep {shown} is not empty; name a new or empty directory for the demo's files"
+                ));
+            }
+        }
+    }
+    std::fs::canonicalize(dir).map_err(|e| format!("--keep {shown} cannot be read: {e}"))
+}
+
+/// A word for a shell: as is when it is plain, else in single quotes.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@,".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// How to run this binary again: its own path when it is called `stallwatch` (a
+/// `cargo run` user has no `stallwatch` on PATH), else the bare name.
+fn this_binary() -> String {
+    std::env::current_exe()
+        .ok()
+        .filter(|p| p.file_name().is_some_and(|n| n == "stallwatch"))
+        .map(|p| shell_word(&p.display().to_string()))
+        .unwrap_or_else(|| "stallwatch".into())
+}
+
+/// `HH:MM:SS` (UTC) of now, the prefix of every narrated line.
+fn clock_prefix() -> String {
+    let t = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    t.get(11..19).unwrap_or(&t).to_string()
+}
+
+/// Prints one line to the demo's terminal.
+fn say_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}  {line}", clock_prefix());
+    let _ = out.flush();
+}
+
+/// Tells, one line each, what the sidecar recorded in its state DB: every freeze and
+/// episode, and each alert the first time it fires and when it resolves (a one-shot
+/// rule, such as a new dead letter, once). Reads the DB read-only, as `report` does.
+struct Narrator {
+    path: PathBuf,
+    conn: Option<Connection>,
+    freeze_id: i64,
+    episode_id: i64,
+    alert_mark_ns: i64,
+    told_firing: std::collections::HashSet<String>,
+    told_one_shot: std::collections::HashSet<String>,
+}
+
+impl Narrator {
+    fn new(state_dir: &Path) -> Narrator {
+        Narrator {
+            path: state_dir.join(crate::state::STATE_DB_FILE),
+            conn: None,
+            freeze_id: 0,
+            episode_id: 0,
+            alert_mark_ns: 0,
+            told_firing: Default::default(),
+            told_one_shot: Default::default(),
+        }
+    }
+
+    /// Lines for what was recorded since the last call.
+    fn lines(&mut self) -> rusqlite::Result<Vec<String>> {
+        if self.conn.is_none() {
+            if !self.path.is_file() {
+                return Ok(Vec::new());
+            }
+            let conn = Connection::open_with_flags(
+                &self.path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            conn.busy_timeout(Duration::from_millis(500))?;
+            self.conn = Some(conn);
+        }
+        let conn = self.conn.as_ref().expect("opened above");
+        let mut lines = Vec::new();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, kind, duration_ns, channels FROM freeze_event WHERE id > ?1 ORDER BY id LIMIT 100",
+        )?;
+        let freezes = stmt
+            .query_map([self.freeze_id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (id, kind, duration_ns, channels) in freezes {
+            self.freeze_id = id;
+            let seen: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&channels)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|c| c["channel"].as_str().map(str::to_string))
+                .collect();
+            lines.push(format!(
+                "sidecar: freeze #{id} recorded, {kind} of {:.1} s, seen by {} (/api/v1/freezes)",
+                duration_ns as f64 / 1e9,
+                if seen.is_empty() {
+                    "?".into()
+                } else {
+                    seen.join(", ")
+                }
+            ));
+        }
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, source, kind, workflow_id, from_step, to_step, duration_ns, cause
+             FROM episode WHERE id > ?1 ORDER BY id LIMIT 100",
+        )?;
+        let episodes = stmt
+            .query_map([self.episode_id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, String>(7)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (id, source, kind, workflow, from, to, duration_ns, cause) in episodes {
+            self.episode_id = id;
+            let seconds = duration_ns as f64 / 1e9;
+            let what = if kind == "stall" {
+                format!("workflow {workflow} stalled {seconds:.1} s")
+            } else {
+                let between = match (from.is_empty(), to.is_empty()) {
+                    (false, false) => format!(" between {from} and {to}"),
+                    (false, true) => format!(" after {from}"),
+                    _ => String::new(),
+                };
+                format!("a {seconds:.1} s gap in workflow {workflow}{between}")
+            };
+            lines.push(format!(
+                "sidecar: {source}: {what}, cause {cause} (/api/v1/episodes)"
+            ));
+        }
+        let mut stmt = conn.prepare_cached(
+            "SELECT fingerprint, rule, title, state, updated_at_ns FROM alert
+             WHERE updated_at_ns > ?1 ORDER BY updated_at_ns LIMIT 100",
+        )?;
+        let alerts = stmt
+            .query_map([self.alert_mark_ns], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (fingerprint, rule, title, state, updated_ns) in alerts {
+            self.alert_mark_ns = self.alert_mark_ns.max(updated_ns);
+            let line = match state.as_str() {
+                "fired" if self.told_one_shot.insert(rule.clone()) => {
+                    format!("alert {rule}: {title} (later ones only in /api/v1/alerts)")
+                }
+                "firing" if self.told_firing.insert(fingerprint.clone()) => {
+                    format!("alert {rule} firing: {title}")
+                }
+                "resolved" if self.told_firing.remove(&fingerprint) => {
+                    format!("alert {rule} resolved: {title}")
+                }
+                _ => continue,
+            };
+            lines.push(line);
+        }
+        Ok(lines)
+    }
+}
+
+/// Folds the kept state DB's WAL into it once the sidecar has stopped: the narrator's
+/// read-only connection was the last to close, and a read-only connection cannot, so
+/// without this `DIR` keeps a `-wal` file that a copy of the DB alone would miss.
+fn checkpoint_kept(dir: &Path) {
+    let path = dir.join(crate::state::STATE_DB_FILE);
+    let done = Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .and_then(|c| {
+            c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map(|()| c)
+        })
+        .and_then(|c| c.close().map_err(|(_, e)| e));
+    if let Err(e) = done {
+        tracing::warn!(error = %e, "cannot fold the kept state DB's WAL into it; keep its -wal file with it");
+    }
+}
+
+/// Runs the demo until SIGINT/SIGTERM: app, worker, sidecar and the narrator. With
+/// `keep`, the app and the state DB stay in that directory (checked by
+/// [`prepare_keep_dir`] first) and the `report`/`verify` commands to try on it are
+/// printed at the end; without, everything is in a temporary directory removed on exit.
 pub fn run(
     listen: std::net::SocketAddr,
     started: crate::clock::ClockReading,
+    keep: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("stallwatch-demo-{}", std::process::id()));
-    let app = DemoApp::create(&dir)?;
+    let kept = match keep {
+        Some(dir) => Some(prepare_keep_dir(dir).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let dir = match &kept {
+        Some(k) => k.join("app"),
+        None => std::env::temp_dir().join(format!("stallwatch-demo-{}", std::process::id())),
+    };
+    let mut app = DemoApp::create(&dir)?;
+    if let Some(k) = &kept {
+        app.state_dir = k.clone();
+    }
     let config = app.config(listen);
-    println!("stallwatch demo: a synthetic app in {}", dir.display());
-    println!("  metrics:   http://{listen}/metrics");
-    println!("  freezes:   http://{listen}/api/v1/freezes");
-    println!("  episodes:  http://{listen}/api/v1/episodes   (a workflow stalls for 8 s every {STALL_EVERY} runs)");
-    println!("  status:    http://{listen}/api/v1/status");
     println!(
-        "  try:       kill -STOP {pid}; sleep 3; kill -CONT {pid}   (a process_stall freeze)",
+        "stallwatch demo: a synthetic app in {}, watched by a real sidecar",
+        dir.display()
+    );
+    println!("  status page:  http://{listen}/   <- open this");
+    println!("  metrics:      http://{listen}/metrics");
+    println!("  freezes:      http://{listen}/api/v1/freezes");
+    println!("  episodes:     http://{listen}/api/v1/episodes   (a workflow stalls for 8 s every {STALL_EVERY} runs)");
+    println!("  alerts:       http://{listen}/api/v1/alerts");
+    println!("  status:       http://{listen}/api/v1/status");
+    println!(
+        "  try:          kill -STOP {pid}; sleep 3; kill -CONT {pid}   (a process_stall freeze)",
         pid = std::process::id()
     );
-    println!("Ctrl-C stops the demo and removes its files.");
+    match &kept {
+        Some(k) => println!(
+            "Ctrl-C stops the demo; its state DB stays in {}.",
+            k.display()
+        ),
+        None => println!("Ctrl-C stops the demo and removes its files (--keep DIR keeps them)."),
+    }
+    println!("What happens, one line each:");
     let stop = Arc::new(AtomicBool::new(false));
     let worker = {
         let stop = stop.clone();
@@ -354,18 +655,62 @@ pub fn run(
             dir: app.dir.clone(),
             db: app.db.clone(),
             log: app.log.clone(),
+            state_dir: app.state_dir.clone(),
         };
         std::thread::Builder::new()
             .name("demo-worker".into())
             .spawn(move || {
-                if let Err(e) = run_worker(&app, &stop) {
+                if let Err(e) = run_worker(&app, &stop, &say_line) {
                     tracing::error!(error = %e, "demo worker failed");
                 }
             })?
     };
+    let narrator = {
+        let stop = stop.clone();
+        let mut narrator = Narrator::new(&app.state_dir);
+        std::thread::Builder::new()
+            .name("demo-narrator".into())
+            .spawn(move || {
+                let mut failed = false;
+                while pause(&stop, NARRATE_EVERY) {
+                    match narrator.lines() {
+                        Ok(lines) => lines.iter().for_each(|l| say_line(l)),
+                        Err(e) if !failed => {
+                            failed = true;
+                            tracing::error!(error = %e, "the demo cannot read its state DB to tell what happens");
+                        }
+                        Err(_) => {}
+                    }
+                }
+            })?
+    };
+    let watched_from = crate::clock::real_ns();
     let result = crate::sidecar::run(config, started);
     stop.store(true, Ordering::Relaxed);
     let _ = worker.join();
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = narrator.join();
+    if let Some(k) = &kept {
+        checkpoint_kept(k);
+    }
+    match &kept {
+        None => {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        Some(k) if result.is_ok() => {
+            // The middle of the run: the before and after windows of `verify` both hold
+            // part of it (a SIGSTOP tried in the first half is a freeze "before").
+            let middle_ns = watched_from + (crate::clock::real_ns() - watched_from) / 2;
+            let middle = humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_nanos(middle_ns.max(0) as u64),
+            );
+            let bin = this_binary();
+            let data = shell_word(&k.display().to_string());
+            println!("The demo's state DB is kept in {}. Try:", k.display());
+            println!("  {bin} report --data-dir {data}");
+            println!("  {bin} verify --data-dir {data} --migrated-at {middle}   # exit 3 NOT ENOUGH DATA: a demo is short");
+            println!("  {bin} report --data-dir {data} --format html > demo-report.html");
+        }
+        Some(_) => {}
+    }
     result.map_err(Into::into)
 }

@@ -1,5 +1,5 @@
 //! The HTTP surface: `/metrics`, `/healthz`, `/readyz`, `/api/v1/freezes`, `/api/v1/status`,
-//! `/api/v1/episodes`, `/api/v1/alerts`, and the status page at `/` (`page/`).
+//! `/api/v1/episodes`, `/api/v1/alerts`, `/api/v1/silences`, and the status page at `/` (`page/`).
 //!
 //! Handlers read the metrics registry, the live status snapshot, or the state DB through
 //! a read-only connection on the blocking pool. None of them waits for the tick thread.
@@ -74,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/status", get(status))
         .route("/api/v1/episodes", get(episodes))
         .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/silences", get(silences))
         .layer(axum::middleware::map_response(date_now))
         .with_state(state)
 }
@@ -107,8 +108,8 @@ async fn metrics(State(s): State<AppState>) -> Response {
 
 /// Seconds since the tick thread last completed a tick.
 fn tick_age_ns(s: &AppState) -> Option<i64> {
-    let status = s.status.lock();
-    (status.ticks > 0).then(|| mono_ns() - status.last_tick_mono_ns)
+    let (ticks, last_tick_mono_ns) = s.status.ticks();
+    (ticks > 0).then(|| mono_ns() - last_tick_mono_ns)
 }
 
 async fn healthz(State(s): State<AppState>) -> Response {
@@ -378,6 +379,13 @@ struct FoldedJson {
 async fn alerts(State(s): State<AppState>) -> Response {
     let now = crate::clock::real_ns();
     read_state(&s, move |r| r.alerts_view(now)).await
+}
+
+/// Silences, read-only: they are added and expired with `stallwatch silence` on the
+/// machine (a write over HTTP would need authentication this server does not have).
+async fn silences(State(s): State<AppState>) -> Response {
+    let now = crate::clock::real_ns();
+    read_state(&s, move |r| r.silences_view(now)).await
 }
 
 // ---- serving -------------------------------------------------------------------------

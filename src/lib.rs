@@ -15,6 +15,8 @@ pub mod persist;
 pub mod report;
 pub mod sidecar;
 pub mod signals;
+pub mod silence;
 pub mod sources;
 pub mod state;
 pub mod status;
+pub mod supervise;

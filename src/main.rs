@@ -11,6 +11,8 @@ use stallwatch::clock;
 use stallwatch::config::{default_data_dir, Config, LogFormat};
 use stallwatch::report::{self, Format, Outcome, TextFormat};
 
+mod usage;
+
 /// Exit code for a problem the operator must fix in config or environment.
 const EXIT_CONFIG: u8 = 2;
 
@@ -27,25 +29,38 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the sidecar. Without --config: freeze detector only, with defaults.
+    /// Run the sidecar. Without --config: freeze detector only, with defaults. With
+    /// `-- CMD [ARGS…]`: run the app as its child (signals passed on, zombies reaped),
+    /// stop with it and exit with its exit code (128 + signal if it was killed).
     Run {
         /// TOML config file (see examples/stallwatch.toml).
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Listen address, overriding the config (default 0.0.0.0:9847).
-        #[arg(long)]
+        #[arg(long, value_parser = usage::address)]
         listen: Option<std::net::SocketAddr>,
         /// State directory, overriding the config (default /var/lib/stallwatch as root,
         /// else $XDG_STATE_HOME/stallwatch or ~/.local/state/stallwatch).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// With an app: how long it has to exit after a passed-on SIGTERM/SIGINT before
+        /// it is killed (SIGKILL), 1s to 5m.
+        #[arg(long, value_parser = stallwatch::supervise::parse_stop_grace, requires = "command")]
+        stop_grace: Option<std::time::Duration>,
+        /// The app to run as a child, after `--`.
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<std::ffi::OsString>,
     },
     /// A self-contained live demo: a synthetic app with a queue, steps, retries, dead
     /// letters, spend and stalls, watched by a real sidecar. No setup needed.
     Demo {
         /// Listen address of the demo's sidecar.
-        #[arg(long, default_value = "127.0.0.1:9847")]
+        #[arg(long, default_value = "127.0.0.1:9847", value_parser = usage::address)]
         listen: std::net::SocketAddr,
+        /// Keep the demo's app and state DB in DIR (new or empty) instead of removing
+        /// them on exit, and print the `report`/`verify` commands to try on it.
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
     },
     /// What this machine lets stallwatch see: per freeze kind, whether it can be detected
     /// here and what to add if not; clocks, cgroup, data dir, references and sources.
@@ -72,10 +87,11 @@ enum Command {
         #[arg(long)]
         source: String,
         /// Shortest gap or overrun reported (e.g. 60s, 5m).
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        #[arg(long, default_value = "60s", value_parser = usage::duration)]
         gap_min: std::time::Duration,
         /// Gaps listed, overall and per day.
-        #[arg(long, default_value_t = stallwatch::report::DEFAULT_TOP)]
+        #[arg(long, default_value_t = stallwatch::report::DEFAULT_TOP, value_parser = usage::count,
+              allow_negative_numbers = true)]
         top: usize,
         #[arg(long, value_enum, default_value = "text")]
         format: TextFormat,
@@ -92,8 +108,32 @@ enum Command {
         /// End of the window (default: now).
         #[arg(long)]
         until: Option<String>,
+        /// Read a fleet's freezes from this Prometheus (or Thanos/Mimir) query API
+        /// instead of a state DB: one line per instance.
+        #[arg(long, conflicts_with = "data_dir")]
+        prometheus: Option<String>,
+        /// With --prometheus: label matchers added to every query, e.g. '{app="precis"}'.
+        #[arg(long, requires = "prometheus")]
+        selector: Option<String>,
+        /// The app's own history as evidence: a DBOS system DB, a queue table or a JSONL
+        /// log (a path or URL; with --config, the name of one of its [[source]]s). The
+        /// state DB is read only when --data-dir is given.
+        #[arg(long, conflicts_with = "prometheus")]
+        source: Option<String>,
+        /// With --source: the config file whose [[source]] --source names.
+        #[arg(long, requires = "source")]
+        config: Option<PathBuf>,
+        /// With --source: the shortest step gap or wait overrun counted (e.g. 60s, 5m).
+        #[arg(long, default_value = "60s", value_parser = usage::duration)]
+        gap_min: std::time::Duration,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
+    },
+    /// Silences: a rule (for one source) records its alerts but does not notify until
+    /// the silence ends; what it held back goes out then if the alert still fires.
+    Silence {
+        #[command(subcommand)]
+        action: SilenceAction,
     },
     /// Did a change fix the freezes? Compares a before and an after window of the state
     /// DB. Exit 0 FIXED, 1 NOT FIXED, 3 NOT ENOUGH DATA, 2 bad input.
@@ -111,9 +151,129 @@ enum Command {
         /// When the change was made: before is everything up to it, after is it to now.
         #[arg(long)]
         migrated_at: Option<String>,
+        /// Judge a fleet from this Prometheus (or Thanos/Mimir) query API instead of a
+        /// state DB: one verdict for the fleet, one line per instance.
+        #[arg(long, conflicts_with = "data_dir")]
+        prometheus: Option<String>,
+        /// With --prometheus: label matchers added to every query, e.g. '{app="precis"}'.
+        #[arg(long, requires = "prometheus")]
+        selector: Option<String>,
+        /// The app's own history as evidence: a DBOS system DB, a queue table or a JSONL
+        /// log (a path or URL; with --config, the name of one of its [[source]]s). The
+        /// state DB is read only when --data-dir is given.
+        #[arg(long, conflicts_with = "prometheus")]
+        source: Option<String>,
+        /// With --source: the config file whose [[source]] --source names.
+        #[arg(long, requires = "source")]
+        config: Option<PathBuf>,
+        /// With --source: the shortest step gap or wait overrun counted (e.g. 60s, 5m).
+        #[arg(long, default_value = "60s", value_parser = usage::duration)]
+        gap_min: std::time::Duration,
         #[arg(long, value_enum, default_value = "text")]
         format: TextFormat,
     },
+}
+
+/// Where `silence` finds the state DB: `--data-dir`, or the config's `data_dir`.
+#[derive(clap::Args)]
+struct StateDbArgs {
+    /// State directory of the sidecar (default as for `run`).
+    #[arg(long, conflicts_with = "config")]
+    data_dir: Option<PathBuf>,
+    /// The sidecar's config file: its data_dir, and the sources --source may name.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum SilenceAction {
+    /// Silence a rule's alerts (of one source, with --source) for a while.
+    Add {
+        /// The rule: freeze, stuck_jobs, source_down, … (docs/alerts.md).
+        #[arg(long)]
+        rule: String,
+        /// Only the alerts of this source (default: every source).
+        #[arg(long)]
+        source: Option<String>,
+        /// How long, e.g. 10m, 2h (at most 30d).
+        #[arg(long = "for", value_parser = usage::duration)]
+        duration: std::time::Duration,
+        /// Why, shown with the silence (e.g. "deploy").
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        db: StateDbArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        format: TextFormat,
+    },
+    /// Active silences and those ended in the last week.
+    List {
+        #[command(flatten)]
+        db: StateDbArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        format: TextFormat,
+    },
+    /// End a silence now.
+    Expire {
+        /// The silence's id (silence list shows it).
+        #[arg(value_parser = usage::id, allow_negative_numbers = true)]
+        id: i64,
+        #[command(flatten)]
+        db: StateDbArgs,
+    },
+}
+
+/// The state DB and sources `silence` works on.
+fn silence_target(db: StateDbArgs) -> Result<stallwatch::silence::Target, ExitCode> {
+    match (db.data_dir, db.config) {
+        (_, Some(file)) => match Config::load(&file) {
+            Ok(c) => Ok(stallwatch::silence::Target {
+                data_dir: c.data_dir,
+                sources: Some(c.sources.iter().map(|s| s.name.clone()).collect()),
+            }),
+            Err(e) => Err(fail(EXIT_CONFIG, &e.to_string())),
+        },
+        (dir, None) => Ok(stallwatch::silence::Target {
+            data_dir: dir.unwrap_or_else(default_data_dir),
+            sources: None,
+        }),
+    }
+}
+
+fn silence(action: SilenceAction) -> ExitCode {
+    let now = clock::real_ns();
+    let result = match action {
+        SilenceAction::Add {
+            rule,
+            source,
+            duration,
+            reason,
+            db,
+            format,
+        } => silence_target(db).map(|t| {
+            stallwatch::silence::add(
+                &t,
+                &stallwatch::silence::AddArgs {
+                    rule,
+                    source,
+                    duration,
+                    reason,
+                    format,
+                },
+                now,
+            )
+        }),
+        SilenceAction::List { db, format } => {
+            silence_target(db).map(|t| stallwatch::silence::list(&t, format, now))
+        }
+        SilenceAction::Expire { id, db } => {
+            silence_target(db).map(|t| stallwatch::silence::expire(&t, id, now))
+        }
+    };
+    match result {
+        Ok(r) => finish(r),
+        Err(code) => code,
+    }
 }
 
 fn main() -> ExitCode {
@@ -121,17 +281,15 @@ fn main() -> ExitCode {
     let started = clock::read_clocks();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        // Usage errors quote the argument; a pasted 100 KB value is shown clipped.
+        // One sentence in the user's terms; a pasted 100 KB value is shown clipped.
         Err(e) if e.use_stderr() => {
-            eprint!(
-                "{}",
-                stallwatch::config::clip_words(&e.render().to_string())
-            );
+            eprintln!("stallwatch: {}", usage::sentence(&e));
             return ExitCode::from(EXIT_CONFIG);
         }
         Err(e) => e.exit(),
     };
     match cli.command {
+        Command::Silence { action } => silence(action),
         Command::Analyze {
             source,
             gap_min,
@@ -144,10 +302,52 @@ fn main() -> ExitCode {
             format: format.into(),
         })),
         Command::Report {
+            source: Some(source),
+            config,
+            gap_min,
             data_dir,
             since,
             until,
             format,
+            ..
+        } => finish(report::app_verify::report(
+            &report::app_verify::SourceArgs {
+                source,
+                config,
+                gap_min,
+                data_dir,
+                before: None,
+                after: None,
+                migrated_at: None,
+                since,
+                until,
+                format,
+            },
+            clock::real_ns(),
+        )),
+        Command::Report {
+            prometheus: Some(prometheus),
+            selector,
+            since,
+            until,
+            format,
+            ..
+        } => finish(report::fleet::report(
+            &report::fleet::FleetReportArgs {
+                prometheus,
+                selector,
+                since,
+                until,
+                format,
+            },
+            clock::real_ns(),
+        )),
+        Command::Report {
+            data_dir,
+            since,
+            until,
+            format,
+            ..
         } => finish(report::report(
             &report::ReportArgs {
                 data_dir: data_dir.unwrap_or_else(default_data_dir),
@@ -158,11 +358,56 @@ fn main() -> ExitCode {
             clock::real_ns(),
         )),
         Command::Verify {
+            source: Some(source),
+            config,
+            gap_min,
             data_dir,
             before,
             after,
             migrated_at,
             format,
+            ..
+        } => finish(report::app_verify::verify(
+            &report::app_verify::SourceArgs {
+                source,
+                config,
+                gap_min,
+                data_dir,
+                before,
+                after,
+                migrated_at,
+                since: None,
+                until: None,
+                format: format.into(),
+            },
+            clock::real_ns(),
+        )),
+        Command::Verify {
+            prometheus: Some(prometheus),
+            selector,
+            before,
+            after,
+            migrated_at,
+            format,
+            ..
+        } => finish(report::fleet::verify(
+            &report::fleet::FleetVerifyArgs {
+                prometheus,
+                selector,
+                before,
+                after,
+                migrated_at,
+                format: format.into(),
+            },
+            clock::real_ns(),
+        )),
+        Command::Verify {
+            data_dir,
+            before,
+            after,
+            migrated_at,
+            format,
+            ..
         } => finish(report::verify(
             &report::VerifyArgs {
                 data_dir: data_dir.unwrap_or_else(default_data_dir),
@@ -182,9 +427,9 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(EXIT_CONFIG, &e.to_string()),
         },
-        Command::Demo { listen } => {
-            init_logging(LogFormat::Text);
-            match stallwatch::demo::run(listen, started) {
+        Command::Demo { listen, keep } => {
+            init_logging_with(LogFormat::Text, stallwatch::demo::LOG_FILTER);
+            match stallwatch::demo::run(listen, started, keep.as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(EXIT_CONFIG, &e.to_string()),
             }
@@ -209,6 +454,8 @@ fn main() -> ExitCode {
             config,
             listen,
             data_dir,
+            stop_grace,
+            command,
         } => {
             let file = config.clone();
             let loaded = load_config(config).and_then(|c| match &file {
@@ -226,8 +473,20 @@ fn main() -> ExitCode {
                 config.data_dir = dir;
             }
             init_logging(config.log_format);
-            match stallwatch::sidecar::run(config, started) {
-                Ok(()) => ExitCode::SUCCESS,
+            let mut command = command.into_iter();
+            let Some(program) = command.next() else {
+                return match stallwatch::sidecar::run(config, started) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => fail(EXIT_CONFIG, &e.to_string()),
+                };
+            };
+            let app = stallwatch::supervise::App {
+                program,
+                args: command.collect(),
+                stop_grace: stop_grace.unwrap_or(stallwatch::supervise::DEFAULT_STOP_GRACE),
+            };
+            match stallwatch::sidecar::run_app(config, started, app) {
+                Ok(outcome) => ExitCode::from(stallwatch::supervise::exit_code(outcome.status)),
                 Err(e) => fail(EXIT_CONFIG, &e.to_string()),
             }
         }
@@ -277,8 +536,13 @@ fn fail(code: u8, sentence: &str) -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
+    init_logging_with(format, "info")
+}
+
+/// Logging to stderr; `STALLWATCH_LOG` when set, else `default_filter`.
+fn init_logging_with(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STALLWATCH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     // Colour only on a terminal: journald and `docker logs` would keep the escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

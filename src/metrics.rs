@@ -1,4 +1,4 @@
-//! The Prometheus registry and every metric the sidecar exports (names from DESIGN.md).
+//! The Prometheus registry and every metric the sidecar exports (names listed in docs/design.md).
 //!
 //! Owns names, help texts, buckets and label sets. Metrics are updated with atomic
 //! operations by the threads that measure; a scrape only encodes them, so it never
@@ -49,6 +49,7 @@ pub struct Metrics {
     pub state_writes_dropped_total: IntCounterVec,
     pub state_writes_pending: Gauge,
     pub state_db_recreated_total: IntCounter,
+    pub app_restarts_total: IntCounter,
     pub episodes_folded_total: IntCounterVec,
     pub dropped_total: IntCounterVec,
     pub sources: SourceMetrics,
@@ -144,7 +145,22 @@ impl HttpMetrics {
 }
 
 /// Outcomes counted by `stallwatch_notifications_total{channel,outcome}`.
-pub const NOTIFICATION_OUTCOMES: [&str; 4] = ["sent", "retried", "failed", "dropped"];
+/// `silenced`: recorded but held back by a silence (`stallwatch silence`); `grouped`:
+/// joined a group's message already waiting (alerts/group.rs); `explained`: caused by a
+/// freeze and folded into its notification; `folded`: held by the channel's rate limit and
+/// sent in a digest. Every notification the rules make for a channel is counted once as
+/// sent (alone or first of its group), grouped, explained, folded, silenced, dropped or
+/// failed; a digest's own send counts as one more `sent`.
+pub const NOTIFICATION_OUTCOMES: [&str; 8] = [
+    "sent",
+    "retried",
+    "failed",
+    "dropped",
+    "silenced",
+    "grouped",
+    "explained",
+    "folded",
+];
 
 /// Metrics of the alert engine and its outbox.
 pub struct AlertMetrics {
@@ -165,7 +181,7 @@ impl AlertMetrics {
             notifications_total: IntCounterVec::new(
                 opts(
                     "notifications_total",
-                    "Notification attempts by channel and outcome (sent, retried, failed, dropped).",
+                    "Notifications by channel and outcome (sent, retried, failed, dropped, silenced, grouped, explained, folded).",
                 ),
                 &["channel", "outcome"],
             )
@@ -464,6 +480,12 @@ impl Metrics {
                 "Times the state database was found deleted or replaced while running and was put back at its path.",
             ))
             .expect("valid metric"),
+            app_restarts_total: IntCounter::with_opts(opts(
+                "app_restarts_total",
+                "Times the app run by `stallwatch run -- CMD` ended on its own (not after a forwarded stop signal), \
+                 as recorded in the state database: app restarts, not machine freezes.",
+            ))
+            .expect("valid metric"),
             episodes_folded_total: IntCounterVec::new(
                 opts(
                     "episodes_folded_total",
@@ -551,6 +573,8 @@ impl Metrics {
         r.register(Box::new(m.state_writes_pending.clone()))
             .expect("unique");
         r.register(Box::new(m.state_db_recreated_total.clone()))
+            .expect("unique");
+        r.register(Box::new(m.app_restarts_total.clone()))
             .expect("unique");
         r.register(Box::new(m.episodes_folded_total.clone()))
             .expect("unique");

@@ -354,7 +354,15 @@ impl WriterState {
                 tracing::warn!(error = %e, "cannot record the state database's recreation");
             }
         }
+        // A DB without this run's history: this run's watching starts in it now.
+        if !kept {
+            if let Err(e) = db.begin_session(now, None) {
+                tracing::warn!(error = %e, "cannot record this run's watch session");
+            }
+        }
         self.status.lock().state_db_notice = Some(text.clone());
+        // The alert engine follows the DB to its new file when it next evaluates.
+        self.status.publish();
         self.notice = Some((text, Instant::now() + RECREATED_NOTICE));
         let old = std::mem::replace(&mut self.db, db);
         self.retired.push(old);
@@ -388,8 +396,14 @@ impl WriterState {
         if s.state_db_error.is_some() && error.is_none() {
             tracing::info!(path = %self.db.path().display(), "state database writable again");
         }
+        let changed = s.state_db_error != error;
         s.state_db_error = error;
         s.state_db_pending_writes = self.held.len() as u64;
+        drop(s);
+        // The state_db rule and the dead-man's switch read the error.
+        if changed {
+            self.status.publish();
+        }
     }
 
     fn stop(mut self, rx: &Receiver<Msg>) {

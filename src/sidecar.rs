@@ -27,6 +27,7 @@ use crate::persist::{Writer, HEARTBEAT_INTERVAL};
 use crate::sources::runner::{SourceRunner, StopSignal};
 use crate::state::{StateDb, StateError, StateReader};
 use crate::status::{DowntimeStatus, LiveStatus, ReferenceStatus, SharedStatus, SourceStatus};
+use crate::supervise::{self, App, Ending, Outcome};
 
 /// Time allowed for open HTTP connections to finish after a stop signal; the whole
 /// shutdown must fit in the 5 s an orchestrator waits before SIGKILL.
@@ -67,15 +68,30 @@ pub enum StartError {
 /// Runs the sidecar until SIGTERM or SIGINT. `started` is the clock reading taken as
 /// the process began, so a restart's downtime does not include start-up work.
 pub fn run(config: Config, started: ClockReading) -> Result<(), StartError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    runtime().block_on(serve(config, started, None)).map(|_| ())
+}
+
+/// Runs the sidecar with `app` as its child (`stallwatch run -- CMD`) until the app ends
+/// (see `supervise.rs`); the app starts once the sidecar is serving.
+pub fn run_app(config: Config, started: ClockReading, app: App) -> Result<Outcome, StartError> {
+    runtime()
+        .block_on(serve(config, started, Some(app)))
+        .map(|outcome| outcome.expect("a supervised run ends with the app's outcome"))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_name("stallwatch-rt")
         .build()
-        .expect("building the runtime");
-    runtime.block_on(serve(config, started))
+        .expect("building the runtime")
 }
 
-async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartError> {
+async fn serve(
+    mut config: Config,
+    started: ClockReading,
+    child: Option<App>,
+) -> Result<Option<Outcome>, StartError> {
     // No references in the file: use the ones this machine has (RTC, host PTP clocks).
     // Logged once the start can no longer be refused: a refusal is one line on stderr.
     let discovered = discover::use_discovered(&mut config.freeze, Path::new(discover::SYSFS_ROOT))
@@ -121,6 +137,10 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
     if let Some(ns) = db.last_freeze_started_ns()? {
         metrics.last_freeze_timestamp_seconds.set(ns as f64 / 1e9);
     }
+    // App restarts are counted from the state DB, so the counter survives the sidecar's
+    // own restarts (each app exit ends the sidecar's run too).
+    let (app_exits, last_app_exit_ns) = db.fact_count(supervise::FACT_APP_EXIT)?;
+    metrics.app_restarts_total.inc_by(app_exits);
 
     let status = SharedStatus::new(LiveStatus {
         version: env!("CARGO_PKG_VERSION"),
@@ -153,6 +173,7 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
     status.lock().state_db_notice = db.notice().map(str::to_string);
     // The gap since the previous run, before the first heartbeat of this one replaces it.
     let mut startup_freezes = Vec::new();
+    let mut previous_ended = None;
     if let Some(last) = db.last_heartbeat()? {
         let gap = downtime::classify(
             &last,
@@ -170,10 +191,19 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
             seconds,
             "sidecar was down before this start"
         );
+        // The app's exit stopped the last run (its fact is written after the clean
+        // heartbeat): the downtime is the app's restart, not a freeze.
+        if last.clean && last_app_exit_ns.is_some_and(|at| at >= last.clocks.real_ns) {
+            tracing::info!(
+                app_restarts = app_exits,
+                "the last run ended with its app's exit: this start is an app restart"
+            );
+        }
         status.lock().last_downtime = Some(DowntimeStatus {
             reason: gap.reason.as_str(),
             seconds,
         });
+        previous_ended = Some(gap.reason.as_str());
         if let Some(event) = gap.event {
             startup_freezes.push(event.clone());
             metrics.record_freeze(event.kind, event.started_at_ns, event.duration_ns);
@@ -181,6 +211,9 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
             status.lock().events_recorded += 1;
         }
     }
+    // This run's watch session, which its heartbeats then follow; the previous one ends
+    // as the gap was classified.
+    db.begin_session(started.real_ns, previous_ended)?;
     db.write_heartbeat(&Heartbeat {
         clocks: clock::read_clocks(),
         boot_id: boot_id.clone(),
@@ -316,7 +349,13 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
         let _ = drain_rx.await;
     }));
 
-    let signal = stop_signal().await;
+    let (signal, outcome) = match &child {
+        None => (stop_signal().await.to_string(), None),
+        Some(child) => {
+            let outcome = supervise::supervise(child).await;
+            (outcome.reason.clone(), Some(outcome))
+        }
+    };
     tracing::info!(signal, "stopping");
     let sources_deadline = std::time::Instant::now() + SOURCE_STOP_DEADLINE;
     // Phase 1: stop taking work.
@@ -342,8 +381,22 @@ async fn serve(mut config: Config, started: ClockReading) -> Result<(), StartErr
     })
     .await
     .expect("joining the worker threads");
+    // After the writer's clean heartbeat, so the next start reads the order: clean stop,
+    // then the app's exit.
+    if let Some(outcome) = outcome.as_ref().filter(|o| o.ending == Ending::AppExit) {
+        let recorded = StateDb::open(&config.data_dir).and_then(|db| {
+            db.insert_fact(
+                supervise::FACT_APP_EXIT,
+                clock::real_ns(),
+                &outcome.status.describe(),
+            )
+        });
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "cannot record the app's exit in the state database");
+        }
+    }
     tracing::info!("stopped; last heartbeat written");
-    Ok(())
+    Ok(outcome)
 }
 
 /// Joins the source threads (by source name) that finish by `deadline`; the others are
@@ -372,7 +425,8 @@ fn join_sources(threads: Vec<(String, std::thread::JoinHandle<()>)>, deadline: s
 
 /// Waits for SIGTERM or SIGINT. SIGHUP (a closed terminal, `systemctl reload`) is logged
 /// and ignored: config reload is not supported, and its default action would kill the
-/// process without a clean heartbeat.
+/// process without a clean heartbeat. With an app (`run -- CMD`), `supervise.rs` waits
+/// instead and passes all three on to the app.
 async fn stop_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");

@@ -138,7 +138,66 @@ const MIGRATIONS: &[&str] = &[
         count  INTEGER NOT NULL,
         PRIMARY KEY (source, day)
      );",
+    // 5: one row per run of the sidecar (see report/coverage.rs). The heartbeat's own
+    // write moves the running session's last heartbeat through these triggers, so
+    // keeping sessions costs no extra write a second; a clean heartbeat ends it as
+    // `stopped`. A DB from before is given estimated sessions ([`StateDb::migrate`]).
+    "CREATE TABLE watch_session (
+        id            INTEGER PRIMARY KEY,
+        started_at_ns INTEGER NOT NULL,
+        last_seen_ns  INTEGER NOT NULL,
+        ended         TEXT    NOT NULL,
+        estimated     INTEGER NOT NULL DEFAULT 0
+     );
+     CREATE INDEX watch_session_seen ON watch_session (last_seen_ns);
+     CREATE TRIGGER watch_session_beat_insert AFTER INSERT ON heartbeat BEGIN
+        UPDATE watch_session SET last_seen_ns = max(started_at_ns, NEW.real_ns),
+               ended = CASE WHEN NEW.clean THEN 'stopped' ELSE ended END
+         WHERE id = (SELECT max(id) FROM watch_session) AND ended = 'running';
+     END;
+     CREATE TRIGGER watch_session_beat_update AFTER UPDATE ON heartbeat BEGIN
+        UPDATE watch_session SET last_seen_ns = max(started_at_ns, NEW.real_ns),
+               ended = CASE WHEN NEW.clean THEN 'stopped' ELSE ended END
+         WHERE id = (SELECT max(id) FROM watch_session) AND ended = 'running';
+     END;",
+    // 6: no query reads sessions by their last heartbeat (coverage reads them all, in
+    // order), and the index cost the heartbeat a third page written every second.
+    "DROP INDEX watch_session_seen;",
+    // 7: silences (`stallwatch silence`, see alerts/silence.rs): an alert a silence matches
+    // is recorded but does not notify; `alert.silence_id` is the silence that held back its
+    // last notification and `alert.held` which kind it was, so the notification owed when
+    // the silence ends survives a restart.
+    "CREATE TABLE silence (
+        id            INTEGER PRIMARY KEY,
+        rule          TEXT    NOT NULL,
+        source        TEXT,
+        starts_at_ns  INTEGER NOT NULL,
+        ends_at_ns    INTEGER NOT NULL,
+        reason        TEXT    NOT NULL,
+        created_by    TEXT    NOT NULL,
+        created_at_ns INTEGER NOT NULL,
+        expired_at_ns INTEGER
+     );
+     CREATE INDEX silence_ends ON silence (ends_at_ns);
+     ALTER TABLE alert ADD COLUMN silence_id INTEGER;
+     ALTER TABLE alert ADD COLUMN held TEXT;",
+    // 8: grouping and rate limits (alerts/group.rs). A group row (`fingerprint` = the
+    // group's key) collects members until `sealed` for its first send, so what one
+    // idempotency key carries never changes; `release_at_ns` is when the group was due,
+    // which spaces its next row by `group_interval`. `folded`: a row a rate limit put
+    // into a digest.
+    "ALTER TABLE notification ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE notification ADD COLUMN release_at_ns INTEGER;
+     CREATE INDEX notification_group ON notification (channel, fingerprint, release_at_ns)
+        WHERE release_at_ns IS NOT NULL;
+     CREATE INDEX notification_sent ON notification (channel, done_at_ns)
+        WHERE state = 'sent';",
 ];
+
+/// The schema version that added `watch_session`.
+const SESSIONS_VERSION: i64 = 5;
+/// Watch sessions kept; older ones are pruned (a crash loop must not fill the disk).
+pub const MAX_SESSIONS: i64 = 100_000;
 
 /// The schema version this build writes (`PRAGMA user_version` after migrating).
 pub fn schema_version() -> i64 {
@@ -485,6 +544,17 @@ impl StateDb {
             .map_err(|e| self.err(e))
     }
 
+    /// How many facts of `kind` are stored, and the time of the latest.
+    pub fn fact_count(&self, kind: &str) -> Result<(u64, Option<i64>), StateError> {
+        self.conn
+            .query_row(
+                "SELECT count(*), max(at_ns) FROM state_fact WHERE kind = ?1",
+                [kind],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
+            .map_err(|e| self.err(e))
+    }
+
     /// Adds episodes that were counted but not stored one by one: `(source, UTC day, count)`.
     pub fn add_folded(&self, folds: &[(String, i64, u64)]) -> Result<(), StateError> {
         let run = || -> rusqlite::Result<()> {
@@ -550,13 +620,57 @@ impl StateDb {
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
             let version = i as i64 + 1;
-            self.conn
-                .execute_batch(&format!(
-                    "BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {version}; COMMIT;"
-                ))
-                .map_err(err)?;
+            let run = || -> rusqlite::Result<()> {
+                self.conn
+                    .execute_batch(&format!("BEGIN IMMEDIATE; {sql};"))?;
+                // A DB that already held history: the runs it can tell of, estimated.
+                if version == SESSIONS_VERSION && found > 0 {
+                    let old = old_run_evidence(&self.conn, &self.path)?;
+                    for s in crate::report::coverage::estimate(&old) {
+                        insert_session(&self.conn, &s)?;
+                    }
+                }
+                self.conn
+                    .execute_batch(&format!("PRAGMA user_version = {version}; COMMIT;"))
+            };
+            if let Err(e) = run() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(err(e));
+            }
         }
         Ok(())
+    }
+
+    /// Starts this run's watch session, ending the previous run's as `previous_ended`
+    /// (how the start-up classified the gap: `stopped`, `restart`, `reboot`). Call before
+    /// the run's first heartbeat, which the session then follows.
+    pub fn begin_session(
+        &self,
+        started_at_ns: i64,
+        previous_ended: Option<&str>,
+    ) -> Result<(), StateError> {
+        let run = || -> rusqlite::Result<()> {
+            let tx = self.conn.unchecked_transaction()?;
+            tx.execute(
+                "UPDATE watch_session SET ended = ?1 WHERE ended = 'running'",
+                [previous_ended.unwrap_or(crate::report::coverage::ENDED_RESTART)],
+            )?;
+            let id = insert_session(
+                &tx,
+                &crate::report::coverage::Session {
+                    started_ns: started_at_ns,
+                    last_seen_ns: started_at_ns,
+                    ended: crate::report::coverage::ENDED_RUNNING.into(),
+                    estimated: false,
+                },
+            )?;
+            tx.execute(
+                "DELETE FROM watch_session WHERE id <= ?1",
+                [id - MAX_SESSIONS],
+            )?;
+            tx.commit()
+        };
+        run().map_err(|e| self.err(e))
     }
 
     /// Stores a freeze event and returns its id.
@@ -600,21 +714,25 @@ impl StateDb {
 
     /// Replaces the heartbeat.
     pub fn write_heartbeat(&self, hb: &Heartbeat) -> Result<(), StateError> {
+        // Once a second for the whole run: prepared once, one statement, one transaction
+        // (the session's last_seen moves with it by trigger, in the same transaction).
         self.conn
-            .execute(
+            .prepare_cached(
                 "INSERT INTO heartbeat (id, mono_ns, real_ns, boot_ns, boot_id, pid, clean)
                  VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (id) DO UPDATE SET mono_ns = ?1, real_ns = ?2, boot_ns = ?3,
                      boot_id = ?4, pid = ?5, clean = ?6",
-                params![
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![
                     hb.clocks.mono_ns,
                     hb.clocks.real_ns,
                     hb.clocks.boot_ns,
                     hb.boot_id,
                     std::process::id(),
                     hb.clean
-                ],
-            )
+                ])
+            })
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
@@ -738,6 +856,15 @@ impl StateReader {
     ) -> Result<crate::alerts::outbox::AlertsView, StateError> {
         let conn = self.current();
         crate::alerts::outbox::read_view(&conn, now_ns).map_err(|e| classify(&self.path, e))
+    }
+
+    /// Active silences and those ended in the last week (`/api/v1/silences`).
+    pub fn silences_view(
+        &self,
+        now_ns: i64,
+    ) -> Result<Vec<crate::alerts::silence::SilenceView>, StateError> {
+        let conn = self.current();
+        crate::alerts::silence::read_view(&conn, now_ns).map_err(|e| classify(&self.path, e))
     }
 
     /// Lost-time freezes that may overlap `[from_ns, to_ns]` (started up to a day before it).
@@ -866,6 +993,103 @@ pub struct StoredEpisode {
 
 /// Longest freeze looked back for when attributing: a day.
 pub const MAX_FREEZE_SPAN_NS: i64 = 86_400 * 1_000_000_000;
+
+fn insert_session(
+    conn: &Connection,
+    s: &crate::report::coverage::Session,
+) -> rusqlite::Result<i64> {
+    conn.execute(
+        "INSERT INTO watch_session (started_at_ns, last_seen_ns, ended, estimated)
+         VALUES (?1, ?2, ?3, ?4)",
+        params![s.started_ns, s.last_seen_ns, s.ended, s.estimated],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Every watch session stored, oldest first (at most [`MAX_SESSIONS`]).
+pub fn read_sessions(conn: &Connection) -> rusqlite::Result<Vec<crate::report::coverage::Session>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT started_at_ns, last_seen_ns, ended, estimated FROM watch_session ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(crate::report::coverage::Session {
+            started_ns: r.get(0)?,
+            last_seen_ns: r.get(1)?,
+            ended: r.get(2)?,
+            estimated: r.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// What a state DB of schema 2..=4 at `path` says about the runs that wrote it (see
+/// `report::coverage::estimate`): its first write, the file's creation unless a write is
+/// older (then it was copied), the data dir's marker, the heartbeat, restarts and reboots.
+pub fn old_run_evidence(
+    conn: &Connection,
+    path: &Path,
+) -> rusqlite::Result<crate::report::coverage::OldEvidence> {
+    use crate::report::coverage::{Downtime, OldEvidence};
+    let has_episodes: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'episode'",
+        [],
+        |r| r.get(0),
+    )?;
+    let first_write: Option<i64> = conn.query_row(
+        if has_episodes {
+            "SELECT min(t) FROM (SELECT min(detected_at_ns) AS t FROM freeze_event
+                                 UNION ALL SELECT min(detected_at_ns) FROM episode)"
+        } else {
+            "SELECT min(detected_at_ns) FROM freeze_event"
+        },
+        [],
+        |r| r.get(0),
+    )?;
+    let born = std::fs::metadata(path)
+        .and_then(|m| m.created())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_nanos()).ok())
+        .filter(|b| first_write.is_none_or(|w| *b <= w));
+    let marker = std::fs::read_to_string(path.with_file_name(STATE_DB_MARKER))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("created_unix_ns="))
+                .and_then(|n| n.trim().parse::<i64>().ok())
+        });
+    let heartbeat = conn
+        .query_row(
+            "SELECT real_ns, clean FROM heartbeat WHERE id = 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?)),
+        )
+        .optional()?;
+    // Only signs of life before the last heartbeat say when watching began.
+    let running_at_ns = [first_write, born, marker]
+        .into_iter()
+        .flatten()
+        .filter(|t| heartbeat.is_none_or(|(h, _)| *t <= h))
+        .collect();
+    let mut stmt = conn.prepare(
+        "SELECT kind, started_at_ns, duration_ns FROM freeze_event
+         WHERE kind IN ('restart', 'reboot') ORDER BY started_at_ns LIMIT ?1",
+    )?;
+    let downtimes = stmt
+        .query_map([MAX_SESSIONS], |r| {
+            Ok(Downtime {
+                kind: r.get(0)?,
+                started_ns: r.get(1)?,
+                duration_ns: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(OldEvidence {
+        running_at_ns,
+        heartbeat,
+        downtimes,
+    })
+}
 
 fn read_events(conn: &Connection, since_ns: i64, limit: i64) -> rusqlite::Result<Vec<StoredEvent>> {
     let mut stmt = conn.prepare_cached(

@@ -1,8 +1,9 @@
 //! The live snapshot the tick thread publishes and the HTTP API reads.
 //!
-//! One short mutex hold per tick on the writer side, one clone per request on the reader
-//! side: a slow client can never hold up the detector.
+//! No lock on most ticks and one short mutex hold a second on the writer side, one clone
+//! per request on the reader side: a slow client can never hold up the detector.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
@@ -44,9 +45,10 @@ pub struct LiveStatus {
     pub data_dir: String,
     pub tick_seconds: f64,
     pub freeze_min_seconds: f64,
-    /// Ticks completed since start.
+    /// Ticks completed since start (filled in by [`SharedStatus::snapshot`]).
     pub ticks: u64,
-    /// MONOTONIC of the last tick (internal: used for health, not shown).
+    /// MONOTONIC of the last tick (internal: used for health, not shown; filled in by
+    /// [`SharedStatus::snapshot`]).
     #[serde(skip)]
     pub last_tick_mono_ns: i64,
     pub wall_clock_drift_ppm: f64,
@@ -168,23 +170,68 @@ pub struct DowntimeStatus {
     pub seconds: f64,
 }
 
-/// Shared handle to the live status.
+/// Shared handle to the live status, and the signals around it.
+///
+/// The tick thread's per-tick facts (`ticks`, the last tick's MONOTONIC) are atomics, not
+/// fields behind the mutex: a tick takes no lock. [`SharedStatus::publish`] says a writer
+/// finished a change the alert rules read (a source's poll, the state DB's health), so the
+/// alert engine evaluates when something changed instead of on a timer.
 #[derive(Clone, Default)]
-pub struct SharedStatus(Arc<Mutex<LiveStatus>>);
+pub struct SharedStatus(Arc<Shared>);
+
+#[derive(Default)]
+struct Shared {
+    status: Mutex<LiveStatus>,
+    ticks: AtomicU64,
+    last_tick_mono_ns: AtomicI64,
+    published: tokio::sync::Notify,
+}
 
 impl SharedStatus {
     pub fn new(status: LiveStatus) -> SharedStatus {
-        SharedStatus(Arc::new(Mutex::new(status)))
+        SharedStatus(Arc::new(Shared {
+            status: Mutex::new(status),
+            ..Default::default()
+        }))
     }
 
     /// Locks for a short update. A panic elsewhere must not take the status page down with it.
     pub fn lock(&self) -> MutexGuard<'_, LiveStatus> {
         self.0
+            .status
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The whole status, the tick counters included.
     pub fn snapshot(&self) -> LiveStatus {
-        self.lock().clone()
+        let mut status = self.lock().clone();
+        (status.ticks, status.last_tick_mono_ns) = self.ticks();
+        status
+    }
+
+    /// One completed tick at MONOTONIC `mono_ns` (lock-free: the tick thread's only write
+    /// on most ticks).
+    pub fn tick(&self, mono_ns: i64) {
+        self.0.last_tick_mono_ns.store(mono_ns, Ordering::Relaxed);
+        self.0.ticks.fetch_add(1, Ordering::Release);
+    }
+
+    /// Ticks completed since start, and the MONOTONIC of the last one.
+    pub fn ticks(&self) -> (u64, i64) {
+        let ticks = self.0.ticks.load(Ordering::Acquire);
+        (ticks, self.0.last_tick_mono_ns.load(Ordering::Relaxed))
+    }
+
+    /// A change the alert rules read is complete: wakes [`SharedStatus::published`]. Many
+    /// publications before the waiter runs wake it once.
+    pub fn publish(&self) {
+        self.0.published.notify_one();
+    }
+
+    /// Waits for the next [`SharedStatus::publish`] (or returns at once for one made since
+    /// the last wait). For one waiter: the alert engine.
+    pub async fn published(&self) {
+        self.0.published.notified().await;
     }
 }

@@ -163,7 +163,8 @@ fn channel_toml(s: &Service) -> String {
 }
 
 /// Fast retries, so a hiccup of the machine does not eat the test's time.
-const FAST_RETRIES: &str = "[alerts]\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n\n";
+const FAST_RETRIES: &str =
+    "[alerts]\ngroup_wait = \"0s\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n\n";
 
 // ---- reading what a person reads --------------------------------------------------------
 

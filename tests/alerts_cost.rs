@@ -61,7 +61,7 @@ fn spend(log: &Path, ts: f64, usd: f64) {
 
 fn config(log: &Path, rx: &Receiver) -> String {
     format!(
-        "[alerts]\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n\n\
+        "[alerts]\ngroup_wait = \"0s\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n\n\
          [[source]]\nname = \"spend\"\nkind = \"jsonl\"\nurl = \"{}\"\npoll = \"{POLL}\"\ncost_cap_usd = {CAP_USD:?}\n\n\
          [[rule]]\nrule = \"cost_cap\"\n\n\
          [[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\nsecret = \"{WEBHOOK_SECRET}\"\n",

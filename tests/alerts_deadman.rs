@@ -29,6 +29,7 @@ fn pings_while_healthy_fail_while_the_outbox_backs_up_and_stop_when_the_sidecar_
     let config = format!(
         r#"
 [alerts]
+group_wait = "0s"
 heartbeat_url = "{ping}"
 heartbeat_interval = "1s"
 backoff_initial = "500ms"

@@ -67,7 +67,7 @@ enabled = false
 // ---- configuration ----------------------------------------------------------------------
 
 fn alerts_section(backoff_initial: &str, backoff_max: &str) -> String {
-    format!("[alerts]\nbackoff_initial = \"{backoff_initial}\"\nbackoff_max = \"{backoff_max}\"\n")
+    format!("[alerts]\ngroup_wait = \"0s\"\nbackoff_initial = \"{backoff_initial}\"\nbackoff_max = \"{backoff_max}\"\n")
 }
 
 fn webhook_channel(url: &str) -> String {

@@ -1,4 +1,4 @@
-//! Secrets never leave the config (STYLE.md house rule 5, DESIGN.md "Secrets never appear
+//! Secrets never leave the config (docs/design.md: "Secrets never appear
 //! in logs or pages"): every channel kind is configured with a secret where its service
 //! keeps one — URL path tokens (Slack, Discord), a bot token in the path (Telegram), body
 //! fields (Pushover token and user, PagerDuty routing key), a signing key (webhook), a
@@ -202,6 +202,7 @@ fn setup(db: &Path) -> Setup {
             .replacen("http://", &format!("http://stallwatch:{AM_PASSWORD}@"), 1);
     let config = format!(
         r#"[alerts]
+group_wait = "0s"
 backoff_initial = "100ms"
 backoff_max = "500ms"
 heartbeat_url = "http://127.0.0.1:{closed}/ping/{HEARTBEAT_TOKEN}"
@@ -395,7 +396,7 @@ fn no_secret_anywhere(log_filter: &str) {
         assert_eq!(r.status, 200, "{path}: {r:?}");
         assert_no_leak(path, &r.body);
     }
-    // The status page (DESIGN.md), whatever this build answers there.
+    // The status page (docs/design.md), whatever this build answers there.
     assert_no_leak("/", &sidecar.get("/").body);
     assert_no_leak("the data dir's files", &data_dir_text(&sidecar.data_dir));
     // The receivers did get the secrets: the check above had something to find.

@@ -16,8 +16,8 @@ use common::Sidecar;
 
 /// How long the machine is kept busy.
 const BUSY_FOR: Duration = Duration::from_secs(60);
-/// The default tick, 250 ms: how many ticks a minute should hold.
-const TICKS_PER_SECOND: f64 = 4.0;
+/// The default tick, 50 ms: how many ticks a second should hold.
+const TICKS_PER_SECOND: f64 = 20.0;
 
 /// Busy-looping threads, one per core, stopped and joined on drop (also on panic).
 struct Load {
@@ -123,7 +123,12 @@ fn a_minute_on_a_busy_machine_makes_no_freeze() {
     // Every wake is in the overrun histogram, and none reached the 2 s threshold.
     let count = metrics.expect("stallwatch_tick_overrun_seconds_count");
     let under_2s = metrics.expect("stallwatch_tick_overrun_seconds_bucket{le=\"2\"}");
-    assert!(count >= ticks as f64, "overrun histogram count {count}");
+    // The histogram takes a second's overruns at once (a tick touches no shared counter):
+    // it may be up to a second behind the tick count.
+    assert!(
+        count + TICKS_PER_SECOND >= ticks as f64,
+        "overrun histogram count {count}, {ticks} ticks"
+    );
     assert_eq!(
         under_2s, count,
         "some ticks were 2 s late on a merely busy machine:\n{}",

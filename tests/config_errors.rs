@@ -1,6 +1,6 @@
 //! Issue 3: every start-up problem an operator can cause ends the process with exit
-//! code 2 and ONE line on stderr that names the thing and the problem (STYLE.md, house
-//! rule 4) — and touches nothing on the way out. `check-config` agrees with `run`.
+//! code 2 and ONE line on stderr that names the thing and the problem (docs/design.md,
+//! exit codes) — and touches nothing on the way out. `check-config` agrees with `run`.
 
 mod common;
 
@@ -268,4 +268,197 @@ fn bad_severity_names_the_key_and_the_value() {
         "[[rule]]\nrule = \"freeze\"\nseverity = \"page-me\"\n",
         &["rule[0].severity", "page-me"],
     );
+}
+
+// ---- every kind of mistake, in the user's words (issue 16, item 4) ---------------------
+
+/// `text` refused by `check-config` and `run` alike with exit 2 and exactly this one line
+/// on stderr: `stallwatch: config file PATH: SENTENCE`, the key (the sentence's first word)
+/// named once.
+#[track_caller]
+fn assert_config_sentence(text: &str, sentence: &str) {
+    let (dir, path) = config_file(text);
+    let want = format!("stallwatch: config file {}: {sentence}\n", path.display());
+    let checked = run_to_exit(["check-config".as_ref(), path.as_os_str()]);
+    let ran = run(Some(&path), &dir.path().join("data"));
+    for (what, out) in [("check-config", &checked), ("run", &ran)] {
+        assert_eq!(
+            (out.status.code(), out.stderr.as_str()),
+            (Some(2), want.as_str()),
+            "{what} on {text:?}"
+        );
+        assert!(out.stdout.is_empty(), "{what} stdout: {:?}", out.stdout);
+    }
+    let key = sentence
+        .split([' ', ':'])
+        .next()
+        .expect("a sentence starts with its key");
+    assert_eq!(
+        sentence.matches(key).count(),
+        1,
+        "{sentence:?} names {key:?} more than once"
+    );
+}
+
+#[test]
+fn config_errors_say_what_was_expected_in_the_users_terms() {
+    let jsonl = "[[source]]\nname = \"log\"\nkind = \"jsonl\"\nurl = \"/tmp/x.jsonl\"\n";
+    let queue = "[[source]]\nname = \"q\"\nkind = \"queue_table\"\nurl = \"/tmp/q.db\"\n";
+    let long = "y".repeat(500);
+    let cases: Vec<(String, &str)> = vec![
+        // Durations: a number, a boolean, a word, a pasted 500-character value (clipped).
+        ("[freeze]\ntick = 5\n".into(), "freeze.tick must be a duration like \"5s\", not the number 5"),
+        ("[freeze]\ntick = true\n".into(), "freeze.tick must be a duration like \"5s\", not true"),
+        ("[freeze]\nmin = \"fast\"\n".into(), "freeze.min must be a duration like \"5s\", not \"fast\""),
+        (format!("{jsonl}poll = 5\n"), "source[0].poll must be a duration like \"5s\", not the number 5"),
+        ("[alerts]\nheartbeat_interval = [1]\n".into(), "alerts.heartbeat_interval must be a duration like \"5s\", not a list"),
+        (
+            format!("[freeze]\ntick = \"{long}\"\n"),
+            "freeze.tick must be a duration like \"5s\", not \"yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy\"… (500 characters)",
+        ),
+        // Numbers.
+        (format!("{jsonl}cost_cap_usd = \"lots\"\n"), "source[0].cost_cap_usd must be a number, not \"lots\""),
+        ("[alerts]\noutbox_max = -1\n".into(), "alerts.outbox_max must be a whole number, 0 or more, not the number -1"),
+        (format!("{queue}max_attempts = 1.5\n"), "source[0].max_attempts must be a whole number, 0 or more, not the number 1.5"),
+        // Booleans.
+        (format!("{queue}attempts_count_claims = \"yes\"\n"), "source[0].attempts_count_claims must be true or false, not \"yes\""),
+        // Strings and paths.
+        ("listen = 5\n".into(), "listen must be a string, not the number 5"),
+        ("[[source]]\nname = 5\nkind = \"jsonl\"\nurl = \"/tmp/x\"\n".into(), "source[0].name must be a string, not the number 5"),
+        ("data_dir = 5\n".into(), "data_dir must be a path (a string), not the number 5"),
+        // A secret's value is not repeated, only its type.
+        (
+            "[[channel]]\nname = \"t\"\nkind = \"telegram\"\ntoken = 123456789\nchat_id = 1\n".into(),
+            "channel[0].token must be a string, not a number",
+        ),
+        // Names from a fixed set.
+        ("log_format = \"xml\"\n".into(), "log_format must be one of text, json, not \"xml\""),
+        ("log_format = 5\n".into(), "log_format must be one of text, json, not the number 5"),
+        ("[freeze]\nforward_steps = 3\n".into(), "freeze.forward_steps must be one of auto, lost_time, clock_correction, not the number 3"),
+        ("[[rule]]\nrule = \"freeze\"\nseverity = \"page-me\"\n".into(), "rule[0].severity must be one of info, warning, critical, not \"page-me\""),
+        // Kinds, rules.
+        ("[[source]]\nname = \"m\"\nkind = \"rabbitmq\"\n".into(), "source[0].kind: unknown source kind \"rabbitmq\"; expected one of dbos, queue_table, jsonl, sql"),
+        ("[[source]]\nname = \"m\"\nkind = 5\n".into(), "source[0].kind must be one of dbos, queue_table, jsonl, sql, not the number 5"),
+        (
+            "[[channel]]\nname = \"phone\"\nkind = \"sms\"\n".into(),
+            "channel[0].kind: unknown channel kind \"sms\"; expected one of webhook, ntfy, slack, discord, telegram, pushover, pagerduty, alertmanager",
+        ),
+        (
+            "[[rule]]\nrule = \"disk_full\"\n".into(),
+            "rule[0].rule: unknown rule \"disk_full\"; expected one of freeze, wall_clock_step, workflow_stalled, stuck_jobs, queue_age, dead_letters, cost_cap, source_down, recovery_loop, queue_blocked, outbox_backlog, state_db",
+        ),
+        // Lists.
+        ("[freeze]\nreferences = \"rtc\"\n".into(), "freeze.references must be a list, not \"rtc\""),
+        ("[freeze]\nreferences = [5]\n".into(), "freeze.references[0] must be a string, not the number 5"),
+        ("[[rule]]\nrule = \"freeze\"\nchannels = \"phone\"\n".into(), "rule[0].channels must be a list, not \"phone\""),
+        ("source = 5\n".into(), "source must be a list, not the number 5"),
+        // Tables.
+        ("freeze = 5\n".into(), "freeze must be a table, not the number 5"),
+        ("otlp = \"on\"\n".into(), "otlp must be a table, not \"on\""),
+        // Unknown keys.
+        ("[freeze]\ntik = \"250ms\"\n".into(), "freeze.tik is not a known setting; expected one of tick, min, wall_step, reference_interval, references, forward_steps"),
+        (
+            "colour = \"red\"\n".into(),
+            "colour is not a known setting; expected one of listen, data_dir, log_format, freeze, source, alerts, channel, rule, otlp",
+        ),
+    ];
+    for (text, sentence) in &cases {
+        assert_config_sentence(text, sentence);
+    }
+}
+
+/// Every flag that takes a value, given a wrong one (and the usage mistakes around
+/// them): exit 2, exactly this one line on stderr, nothing on stdout.
+#[test]
+fn cli_errors_say_what_was_expected_in_the_users_terms() {
+    let long = "z".repeat(300);
+    let help = "(stallwatch --help lists the commands and options)";
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            vec!["analyze", "--source", "x.db", "--gap-min", "fast"],
+            "--gap-min must be a duration like \"30s\", not \"fast\"".into(),
+        ),
+        (
+            vec!["analyze", "--source", "x.db", "--top", "many"],
+            "--top must be a whole number, 0 or more, not \"many\"".into(),
+        ),
+        (
+            vec!["analyze", "--source", "x.db", "--top", "-3"],
+            "--top must be a whole number, 0 or more, not \"-3\"".into(),
+        ),
+        (
+            vec!["analyze", "--source", "x.db", "--format", "xml"],
+            "--format must be one of text, json, not \"xml\"".into(),
+        ),
+        (vec!["analyze", "--source"], "--source needs a value".into()),
+        (
+            vec!["analyze", "--gap-min", "5m"],
+            format!("--source is required {help}"),
+        ),
+        (
+            vec!["run", "--listen", "nowhere"],
+            "--listen must be an address like \"127.0.0.1:9847\", not \"nowhere\"".into(),
+        ),
+        (
+            vec!["run", "--listen", &long],
+            format!(
+                "--listen must be an address like \"127.0.0.1:9847\", not \"{}\"… (300 characters)",
+                "z".repeat(80)
+            ),
+        ),
+        (vec!["run", "--config"], "--config needs a value".into()),
+        (vec!["run", "--data-dir"], "--data-dir needs a value".into()),
+        (
+            vec!["run", "--stop-grace", "soon", "--", "true"],
+            "--stop-grace must be a duration like \"10s\", not \"soon\"".into(),
+        ),
+        (
+            vec!["run", "--colour"],
+            format!("unexpected argument '--colour' found {help}"),
+        ),
+        (
+            vec!["demo", "--listen", "1.2.3.4"],
+            "--listen must be an address like \"127.0.0.1:9847\", not \"1.2.3.4\"".into(),
+        ),
+        (
+            vec!["doctor", "--format", "yaml"],
+            "--format must be one of text, json, not \"yaml\"".into(),
+        ),
+        (vec!["doctor", "--config"], "--config needs a value".into()),
+        (
+            vec!["report", "--format", "pdf"],
+            "--format must be one of text, json, markdown, html, not \"pdf\"".into(),
+        ),
+        (
+            vec!["report", "--format"],
+            "--format needs a value: one of text, json, markdown, html".into(),
+        ),
+        (vec!["report", "--since"], "--since needs a value".into()),
+        (
+            vec!["verify", "--format", "xml", "--migrated-at", "1d"],
+            "--format must be one of text, json, not \"xml\"".into(),
+        ),
+        (
+            vec!["verify"],
+            format!("--before or --migrated-at is required {help}"),
+        ),
+        (
+            vec!["verify", "--before", "7d..1d"],
+            format!("--after is required {help}"),
+        ),
+        (vec!["check-config"], format!("FILE is required {help}")),
+        (
+            vec!["frobnicate"],
+            format!("unrecognized subcommand 'frobnicate' {help}"),
+        ),
+    ];
+    for (args, sentence) in &cases {
+        let out = run_to_exit(args);
+        assert_eq!(
+            (out.status.code(), out.stderr.as_str()),
+            (Some(2), format!("stallwatch: {sentence}\n").as_str()),
+            "stallwatch {args:?}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?} stdout: {:?}", out.stdout);
+    }
 }

@@ -1508,3 +1508,130 @@ impl Drop for FreezerCgroup {
         );
     }
 }
+
+/// Issue 15 item 2: the machine freezes (here: the app, a queue worker and the sidecar
+/// frozen together in one cgroup, as on a Fly machine) for 20 s while a workflow waits
+/// between steps and a job's 5 s lease runs out. One notification leaves, for the freeze,
+/// and it lists the stuck job and the stalled workflow; neither pages on its own, though
+/// both conditions hold after the thaw.
+#[test]
+fn a_freeze_is_one_notification_that_lists_the_stuck_job_and_the_stalled_workflow() {
+    let hook = common::receiver::Receiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let jobs = dir.path().join("jobs.db");
+    Connection::open(&jobs)
+        .unwrap()
+        .execute_batch(
+            "PRAGMA journal_mode = wal;
+             CREATE TABLE jobs (id INTEGER PRIMARY KEY, queue TEXT NOT NULL, status TEXT NOT NULL, claimed_at REAL);",
+        )
+        .unwrap();
+    let db = dir.path().join("dbos.sqlite");
+    let mut app = App::start_with_env(dbos_python(), &db, Journal::Wal, dir.path(), &[]);
+    // The worker, told to, claims a job and works on it for 26 s without renewing its 5 s
+    // lease: claimed just before the freeze, its lease runs out while frozen.
+    let mut worker = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys, time\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+             sys.stdin.readline()\n\
+             c.execute(\"INSERT INTO jobs (queue, status, claimed_at) VALUES ('mail', 'running', ?)\", (time.time(),))\n\
+             print('CLAIMED', flush=True)\n\
+             time.sleep(26)\n\
+             c.execute(\"UPDATE jobs SET status = 'done'\")\n",
+        )
+        .arg(&jobs)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 for the worker");
+    let mut worker_in = worker.stdin.take().unwrap();
+    let mut worker_out = BufReader::new(worker.stdout.take().unwrap());
+    let mut pids = app.pids_with_descendants();
+    pids.push(worker.id() as i32);
+    let cgroup = FreezerCgroup::create(&pids).unwrap_or_else(|e| {
+        panic!("cannot put the app, the worker and stallwatch in a freezable cgroup: {e}")
+    });
+    // The sidecar starts inside the cgroup, as it would in the app's container: it reads
+    // its cgroup's freezer from the start.
+    let config = format!(
+        "[[source]]\nname = \"{SOURCE}\"\nkind = \"dbos\"\nurl = \"sqlite://{}\"\n\
+         poll = \"{POLL}\"\ngap_min = \"{GAP_MIN}\"\nstall_after = \"5s\"\n\n\
+         [[source]]\nname = \"lab\"\nkind = \"queue_table\"\nurl = \"sqlite://{}\"\npoll = \"500ms\"\n\
+         table = \"jobs\"\nkey_column = \"id\"\nstatus_column = \"status\"\nqueue_column = \"queue\"\n\
+         claimed_column = \"claimed_at\"\nrunning_status = \"running\"\nlease = \"5s\"\n\
+         open_statuses = [\"queued\", \"running\"]\n\n\
+         [alerts]\nfreeze_settle = \"20s\"\ngroup_wait = \"2s\"\n\n\
+         [[rule]]\nrule = \"stuck_jobs\"\nresolve_after = \"0s\"\n\n\
+         [[rule]]\nrule = \"workflow_stalled\"\nresolve_after = \"0s\"\n\n\
+         [[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
+        db.display(),
+        jobs.display(),
+        hook.url("/hook")
+    );
+    let sidecar = Sidecar::start_in(
+        &dir.path().join("data"),
+        &Launch {
+            config: Some(config),
+            env: Vec::new(),
+        },
+        &[cgroup.dir.join("cgroup.procs")],
+    );
+    poll_until("the sources to be up", METRICS_TIMEOUT, || {
+        let m = sidecar.metrics();
+        let up = |s: &str| m.value(&format!("stallwatch_source_up{{source=\"{s}\"}}"));
+        match (up(SOURCE), up("lab")) {
+            (Some(1.0), Some(1.0)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let label = "frozen";
+    app.start_workflow(label, Hold::AfterGenerate);
+    app.expect_phase("generate-done", label);
+    writeln!(worker_in, "claim").unwrap();
+    let mut claimed = String::new();
+    worker_out.read_line(&mut claimed).unwrap();
+    assert_eq!(claimed.trim(), "CLAIMED");
+    cgroup.set_frozen(true).expect("freezing the cgroup");
+    std::thread::sleep(Duration::from_secs(20));
+    cgroup.set_frozen(false).expect("thawing the cgroup");
+    // The workflow stays stalled a while after the thaw, as one that waits on a lost
+    // connection would; then it finishes.
+    std::thread::sleep(Duration::from_secs(4));
+    app.command(&format!("go {label}"));
+    app.expect_phase("done", label);
+
+    let sent = hook.wait_until("the freeze's notification", Duration::from_secs(20), |r| {
+        !r.is_empty()
+    });
+    let first = sent[0].json();
+    // Through the settle time and past it: nothing pages on its own.
+    std::thread::sleep(Duration::from_secs(25));
+    let all = hook.requests();
+    let m = sidecar.metrics();
+    assert_eq!(
+        all.len(),
+        1,
+        "one notification for the freeze:\n{}",
+        common::receiver::show(&all)
+    );
+    assert_eq!(first["data"]["rule"], "freeze", "{first:#}");
+    let text = first["data"]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("Meanwhile")
+            && text.contains("stuck past their lease")
+            && text.contains("stalled"),
+        "the freeze's notification lists what it caused: {text}"
+    );
+    assert!(
+        m.value("stallwatch_notifications_total{channel=\"hook\",outcome=\"explained\"}")
+            .unwrap_or(0.0)
+            >= 2.0,
+        "the stuck job and the stall are counted as explained"
+    );
+    drop(cgroup);
+    let _ = worker.kill();
+    let _ = worker.wait();
+    app.quit();
+}

@@ -48,6 +48,16 @@ const REQUIRED_PANELS: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        // Issue 19: a fleet at once, the evidence behind `verify --prometheus`.
+        "stallwatch-fleet.json",
+        &[
+            "Frozen time per instance",
+            "Instances that froze in the same minute",
+            "Which instances froze together",
+            "Coverage per instance",
+        ],
+    ),
+    (
         "stallwatch-health.json",
         &[
             "Sources up",

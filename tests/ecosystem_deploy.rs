@@ -635,3 +635,126 @@ fn kubernetes_sidecar_has_probes_resources_state_and_a_valid_config() {
     std::fs::write(tmp.path(), toml_text).unwrap();
     stallwatch_check_config(tmp.path());
 }
+
+// ---- references a container actually has (issue 16 item 3) --------------------------------
+
+/// The stallwatch configs the container deployments ship: every `.toml` under `deploy/`
+/// but Fly's own `fly.toml`, every ConfigMap's `*.toml` in `deploy/kubernetes/`, and any
+/// `.toml` beside a Dockerfile under `examples/` (a worked container example).
+fn container_configs() -> Vec<(String, String)> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(&repo_file("deploy"), &mut files);
+    walk(&repo_file("examples"), &mut files);
+    files.sort();
+    let mut configs = Vec::new();
+    for path in files {
+        let rel = path
+            .strip_prefix(repo_file(""))
+            .unwrap()
+            .display()
+            .to_string();
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let in_container_dir =
+            rel.starts_with("deploy/") || path.parent().unwrap().join("Dockerfile").is_file();
+        if name.ends_with(".toml") && name != "fly.toml" && in_container_dir {
+            configs.push((rel, std::fs::read_to_string(&path).unwrap()));
+        } else if rel.starts_with("deploy/kubernetes/") && name.ends_with(".yaml") {
+            for doc in yaml_documents(&path) {
+                if doc["kind"] != "ConfigMap" {
+                    continue;
+                }
+                for (key, value) in doc["data"].as_object().into_iter().flatten() {
+                    if key.ends_with(".toml") {
+                        configs.push((
+                            format!("{rel} ConfigMap {key}"),
+                            value.as_str().unwrap().to_string(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    configs
+}
+
+/// What is wrong with a container config's `freeze.references`: a local clock (`rtc`,
+/// `ptp:`), which a container rarely sees, is down from the first read and fires
+/// StallwatchReferenceClockDown on a healthy start. No key (the machine's own, discovered)
+/// or network references only are fine.
+fn container_reference_problem(toml_text: &str) -> Option<String> {
+    let doc: toml::Value = toml::from_str(toml_text).expect("a TOML config");
+    let refs = doc.get("freeze")?.get("references")?.as_array()?;
+    let local: Vec<&str> = refs
+        .iter()
+        .filter_map(|r| r.as_str())
+        .filter(|r| *r == "rtc" || r.starts_with("ptp:"))
+        .collect();
+    (!local.is_empty()).then(|| {
+        format!("references {local:?} name a local clock a container may not have; leave the key out (discovery) or use sntp:/http_date:")
+    })
+}
+
+#[test]
+fn container_configs_use_only_references_the_container_has() {
+    // The check itself fails on what compose shipped before.
+    assert!(container_reference_problem("[freeze]\nreferences = [\"rtc\"]\n").is_some());
+    assert!(container_reference_problem("[freeze]\nreferences = [\"ptp:/dev/ptp0\"]\n").is_some());
+    assert!(container_reference_problem("[freeze]\nmin = \"2s\"\n").is_none());
+    assert!(container_reference_problem("[freeze]\nreferences = [\"sntp:a:123\"]\n").is_none());
+
+    let configs = container_configs();
+    let names: Vec<&str> = configs.iter().map(|(n, _)| n.as_str()).collect();
+    for must in [
+        "deploy/stallwatch.toml",
+        "deploy/kubernetes/sidecar.yaml ConfigMap stallwatch.toml",
+    ] {
+        assert!(names.contains(&must), "{must} not found among {names:?}");
+    }
+    for (name, text) in &configs {
+        if let Some(problem) = container_reference_problem(text) {
+            panic!("{name}: {problem}");
+        }
+    }
+
+    // A healthy start with each config's [freeze] table (its sources need the app's
+    // volume): no reference is down, so StallwatchReferenceClockDown
+    // (`stallwatch_reference_up == 0`) has nothing to fire on, and no built-in alert fires.
+    for (name, text) in &configs {
+        let doc: toml::Value = toml::from_str(text).unwrap();
+        let mut only = toml::value::Table::new();
+        if let Some(freeze) = doc.get("freeze") {
+            only.insert("freeze".into(), freeze.clone());
+        }
+        let data = tempfile::tempdir().unwrap();
+        let sidecar = Sidecar::start_with(
+            data.path(),
+            &Launch {
+                config: Some(toml::to_string(&toml::Value::Table(only)).unwrap()),
+                ..Launch::default()
+            },
+        );
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let metrics = sidecar.get("/metrics").body;
+        let down: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("stallwatch_reference_up{") && l.ends_with(" 0"))
+            .collect();
+        assert!(down.is_empty(), "{name}: {down:?}\n{}", sidecar.log());
+        let alerts: Value = sidecar.get("/api/v1/alerts").json();
+        assert_eq!(
+            alerts["firing"].as_array().map(Vec::len),
+            Some(0),
+            "{name}: {alerts:#}"
+        );
+    }
+}

@@ -90,7 +90,7 @@ fn promtool_finds_nothing_to_say_about_real_metrics() {
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
     let text = response.body;
-    // The families the scrape must carry (DESIGN.md, metric names).
+    // The families the scrape must carry (docs/design.md, metric names).
     for family in [
         "stallwatch_freezes_total",
         "stallwatch_frozen_seconds_total",
@@ -204,7 +204,7 @@ fn status_health_and_readiness() {
     assert_eq!(s["boot_id"], boot_id.trim(), "{s}");
     assert_eq!(s["pid"], sidecar.pid(), "{s}");
     assert_eq!(s["data_dir"], data.display().to_string(), "{s}");
-    assert_eq!(s["tick_seconds"], 0.25, "{s}");
+    assert_eq!(s["tick_seconds"], 0.05, "{s}");
     assert_eq!(s["freeze_min_seconds"], 2.0, "{s}");
     assert!(s["ticks"].as_u64().is_some_and(|t| t >= 2), "{s}");
     let started_ns = s["started_at_unix_ns"]

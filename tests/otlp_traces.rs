@@ -378,22 +378,22 @@ fn a_bad_otlp_table_is_one_sentence_and_exit_2() {
     let cases = [
         (
             "[otlp]\nendpoint = \"ftp://collector.example:4318\"\n",
-            vec!["`otlp.endpoint`", "http:// or https://"],
+            vec!["otlp.endpoint ", "http:// or https://"],
             None,
         ),
         (
             "[otlp]\nendpoint = \"collector.example:4318\"\n",
-            vec!["`otlp.endpoint`", "http:// or https://"],
+            vec!["otlp.endpoint ", "http:// or https://"],
             None,
         ),
         (
             "[otlp]\nendpoint = \"http://127.0.0.1:4318\"\nheaders = { authorization = \"Bearer s3cret-value\\n\" }\n",
-            vec!["`otlp.headers.authorization`", "not a valid HTTP header value"],
+            vec!["otlp.headers.authorization ", "not a valid HTTP header value"],
             Some("s3cret-value"),
         ),
         (
             "[otlp]\nendpoint = \"http://127.0.0.1:4318\"\nsample_rate = 1\n",
-            vec!["`otlp.sample_rate`", "is not a known setting"],
+            vec!["otlp.sample_rate ", "is not a known setting"],
             None,
         ),
     ];

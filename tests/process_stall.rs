@@ -1,6 +1,6 @@
 //! Issue 3: a process that is stopped while MONOTONIC keeps running is one
 //! `process_stall` freeze of the time it was stopped — whether it was stopped by SIGSTOP
-//! or by its cgroup's freezer (DESIGN.md, clock table, first row).
+//! or by its cgroup's freezer (docs/design.md, clock table, first row).
 //!
 //! The stop is timed on this test's own `Instant`; the sidecar must report that
 //! duration within ±0.2 s, as exactly one event, and count it in `/metrics`.

@@ -191,7 +191,7 @@ fn dead_letters_gauge_follows_requeued_dead_letters() {
     );
 }
 
-/// The app's clock is not synchronised (DESIGN.md): a dead letter written after the
+/// The app's clock is not synchronised (docs/design.md): a dead letter written after the
 /// clock stepped back has a `died` below the newest one seen. It is still a dead letter.
 #[test]
 

@@ -1,5 +1,5 @@
 //! Issue 3: network reference clocks. A reference that keeps running while this machine
-//! does not is the only evidence of a full VM pause (DESIGN.md, clock table, second
+//! does not is the only evidence of a full VM pause (docs/design.md, clock table, second
 //! row). Here the reference servers run in the test and their clock jumps forward by
 //! 10 s — exactly what the sidecar would see after a 10 s pause — while the sidecar's
 //! own clocks run normally: one `vm_pause` of ~10 s, seen by that reference.

@@ -559,7 +559,7 @@ fn not_a_dbos_database_is_one_sentence_and_exit_2() {
     let out = run_to_exit(["analyze", "--source", &pg.url()]);
     assert_one_sentence_exit_2(&out, "is not a DBOS system database");
 
-    // clap's own usage errors are exit 2 too.
+    // Usage errors are exit 2 too, in the same words as config errors.
     let out = run_to_exit([
         "analyze",
         "--source",
@@ -569,7 +569,7 @@ fn not_a_dbos_database_is_one_sentence_and_exit_2() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(
-        out.stderr.contains("possible values: text, json"),
+        out.stderr == "stallwatch: --format must be one of text, json, not \"html\"\n",
         "{out:?}"
     );
     let out = run_to_exit([
@@ -765,4 +765,121 @@ fn real_dbos_app_stopped_between_steps_is_one_gap() {
     }
     // The real rows: 3 workflows × (parse, recv, its placeholder, generate, send).
     assert_eq!(analyze(&source, "0s")["rows"], 15);
+}
+
+// ---- issue 19 item 4: a WAL database analyze only reads ---------------------------
+
+fn beside(db: &Path, suffix: &str) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// `stallwatch ARGS` as an operator who cannot write the directory: as root (who may write
+/// anywhere) through `setpriv` as nobody.
+fn run_as_operator(args: &[&str]) -> std::process::Output {
+    // SAFETY: geteuid has no preconditions.
+    let mut cmd = if unsafe { libc::geteuid() } == 0 {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(common::bin());
+        c
+    } else {
+        Command::new(common::bin())
+    };
+    cmd.args(args).output().unwrap()
+}
+
+#[test]
+fn analyze_leaves_no_wal_or_shm_beside_a_wal_database() {
+    // Issue 19 item 4: a read-only connection to a WAL database creates -wal and -shm and,
+    // unable to checkpoint, left them beside the app's file.
+    let dir = TempDir::new().unwrap();
+    let (ops, workflows) = incident_history();
+    let db = sqlite_db(dir.path(), &ops, &workflows);
+    for suffix in ["-wal", "-shm"] {
+        assert!(!beside(&db, suffix).exists(), "{suffix} before analyze");
+    }
+    let v = analyze(db.to_str().unwrap(), "60s");
+    assert_incident_analysis(&v, ops.len());
+    for suffix in ["-wal", "-shm"] {
+        assert!(
+            !beside(&db, suffix).exists(),
+            "analyze left {suffix} behind"
+        );
+    }
+    let opened = v["opened"].as_str().unwrap_or_default();
+    assert!(opened.starts_with("opened immutable"), "{v:#}");
+    let text = run_to_exit(["analyze", "--source", db.to_str().unwrap()]);
+    assert!(
+        text.stdout
+            .lines()
+            .nth(1)
+            .unwrap_or("")
+            .contains("opened immutable"),
+        "{}",
+        text.stdout
+    );
+}
+
+/// Makes `dir` and the files in it read-only (0555 and 0444), runs `analyze --format
+/// json` on `db` as an operator without rights, and restores the directory's mode.
+fn analyze_read_only(dir: &Path, db: &Path) -> Value {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let out = run_as_operator(&[
+        "analyze",
+        "--source",
+        db.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn analyze_reads_a_wal_database_in_a_read_only_directory() {
+    // Issue 19 item 4: on a read-only mount (here: a 0555 directory and 0444 files, read
+    // as a user without rights) a WAL database whose -shm cannot be created failed with
+    // "unable to open database file"; it is opened immutable and says its -wal is not read.
+    let dir = TempDir::new().unwrap();
+    let (ops, workflows) = incident_history();
+    let db = sqlite_db(dir.path(), &ops, &workflows);
+    // The app still has it open, one more workflow in its -wal.
+    let app = Connection::open(&db).unwrap();
+    app.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+    app.execute(
+        "INSERT INTO operation_outputs (workflow_uuid, function_id, function_name,
+             started_at_epoch_ms, completed_at_epoch_ms) VALUES ('in-wal', 1, 'a', ?1, ?1)",
+        params![PARSE_DONE_MS],
+    )
+    .unwrap();
+    let wal_bytes = std::fs::metadata(beside(&db, "-wal")).unwrap().len();
+    assert!(wal_bytes > 0);
+    // A copy with its -wal but no -shm (a snapshot, a backup, a volume mounted read-only).
+    let copy = TempDir::new().unwrap();
+    let copied = copy.path().join("dbos.sqlite");
+    std::fs::copy(&db, &copied).unwrap();
+    std::fs::copy(beside(&db, "-wal"), beside(&copied, "-wal")).unwrap();
+    let v = analyze_read_only(copy.path(), &copied);
+    assert_incident_analysis(&v, ops.len());
+    let opened = v["opened"].as_str().unwrap_or_default();
+    assert!(
+        opened.contains("read-only directory or mount")
+            && opened.contains(&format!("-wal ({wal_bytes} bytes) is NOT read")),
+        "{v:#}"
+    );
+    assert!(!beside(&copied, "-shm").exists());
+    // The app's own directory, read-only with the app running: SQLite reads the -shm
+    // the app keeps, the -wal's row included, and nothing is said.
+    let v = analyze_read_only(dir.path(), &db);
+    assert_eq!(v["rows"], ops.len() + 1, "{v:#}");
+    assert_eq!(v["opened"], Value::Null, "{v:#}");
+    drop(app);
 }

@@ -12,7 +12,7 @@
 //! - `coverage_ends_at_the_last_heartbeat`: the sidecar stopped (clean heartbeat) 5 days
 //!   into the quiet 10-day after window: only 5 days are covered → NOT ENOUGH DATA.
 //! - `migrated_at_compares_everything_before_with_since`: `--migrated-at T`; the before
-//!   window starts at the first freeze, which is not counted.
+//!   window starts with the first watch session, and every freeze in it counts.
 //! - `report_of_a_window_counts_kinds_and_causes_and_draws_a_self_contained_timeline`:
 //!   text, JSON, Markdown and HTML (inline CSS and SVG, nothing external) of one window;
 //!   the state DB file is not modified.
@@ -132,6 +132,13 @@ impl State {
             .unwrap();
     }
 
+    /// A run of the sidecar from `from_ns` to its last heartbeat at `to_ns`, as the
+    /// sidecar records one: a session begun at its start, followed by its heartbeat.
+    fn watched(&self, from_ns: i64, to_ns: i64, clean: bool) {
+        self.db().begin_session(from_ns, None).unwrap();
+        self.heartbeat(to_ns, clean);
+    }
+
     /// Closes the writer (as a stopped sidecar would) and returns the data dir.
     fn close(&mut self) -> &Path {
         self.db = None;
@@ -235,7 +242,7 @@ fn verify_verdicts_and_exit_codes_where_expected() {
     for i in 0..3 {
         quiet.freeze(FreezeKind::WallClockStep, a0 + DAY + i * DAY, 30);
     }
-    quiet.heartbeat(now, false);
+    quiet.watched(b0 - 30 * DAY, now, false);
     let before = window(b0, a0);
 
     let (code, v) = verify(
@@ -337,7 +344,7 @@ fn verify_verdicts_and_exit_codes_where_expected() {
     for i in 0..3 {
         freezing.freeze(FreezeKind::VmPause, a0 + 2 * DAY + 3 * i * DAY, 45);
     }
-    freezing.heartbeat(now, false);
+    freezing.watched(b0, now, false);
     let (code, v) = verify(
         freezing.path(),
         &["--before", &before, "--after", &window(a0, a0 + 10 * DAY)],
@@ -361,7 +368,7 @@ fn verify_verdicts_and_exit_codes_where_expected() {
     }
     fewer.freeze(FreezeKind::Restart, a0 + DAY, 5);
     fewer.freeze(FreezeKind::VmPause, a0 + 7 * DAY, 5);
-    fewer.heartbeat(now, false);
+    fewer.watched(b0, now, false);
     let (code, v) = verify(
         fewer.path(),
         &["--before", &before, "--after", &window(a0, a0 + 10 * DAY)],
@@ -405,7 +412,7 @@ fn coverage_ends_at_the_last_heartbeat() {
     let mut s = State::new();
     ten_freezes_in_thirty_days(&s, b0);
     // Stopped on purpose 5 days after the change, and not started again.
-    s.heartbeat(a0 + 5 * DAY, true);
+    s.watched(b0, a0 + 5 * DAY, true);
     let dir = s.close().to_path_buf();
     let (code, v) = verify(
         &dir,
@@ -431,13 +438,21 @@ fn coverage_ends_at_the_last_heartbeat() {
         f(&v["after"]["covered_seconds"]),
         5.0 * 86_400.0,
     );
-    assert_eq!(v["coverage"]["until"], at(a0 + 5 * DAY));
+    let listed = &v["coverage"]["sessions"]["listed"][0];
+    assert_eq!(
+        (listed["last_heartbeat"].as_str(), listed["ended"].as_str()),
+        (
+            Some(at(a0 + 5 * DAY).replace('Z', ".000Z").as_str()),
+            Some("stopped")
+        ),
+        "{v:#}"
+    );
     assert_close("p", f(&v["p_value"]), (-5.0f64 / 3.0).exp());
     assert!(
         v["coverage"]["note"]
             .as_str()
             .unwrap()
-            .contains("a clean stop"),
+            .contains("all runs: 1 run (1 stopped)"),
         "{v:#}"
     );
 }
@@ -447,12 +462,15 @@ fn migrated_at_compares_everything_before_with_since() {
     let (now, today) = base();
     let t = today - 10 * DAY;
     let s = State::new();
-    // The first freeze marks where watching (as far as the DB shows) began: 30 days
-    // before the change. Ten more follow.
+    // Watching began 30 days before the change; every freeze after that counts, the first
+    // one too.
+    s.db().begin_session(t - 30 * DAY, None).unwrap();
     s.freeze(FreezeKind::Reboot, t - 30 * DAY, 300);
     for i in 0..10 {
         s.freeze(FreezeKind::VmPause, t - 29 * DAY + 2 * i * DAY, 60);
     }
+    // Older history read back from the app is not watched time.
+    s.freeze(FreezeKind::VmPause, t - 40 * DAY, 60);
     s.heartbeat(now, false);
     let (code, v) = verify(s.path(), &["--migrated-at", &at(t)]);
     assert_eq!((code, v["verdict"].as_str()), (0, Some("FIXED")), "{v:#}");
@@ -460,7 +478,7 @@ fn migrated_at_compares_everything_before_with_since() {
     assert_eq!(b["window"]["start"], at(t - 30 * DAY));
     assert_eq!(
         (b["freezes"].as_u64(), b["freezes_counted"].as_u64()),
-        (Some(11), Some(10))
+        (Some(11), Some(11))
     );
     assert_close("before covered", f(&b["covered_seconds"]), 30.0 * 86_400.0);
     // After: T to the last heartbeat (the binary's now is a little later).
@@ -469,11 +487,12 @@ fn migrated_at_compares_everything_before_with_since() {
     assert_close(
         "p",
         f(&v["p_value"]),
-        (-10.0 * after / (30.0 * 86_400.0)).exp(),
+        (-11.0 * after / (30.0 * 86_400.0)).exp(),
     );
     let text = run(s.path(), &["verify", "--migrated-at", &at(t)]);
     assert!(
-        text.stdout.contains("not counted in the rate"),
+        text.stdout
+            .contains("starts with the sidecar's first watch session"),
         "{}",
         text.stdout
     );
@@ -518,7 +537,7 @@ fn report_of_a_window_counts_kinds_and_causes_and_draws_a_self_contained_timelin
         w0 + 14 * 3_600 * S,
         700,
     );
-    s.heartbeat(today, true);
+    s.watched(w0 - 2 * DAY, today, true);
     let dir = s.close().to_path_buf();
     let db_file = dir.join(STATE_DB_FILE);
     let bytes = std::fs::read(&db_file).unwrap();
@@ -846,7 +865,7 @@ fn bad_windows_are_one_sentence_and_exit_2() {
     let out = run(dir, &["verify", "--migrated-at", "1d", "--format", "html"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(
-        out.stderr.contains("possible values: text, json"),
+        out.stderr == "stallwatch: --format must be one of text, json, not \"html\"\n",
         "{out:?}"
     );
     // Usage errors (clap): exit 2 too, and no verdict.
@@ -895,7 +914,7 @@ fn report_over_a_year_of_history_is_quick() {
             2 + i % 90,
         );
     }
-    s.heartbeat(now, false);
+    s.watched(now - year, now, false);
     for format in ["html", "json"] {
         let started = Instant::now();
         let out = run(s.path(), &["report", "--since", "366d", "--format", format]);

@@ -49,7 +49,7 @@ const STARVE: Duration = Duration::from_secs(4);
 const QUOTA: Duration = Duration::from_millis(1);
 const PERIOD: Duration = Duration::from_secs(1);
 /// A CFS period is at most 1 s, so overruns under a quota stay below it: the stall
-/// threshold is lowered to 600 ms (at least two 250 ms ticks, as the config requires).
+/// threshold is lowered to 600 ms (at least two ticks, as the config requires).
 /// The app is a JSONL log whose gaps over 2 s are step gaps.
 const STARVATION_CONFIG: &str = "[freeze]\nmin = \"600ms\"\n\n\
     [[source]]\nname = \"app\"\nkind = \"jsonl\"\nurl = \"{log}\"\npoll = \"300ms\"\ngap_min = \"2s\"\n";

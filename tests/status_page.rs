@@ -99,7 +99,7 @@ fn status_page_is_one_self_contained_document_with_a_strict_policy() {
     );
     assert!(page.len() < 40 * 1024, "the page is {} bytes", page.len());
     // No CDN, font, image or any other host: not a single absolute URL, protocol-relative
-    // reference or external src/href.
+    // reference or external src or href.
     for needle in [
         "http://",
         "https://",

@@ -1,5 +1,5 @@
 //! Issue 3: a step of the wall clock while the machine runs (an NTP step, `date -s`) is a
-//! `wall_clock_step` of that signed size — not a suspend (DESIGN.md, clock table, last row).
+//! `wall_clock_step` of that signed size — not a suspend (docs/design.md, clock table, last row).
 //! Issue 13: a *forward* step that nothing explains is time this machine did not run (what
 //! a Firecracker snapshot restore leaves once the clock is set right): a `vm_pause` seen by
 //! `wall_step`, counted and alerted as a freeze. A backward step, and a forward step that
@@ -177,7 +177,7 @@ fn a_lost_time_step_is_alerted_by_the_freeze_rule() {
     let rx = Receiver::start();
     let clock = FakeClock::new(dir.path());
     let config = format!(
-        "[[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n\n\
+        "[alerts]\ngroup_wait = \"0s\"\n\n[[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n\n\
          [[rule]]\nrule = \"freeze\"\nthreshold = \"5s\"\n",
         rx.url("/hook")
     );
@@ -249,8 +249,8 @@ fn the_tick_loop_sleeps_under_libfaketime() {
     let rate = (ticks1 - ticks0) as f64 / elapsed;
     let cpu_share = (cpu1 - cpu0) / elapsed;
     assert!(
-        rate <= 8.0 && cpu_share < 0.5,
-        "the tick loop does not sleep: {rate:.0} ticks/s (configured 4/s), {:.0} % of a core",
+        rate <= 40.0 && cpu_share < 0.5,
+        "the tick loop does not sleep: {rate:.0} ticks/s (configured 20/s), {:.0} % of a core",
         cpu_share * 100.0
     );
 }

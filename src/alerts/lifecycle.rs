@@ -37,6 +37,9 @@ pub struct Alert {
     /// Set once resolved.
     pub ended_at_ns: Option<i64>,
     pub last_notified_ns: i64,
+    /// How many events it stands for (new dead letters); not stored.
+    #[serde(skip)]
+    pub count: u64,
 }
 
 fn rule_name<S: serde::Serializer>(r: &RuleKind, s: S) -> Result<S::Ok, S::Error> {
@@ -114,6 +117,30 @@ impl Lifecycle {
         v
     }
 
+    /// When [`Lifecycle::step`] may next change something with the conditions unchanged
+    /// (unix ns): a pending alert's `for` ends, a firing one's repeat is due, a clearing one
+    /// resolves, or a restored one may start clearing. One-shots need no time.
+    pub fn next_due(&self, config: &AlertsConfig) -> Option<i64> {
+        self.alerts
+            .values()
+            .map(|t| {
+                let rule = config.rule(t.alert.rule);
+                let at = match t.phase {
+                    Phase::Pending { since_ns } => since_ns + rule.hold.as_nanos() as i64,
+                    Phase::Firing => {
+                        t.alert.last_notified_ns + rule.repeat_interval.as_nanos() as i64
+                    }
+                    Phase::Clearing { since_ns } => since_ns + rule.resolve_after.as_nanos() as i64,
+                };
+                if t.keep_until_ns > 0 {
+                    at.min(t.keep_until_ns)
+                } else {
+                    at
+                }
+            })
+            .min()
+    }
+
     /// Applies one evaluation's conditions.
     pub fn step(
         &mut self,
@@ -140,6 +167,7 @@ impl Lifecycle {
                 },
                 ended_at_ns: None,
                 last_notified_ns: now_ns,
+                count: c.count,
             };
             if c.rule.one_shot() {
                 if let std::collections::hash_map::Entry::Vacant(slot) =
@@ -265,6 +293,7 @@ mod tests {
             rule: RuleKind::SourceDown,
             labels: [("source".to_string(), source.to_string())].into(),
             instance: None,
+            count: 1,
             title: format!("{source} down"),
             text: String::new(),
             started_at_ns: 0,
@@ -273,6 +302,65 @@ mod tests {
 
     fn kinds(t: &[Transition]) -> Vec<NotificationKind> {
         t.iter().map(|t| t.kind).collect()
+    }
+
+    /// The alert engine steps the lifecycle only when the conditions change or at
+    /// [`Lifecycle::next_due`]; that must send exactly what stepping every second sends,
+    /// at the same times.
+    #[test]
+    fn stepping_at_changes_and_due_times_sends_what_stepping_every_second_sends() {
+        let c = config(|r| {
+            r.hold = Duration::from_secs(7);
+            r.repeat_interval = Duration::from_secs(40);
+            r.resolve_after = Duration::from_secs(15);
+        });
+        // Which sources are down, from each time on (seconds): flaps, holds, clears.
+        let script: &[(i64, &[&str])] = &[
+            (0, &[]),
+            (3, &["a"]),
+            (5, &["a", "b"]),
+            (8, &["b"]),
+            (30, &["a", "b"]),
+            (31, &["a"]),
+            (52, &[]),
+            (60, &["a"]),
+            (61, &[]),
+            (200, &["b"]),
+            (265, &[]),
+        ];
+        let holding = |t: i64| {
+            let (_, down_now) = script.iter().rev().find(|(at, _)| *at <= t).unwrap();
+            down_now.iter().map(|s| down(s)).collect::<Vec<_>>()
+        };
+        let sent = |l: &mut Lifecycle, t: i64, out: &mut Vec<(i64, NotificationKind, String)>| {
+            for tr in l.step(&c, holding(t / S), t) {
+                out.push((t, tr.kind, tr.alert.fingerprint));
+            }
+        };
+        let mut every_second = Vec::new();
+        let mut l = Lifecycle::default();
+        for t in 0..400 {
+            sent(&mut l, t * S, &mut every_second);
+        }
+        let mut on_wake = Vec::new();
+        let mut l = Lifecycle::default();
+        let mut t = 0;
+        let mut steps = 0;
+        while t < 400 * S {
+            sent(&mut l, t, &mut on_wake);
+            steps += 1;
+            let change = script.iter().map(|(at, _)| at * S).find(|at| *at > t);
+            t = [change, l.next_due(&c)]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(400 * S)
+                .max(t + 1);
+        }
+        assert_eq!(on_wake, every_second);
+        assert!(every_second.len() >= 6, "{every_second:?}");
+        assert!(steps < 40, "{steps} steps for 400 s");
+        assert_eq!(l.next_due(&c), None, "nothing tracked, nothing due");
     }
 
     #[test]
@@ -325,6 +413,7 @@ mod tests {
             ]
             .into(),
             instance: None,
+            count: 1,
             title: String::new(),
             text: String::new(),
             started_at_ns: 0,

@@ -10,10 +10,13 @@
 
 pub mod backoff;
 pub mod channels;
+pub mod db_watch;
 pub mod engine;
+pub mod group;
 pub mod lifecycle;
 pub mod outbox;
 pub mod rules;
+pub mod silence;
 
 use std::collections::BTreeMap;
 
@@ -94,4 +97,14 @@ pub struct Message {
     pub runbook_url: String,
     /// The machine the sidecar watches (its hostname).
     pub host: String,
+    /// How many events it stands for: a dead-letter notification can be several.
+    #[serde(default = "one")]
+    pub count: u64,
+    /// Set on a row that carries a group of notifications (`group.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<group::Group>,
+}
+
+fn one() -> u64 {
+    1
 }

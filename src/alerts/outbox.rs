@@ -33,6 +33,56 @@ const MAX_ERROR_CHARS: usize = 500;
 pub struct NewNotification {
     pub channel: String,
     pub message: Message,
+    /// The group it travels in; `None`: a row of its own, due at once.
+    pub group: Option<GroupTarget>,
+}
+
+/// Where a grouped notification goes.
+#[derive(Debug, Clone)]
+pub struct GroupTarget {
+    pub key: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub wait_ns: i64,
+    pub interval_ns: i64,
+    /// A freeze's consequence: joins the freeze's open row if there is one (said as
+    /// "meanwhile"), and is never a row of its own.
+    pub consequence: bool,
+}
+
+impl GroupTarget {
+    /// A freeze's consequence joining the freeze's group `key`.
+    pub fn consequence(key: &str) -> GroupTarget {
+        GroupTarget {
+            key: key.to_string(),
+            labels: Default::default(),
+            wait_ns: 0,
+            interval_ns: 0,
+            consequence: true,
+        }
+    }
+}
+
+/// What recording did besides storing: rows dropped to stay bounded, notifications that
+/// joined a group row already waiting, per channel.
+#[derive(Debug, Default)]
+pub struct Recorded {
+    pub dropped: Vec<(String, u64)>,
+    pub grouped: Vec<(String, u64)>,
+}
+
+fn add(counts: &mut Vec<(String, u64)>, channel: &str, n: u64) {
+    match counts.iter_mut().find(|(c, _)| c == channel) {
+        Some((_, total)) => *total += n,
+        None => counts.push((channel.to_string(), n)),
+    }
+}
+
+/// Which silence held back an alert's notification, and what the alert is owed.
+#[derive(Debug, Clone)]
+pub struct HeldUpdate {
+    pub fingerprint: String,
+    pub silence_id: Option<i64>,
+    pub owed: Option<NotificationKind>,
 }
 
 /// The next notification to send on a channel, and how many unreadable rows were given up
@@ -161,6 +211,7 @@ impl Outbox {
                 started_at_ns: started,
                 ended_at_ns: None,
                 last_notified_ns: notified,
+                count: 1,
             });
         }
         let mut stmt = self
@@ -178,7 +229,19 @@ impl Outbox {
         &mut self,
         transitions: &[(Transition, Vec<NewNotification>)],
         now_ns: i64,
-    ) -> rusqlite::Result<Vec<(String, u64)>> {
+    ) -> rusqlite::Result<Recorded> {
+        self.record_with(transitions, &[], now_ns)
+    }
+
+    /// [`Outbox::record`], and in the same transaction which silence held back each
+    /// alert's notification and what it is owed (`None`: nothing held).
+    pub fn record_with(
+        &mut self,
+        transitions: &[(Transition, Vec<NewNotification>)],
+        held: &[HeldUpdate],
+        now_ns: i64,
+    ) -> rusqlite::Result<Recorded> {
+        let mut recorded = Recorded::default();
         let tx = self.conn.transaction()?;
         for (t, notes) in transitions {
             let a = &t.alert;
@@ -212,6 +275,18 @@ impl Outbox {
                 ],
             )?;
             for n in notes {
+                if let Some(g) = &n.group {
+                    if Self::join_group(&tx, n, g)? {
+                        if !g.consequence {
+                            add(&mut recorded.grouped, &n.channel, 1);
+                        }
+                        continue;
+                    }
+                    if !g.consequence {
+                        Self::start_group(&tx, n, g, now_ns)?;
+                    }
+                    continue;
+                }
                 tx.execute(
                     "INSERT OR IGNORE INTO notification
                         (key, fingerprint, channel, kind, severity, message, state,
@@ -229,9 +304,254 @@ impl Outbox {
                 )?;
             }
         }
-        let dropped = Self::enforce_bound(&tx, self.max_pending, now_ns)?;
+        for h in held {
+            tx.execute(
+                "UPDATE alert SET silence_id = ?2, held = ?3 WHERE fingerprint = ?1",
+                params![h.fingerprint, h.silence_id, h.owed.map(|k| k.as_str())],
+            )?;
+        }
+        recorded.dropped = Self::enforce_bound(&tx, self.max_pending, now_ns)?;
         tx.commit()?;
-        Ok(dropped)
+        Ok(recorded)
+    }
+
+    /// Adds `n` to its group's open row (pending, not yet sealed by a send); returns
+    /// whether there was one.
+    fn join_group(
+        tx: &rusqlite::Transaction,
+        n: &NewNotification,
+        g: &GroupTarget,
+    ) -> rusqlite::Result<bool> {
+        let open: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT id, message FROM notification
+                 WHERE state = 'pending' AND channel = ?1 AND fingerprint = ?2 AND sealed = 0
+                 ORDER BY id DESC LIMIT 1",
+                params![n.channel, g.key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((id, text)) = open else {
+            return Ok(false);
+        };
+        let Ok(mut row) = serde_json::from_str::<Message>(&text) else {
+            return Ok(false); // unreadable: next_due gives it up; this one starts anew
+        };
+        super::group::join(&mut row, &n.message, g.consequence);
+        tx.execute(
+            "UPDATE notification SET message = ?2, kind = ?3, severity = ?4 WHERE id = ?1",
+            params![
+                id,
+                serde_json::to_string(&row).expect("messages serialise"),
+                row.kind.as_str(),
+                severity_rank(row.severity),
+            ],
+        )?;
+        Ok(true)
+    }
+
+    /// A new row for `n`'s group, due after `group_wait`, and no sooner than
+    /// `group_interval` after the group's previous row was due.
+    fn start_group(
+        tx: &rusqlite::Transaction,
+        n: &NewNotification,
+        g: &GroupTarget,
+        now_ns: i64,
+    ) -> rusqlite::Result<()> {
+        let last: Option<i64> = tx.query_row(
+            "SELECT max(release_at_ns) FROM notification
+             WHERE channel = ?1 AND fingerprint = ?2 AND release_at_ns IS NOT NULL",
+            params![n.channel, g.key],
+            |r| r.get(0),
+        )?;
+        let release = (now_ns + g.wait_ns).max(last.map_or(i64::MIN, |l| l + g.interval_ns));
+        let row = super::group::start(n.message.clone(), g.key.clone(), g.labels.clone());
+        tx.execute(
+            "INSERT OR IGNORE INTO notification
+                (key, fingerprint, channel, kind, severity, message, state,
+                 next_attempt_at_ns, created_at_ns, release_at_ns)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?8, ?7)",
+            params![
+                row.key,
+                g.key,
+                n.channel,
+                row.kind.as_str(),
+                severity_rank(row.severity),
+                serde_json::to_string(&row).expect("messages serialise"),
+                release,
+                now_ns,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Takes back the unsent notifications of alert `fingerprint`: its own pending rows and
+    /// the group rows it is the only member of, never a sealed one (a send may be under
+    /// way). They are kept as `explained`; returns (channel, the alert's own message) for
+    /// each.
+    pub fn retract(
+        &mut self,
+        fingerprint: &str,
+        now_ns: i64,
+    ) -> rusqlite::Result<Vec<(String, Message)>> {
+        let tx = self.conn.transaction()?;
+        let rows: Vec<(i64, String, String)> = {
+            let mut stmt = tx.prepare(
+                "SELECT id, channel, message FROM notification
+                 WHERE state = 'pending' AND sealed = 0 AND attempts = 0",
+            )?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut taken = Vec::new();
+        for (id, channel, text) in rows {
+            let Ok(m) = serde_json::from_str::<Message>(&text) else {
+                continue;
+            };
+            let own = match &m.group {
+                None if m.fingerprint == fingerprint => Some(m.clone()),
+                Some(g)
+                    if g.members == 1
+                        && g.consequences == 0
+                        && g.first.fingerprint == fingerprint =>
+                {
+                    Some((*g.first).clone())
+                }
+                _ => None,
+            };
+            let Some(own) = own else { continue };
+            tx.execute(
+                "UPDATE notification SET state = 'explained', sealed = 1, done_at_ns = ?2,
+                    last_error = 'caused by a freeze announced just after it; folded into it'
+                 WHERE id = ?1",
+                params![id, now_ns],
+            )?;
+            taken.push((channel, own));
+        }
+        tx.commit()?;
+        Ok(taken)
+    }
+
+    /// Seals a group row for its first send: from now on it carries exactly what this
+    /// send carries, under this idempotency key; new members start the next row.
+    pub fn seal(&self, id: i64) -> rusqlite::Result<()> {
+        self.conn.execute(
+            "UPDATE notification SET sealed = 1 WHERE id = ?1 AND sealed = 0",
+            [id],
+        )?;
+        Ok(())
+    }
+
+    /// Sends of `channel` delivered since `since_ns`, oldest first (their delivery times).
+    pub fn sent_since(&self, channel: &str, since_ns: i64) -> rusqlite::Result<Vec<i64>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT done_at_ns FROM notification
+             WHERE state = 'sent' AND channel = ?1 AND done_at_ns >= ?2 ORDER BY done_at_ns",
+        )?;
+        let rows = stmt.query_map(params![channel, since_ns], |r| r.get(0))?;
+        rows.collect()
+    }
+
+    /// Folds every notification of `channel` due at `now_ns` into one digest row, due at
+    /// once, in one transaction: the folded rows are kept (state `folded`, naming the
+    /// digest), nothing is lost. Returns how many were folded (0: fewer than two due).
+    pub fn fold_digest(&mut self, channel: &str, limit: u32, now_ns: i64) -> rusqlite::Result<u64> {
+        let tx = self.conn.transaction()?;
+        let rows: Vec<(i64, String)> = {
+            let mut stmt = tx.prepare(
+                "SELECT id, message FROM notification
+                 WHERE state = 'pending' AND channel = ?1 AND next_attempt_at_ns <= ?2
+                 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![channel, now_ns], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let messages: Vec<Message> = rows
+            .iter()
+            .filter_map(|(_, text)| serde_json::from_str(text).ok())
+            .collect();
+        if messages.len() < 2 {
+            return Ok(0);
+        }
+        let key = notification_key(
+            &format!("digest:{channel}"),
+            NotificationKind::Firing,
+            channel,
+            now_ns,
+        );
+        let Some(digest) = super::group::digest(&messages, channel, limit, key.clone(), now_ns)
+        else {
+            return Ok(0);
+        };
+        let mut folded = 0;
+        for (id, text) in &rows {
+            if serde_json::from_str::<Message>(text).is_err() {
+                continue; // next_due gives it up and counts it
+            }
+            tx.execute(
+                "UPDATE notification SET state = 'folded', done_at_ns = ?2, sealed = 1,
+                    last_error = ?3 WHERE id = ?1",
+                params![
+                    id,
+                    now_ns,
+                    format!("folded into digest {key} by the rate limit")
+                ],
+            )?;
+            folded += 1;
+        }
+        tx.execute(
+            "INSERT INTO notification
+                (key, fingerprint, channel, kind, severity, message, state, sealed,
+                 next_attempt_at_ns, created_at_ns)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', 1, ?7, ?7)",
+            params![
+                digest.key,
+                digest.fingerprint,
+                channel,
+                digest.kind.as_str(),
+                severity_rank(digest.severity),
+                serde_json::to_string(&digest).expect("messages serialise"),
+                now_ns,
+            ],
+        )?;
+        tx.commit()?;
+        Ok(folded)
+    }
+
+    /// The silences active now (the engine reads them at every evaluation, so one added
+    /// by `stallwatch silence add` in another process counts from the next one).
+    pub fn silences(&self, now_ns: i64) -> rusqlite::Result<Vec<super::silence::Silence>> {
+        super::silence::read_active(&self.conn, now_ns)
+    }
+
+    /// Stores a silence the engine opens itself (a freeze's); returns its id.
+    pub fn insert_silence(&self, s: &super::silence::Silence) -> rusqlite::Result<i64> {
+        super::silence::insert(&self.conn, s)
+    }
+
+    /// Firing alerts whose notification a silence held back: what each is owed.
+    pub fn restore_held(&self) -> rusqlite::Result<Vec<(String, super::silence::Held)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT fingerprint, silence_id, held FROM alert
+             WHERE state = 'firing' AND silence_id IS NOT NULL AND held IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (fingerprint, silence_id, held) = row?;
+            let kind = match held.as_str() {
+                "firing" => NotificationKind::Firing,
+                _ => NotificationKind::Repeat,
+            };
+            out.push((fingerprint, super::silence::Held { silence_id, kind }));
+        }
+        Ok(out)
     }
 
     fn enforce_bound(
@@ -421,6 +741,7 @@ impl Outbox {
                                WHERE n.fingerprint = alert.fingerprint AND n.state = 'pending')",
             [before],
         )?;
+        super::silence::prune(&self.conn, now_ns)?;
         Ok(())
     }
 }
@@ -443,6 +764,9 @@ pub struct AlertView {
     pub started_at: String,
     pub ended_at: Option<String>,
     pub last_notified_at: String,
+    /// A silence covers it now (firing), or held back its last notification.
+    pub silenced: bool,
+    pub silence_id: Option<i64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -479,7 +803,8 @@ pub struct AlertsView {
 pub fn read_view(conn: &Connection, now_ns: i64) -> rusqlite::Result<AlertsView> {
     let alerts = |sql: &str| -> rusqlite::Result<Vec<AlertView>> {
         let mut stmt = conn.prepare(sql)?;
-        let rows = stmt.query_map([MAX_LISTED], |r| {
+        let rows = stmt.query_map([MAX_LISTED, now_ns], |r| {
+            let silence_id: Option<i64> = r.get(10)?;
             Ok(AlertView {
                 fingerprint: r.get(0)?,
                 rule: r.get(1)?,
@@ -491,12 +816,24 @@ pub fn read_view(conn: &Connection, now_ns: i64) -> rusqlite::Result<AlertsView>
                 started_at: rfc3339_millis(r.get(7)?),
                 ended_at: r.get::<_, Option<i64>>(8)?.map(rfc3339_millis),
                 last_notified_at: rfc3339_millis(r.get(9)?),
+                silenced: silence_id.is_some(),
+                silence_id,
             })
         })?;
         rows.collect()
     };
+    // The silence covering a firing alert now, else the one that held its last notification.
     const COLUMNS: &str = "fingerprint, rule, severity, state, labels, title, text, started_at_ns,
-                           ended_at_ns, last_notified_ns FROM alert";
+                           ended_at_ns, last_notified_ns,
+                           coalesce(CASE WHEN state = 'firing' THEN
+                               (SELECT s.id FROM silence s
+                                 WHERE s.rule = alert.rule AND s.starts_at_ns <= ?2
+                                   AND s.ends_at_ns > ?2
+                                   AND (s.source IS NULL
+                                        OR s.source = json_extract(alert.labels, '$.source'))
+                                 ORDER BY s.ends_at_ns DESC LIMIT 1) END,
+                               silence_id)
+                           FROM alert";
     let firing = alerts(&format!(
         "SELECT {COLUMNS} WHERE state = 'firing' ORDER BY started_at_ns LIMIT ?1"
     ))?;
@@ -576,6 +913,7 @@ mod tests {
             started_at_ns: 0,
             ended_at_ns: None,
             last_notified_ns: at,
+            count: 1,
         };
         let message = Message {
             key: notification_key(fingerprint, kind, "hook", at),
@@ -591,12 +929,15 @@ mod tests {
             created_at_ns: at,
             runbook_url: String::new(),
             host: "h".into(),
+            count: 1,
+            group: None,
         };
         (
             Transition { kind, alert },
             vec![NewNotification {
                 channel: "hook".into(),
                 message,
+                group: None,
             }],
         )
     }

@@ -39,6 +39,8 @@ pub struct Condition {
     pub text: String,
     /// When the condition began, unix ns (best known).
     pub started_at_ns: i64,
+    /// How many events it stands for (new dead letters); 1 for the others.
+    pub count: u64,
 }
 
 impl Condition {
@@ -95,6 +97,51 @@ pub fn evaluate(config: &AlertsConfig, facts: &Facts, memory: &mut RuleMemory) -
     out
 }
 
+/// The earliest time (unix ns) a rule that depends on time alone would hold with these
+/// facts unchanged: a job's wait, a source's down time or the outbox's oldest row reaching
+/// its threshold. Every other rule changes only with the facts.
+pub fn next_due(config: &AlertsConfig, facts: &Facts) -> Option<i64> {
+    let mut due: Option<i64> = None;
+    let mut at = |since: i64, threshold: std::time::Duration| {
+        let t = since.saturating_add(threshold.as_nanos() as i64);
+        if t > facts.now_ns {
+            due = Some(due.map_or(t, |d| d.min(t)));
+        }
+    };
+    for rule in config.rules.iter().filter(|r| r.enabled) {
+        let threshold = rule.threshold_duration();
+        match rule.kind {
+            RuleKind::QueueAge => facts
+                .status
+                .sources
+                .iter()
+                .flat_map(|s| &s.waiting)
+                .for_each(|w| at(w.oldest_unix_ns, threshold)),
+            RuleKind::SourceDown => facts
+                .status
+                .sources
+                .iter()
+                .filter_map(|s| s.down_since_unix_ns)
+                .for_each(|since| at(since, threshold)),
+            RuleKind::OutboxBacklog => {
+                if let Some(oldest) = facts.outbox.oldest_created_ns {
+                    at(oldest, threshold)
+                }
+            }
+            RuleKind::Freeze
+            | RuleKind::WallClockStep
+            | RuleKind::WorkflowStalled
+            | RuleKind::StuckJobs
+            | RuleKind::DeadLetters
+            | RuleKind::CostCap
+            | RuleKind::RecoveryLoop
+            | RuleKind::QueueBlocked
+            | RuleKind::StateDb => {}
+        }
+    }
+    due
+}
+
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
         .iter()
@@ -135,7 +182,8 @@ fn freezes(rule: &RuleConfig, facts: &Facts, out: &mut Vec<Condition>) {
             rule: rule.kind,
             labels: labels(&[("kind", e.kind.as_str())]),
             instance: Some(e.started_at_ns.to_string()),
-            title: format!("{}: frozen for {}", e.kind.as_str(), human(e.duration_ns)),
+            count: 1,
+            title: freeze_headline(e),
             text: format!(
                 "{what} for {} from {} to {}. Evidence: {}. Jobs that were running lost this \
                  time; a step gap of about this length in them is this freeze, not the app.",
@@ -146,6 +194,23 @@ fn freezes(rule: &RuleConfig, facts: &Facts, out: &mut Vec<Condition>) {
             ),
             started_at_ns: e.started_at_ns,
         });
+    }
+}
+
+/// The first line a phone shows: what happened, in plain words, and whether it was the
+/// machine or the app.
+fn freeze_headline(e: &FreezeEvent) -> String {
+    let d = human(e.duration_ns);
+    match e.kind {
+        FreezeKind::VmPause => format!("The VM froze for {d}: the machine stopped, not the app"),
+        FreezeKind::Suspend => format!("The machine was suspended for {d}: not the app's doing"),
+        FreezeKind::ProcessStall if e.channels.iter().any(|c| c.channel == "cgroup_freeze") => {
+            format!("The container was frozen for {d}: its cgroup stopped, not the app")
+        }
+        FreezeKind::ProcessStall => format!("stallwatch did not run for {d}: its process stalled"),
+        FreezeKind::Restart => format!("stallwatch was down for {d} (killed and restarted)"),
+        FreezeKind::Reboot => format!("The machine rebooted: {d} without it"),
+        FreezeKind::WallClockStep => format!("The wall clock stepped by {d}"),
     }
 }
 
@@ -172,6 +237,7 @@ fn wall_steps(rule: &RuleConfig, facts: &Facts, out: &mut Vec<Condition>) {
             rule: rule.kind,
             labels: BTreeMap::new(),
             instance: Some(e.started_at_ns.to_string()),
+            count: 1,
             title: format!(
                 "wall clock stepped {direction} by {}",
                 human(e.duration_ns.abs())
@@ -203,8 +269,8 @@ fn stalled(s: &SourceStatus, out: &mut Vec<Condition>) {
     let (title, text) = if count == 1 {
         (
             format!(
-                "{}: workflow {} stalled for {worst_for}",
-                s.name, worst.workflow_id
+                "Workflow {} stalled for {worst_for} in {}: the machine was running",
+                worst.workflow_id, s.name
             ),
             format!(
                 "Workflow {} ({}) of source {} has made no progress for {worst_for} while this \
@@ -234,7 +300,7 @@ fn stalled(s: &SourceStatus, out: &mut Vec<Condition>) {
         };
         (
             format!(
-                "{}: {count} workflows stalled, longest {} for {worst_for}",
+                "{count} workflows stalled in {}, longest {} for {worst_for}: the machine was running",
                 s.name, worst.workflow_id
             ),
             format!(
@@ -250,10 +316,21 @@ fn stalled(s: &SourceStatus, out: &mut Vec<Condition>) {
         rule: RuleKind::WorkflowStalled,
         labels: labels(&[("source", &s.name)]),
         instance: None,
+        count: 1,
         title,
         text,
         started_at_ns: 0,
     });
+}
+
+/// `queue "mail"`, or `the unnamed queue` for jobs whose queue column is empty (a
+/// queue table without queue names, DBOS workflows not started on a queue).
+fn queue_phrase(queue: &str) -> String {
+    if queue.is_empty() {
+        "the unnamed queue".into()
+    } else {
+        format!("queue {queue:?}")
+    }
 }
 
 fn stuck(rule: &RuleConfig, s: &SourceStatus, out: &mut Vec<Condition>) {
@@ -262,12 +339,20 @@ fn stuck(rule: &RuleConfig, s: &SourceStatus, out: &mut Vec<Condition>) {
             rule: rule.kind,
             labels: labels(&[("source", &s.name), ("queue", &q.queue)]),
             instance: None,
-            title: format!("{}: {} job(s) stuck past their lease", s.name, q.count),
+            count: 1,
+            title: format!(
+                "{} job(s) stuck past their lease in {}, {}",
+                q.count,
+                s.name,
+                queue_phrase(&q.queue)
+            ),
             text: format!(
-                "{} running job(s) in queue {:?} of source {} are past their lease: the worker \
+                "{} running job(s) in {} of source {} are past their lease: the worker \
                  that claimed them stopped (machine auto-stopped, killed, or frozen) and nobody \
                  has picked them up.",
-                q.count, q.queue, s.name
+                q.count,
+                queue_phrase(&q.queue),
+                s.name
             ),
             started_at_ns: 0,
         });
@@ -294,10 +379,12 @@ fn queue_age(rule: &RuleConfig, s: &SourceStatus, now_ns: i64, out: &mut Vec<Con
             rule: rule.kind,
             labels: labels(&[("source", &s.name), ("queue", queue)]),
             instance: None,
+            count: 1,
             title: format!("{}: oldest {status} job has waited {}", s.name, human(age)),
             text: format!(
-                "The oldest {status} job in queue {queue:?} of source {} has waited {} (since \
+                "The oldest {status} job in {} of source {} has waited {} (since \
                  {}): no worker is taking jobs from this queue.",
+                queue_phrase(queue),
                 s.name,
                 human(age),
                 rfc3339(since)
@@ -329,11 +416,14 @@ fn dead_letters(
                 rule: rule.kind,
                 labels: labels(&[("source", &s.name), ("queue", &d.queue)]),
                 instance: Some(format!("{}:{}", facts.now_ns, d.new_since_start)),
+                count: new,
                 title: format!("{}: {new} new dead letter(s)", s.name),
                 text: format!(
-                    "{new} job(s) in queue {:?} of source {} were given up on and became dead \
+                    "{new} job(s) in {} of source {} were given up on and became dead \
                      letters ({} dead letters there now). They will not run again on their own.",
-                    d.queue, s.name, d.current
+                    queue_phrase(&d.queue),
+                    s.name,
+                    d.current
                 ),
                 started_at_ns: facts.now_ns,
             });
@@ -353,6 +443,7 @@ fn cost(rule: &RuleConfig, s: &SourceStatus, out: &mut Vec<Condition>) {
             rule: rule.kind,
             labels: labels(&[("source", &s.name), ("level", &level_text), ("day", &c.day)]),
             instance: None,
+            count: 1,
             title: format!(
                 "{}: spend reached {level}% of the daily cap (${:.2} of ${:.2})",
                 s.name, c.today_usd, c.cap_usd
@@ -378,6 +469,7 @@ fn source_down(rule: &RuleConfig, s: &SourceStatus, now_ns: i64, out: &mut Vec<C
         rule: rule.kind,
         labels: labels(&[("source", &s.name)]),
         instance: None,
+        count: 1,
         title: format!("{}: source down for {}", s.name, human(down_for)),
         text: format!(
             "Source {} ({}) has failed every poll since {}: {}. Its jobs are not being watched.",
@@ -401,6 +493,7 @@ fn recovery_loop(rule: &RuleConfig, s: &SourceStatus, now_ns: i64, out: &mut Vec
         rule: rule.kind,
         labels: labels(&[("source", &s.name)]),
         instance: None,
+        count: 1,
         title: format!("{}: DBOS recovered a workflow {attempts} times", s.name),
         text: format!(
             "A workflow of source {} has been recovered {attempts} times: the app is crashing \
@@ -418,6 +511,7 @@ fn blocked(s: &SourceStatus, now_ns: i64, out: &mut Vec<Condition>) {
             rule: RuleKind::QueueBlocked,
             labels: labels(&[("source", &s.name), ("queue", &b.queue)]),
             instance: None,
+            count: 1,
             title: format!(
                 "{}: queue {} blocked by workflow {}",
                 s.name, b.queue, b.blocking_workflow_id
@@ -449,6 +543,7 @@ fn outbox_backlog(rule: &RuleConfig, facts: &Facts, out: &mut Vec<Condition>) {
         rule: rule.kind,
         labels: BTreeMap::new(),
         instance: None,
+        count: 1,
         title: format!(
             "{} alert notification(s) undelivered for {}",
             facts.outbox.pending,
@@ -472,6 +567,7 @@ fn state_db(facts: &Facts, out: &mut Vec<Condition>) {
         rule: RuleKind::StateDb,
         labels: BTreeMap::new(),
         instance: None,
+        count: 1,
         title: "state database needs attention".into(),
         text: format!(
             "stallwatch's state database: {error}. Freeze detection goes on; see \
@@ -518,6 +614,65 @@ mod tests {
         evaluate(&AlertsConfig::default(), &facts, memory)
     }
 
+    /// The alert engine sleeps until [`next_due`]: each time rule holds exactly then, not
+    /// a nanosecond before.
+    #[test]
+    fn a_time_rule_holds_from_its_due_time_on() {
+        let config = AlertsConfig::default();
+        let mut status = LiveStatus::default();
+        let mut s = source("lab");
+        s.waiting = vec![QueueAge {
+            queue: "mail".into(),
+            status: "PENDING".into(),
+            oldest_unix_ns: NOW - 3 * S,
+        }];
+        s.down_since_unix_ns = Some(NOW - 2 * S);
+        status.sources.push(s);
+        let outbox = OutboxStats {
+            pending: 1,
+            oldest_created_ns: Some(NOW - S),
+        };
+        let at = |now_ns| Facts {
+            now_ns,
+            freezes: &[],
+            status: &status,
+            outbox,
+        };
+        let mut due = next_due(&config, &at(NOW)).expect("three rules wait for time");
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let holding = |now| -> Vec<RuleKind> {
+                let mut memory = RuleMemory::default();
+                evaluate(&config, &at(now), &mut memory)
+                    .into_iter()
+                    .map(|c| c.rule)
+                    .collect()
+            };
+            let before = holding(due - 1);
+            let after = holding(due);
+            let new: Vec<_> = after.iter().filter(|r| !before.contains(r)).collect();
+            assert_eq!(new.len(), 1, "at {due}: {before:?} -> {after:?}");
+            seen.push(*new[0]);
+            match next_due(&config, &at(due)) {
+                Some(next) => {
+                    assert!(next > due);
+                    due = next;
+                }
+                None => break,
+            }
+        }
+        seen.sort_by_key(|r| r.as_str());
+        assert_eq!(
+            seen,
+            [
+                RuleKind::OutboxBacklog,
+                RuleKind::QueueAge,
+                RuleKind::SourceDown
+            ]
+        );
+        assert_eq!(next_due(&config, &at(due)), None, "all three hold now");
+    }
+
     #[test]
     fn freezes_below_the_threshold_and_steps_below_theirs_stay_quiet() {
         let freeze = |kind, secs: i64| FreezeEvent {
@@ -538,7 +693,10 @@ mod tests {
         let c = run(&LiveStatus::default(), &events, &mut RuleMemory::default());
         assert_eq!(c.len(), 2, "{c:#?}");
         assert_eq!(c[0].rule, RuleKind::Freeze);
-        assert_eq!(c[0].title, "vm_pause: frozen for 1h 48m");
+        assert_eq!(
+            c[0].title,
+            "The VM froze for 1h 48m: the machine stopped, not the app"
+        );
         assert!(c[0].text.contains("rtc saw 1h 48m"), "{}", c[0].text);
         assert_eq!(c[1].rule, RuleKind::WallClockStep);
         assert!(c[1].title.contains("backward by 1m"), "{}", c[1].title);
@@ -617,6 +775,40 @@ mod tests {
     }
 
     #[test]
+    fn an_unnamed_queue_is_said_as_such_not_as_an_empty_string() {
+        // Issue 19 item 4: `in queue ""` for a queue table without queue names.
+        let mut status = LiveStatus::default();
+        let mut s = source("lab");
+        s.dead_letters = vec![DeadLetterStatus {
+            queue: String::new(),
+            current: 3,
+            new_since_start: 0,
+        }];
+        s.stuck = vec![QueueCount {
+            queue: String::new(),
+            count: 2,
+        }];
+        s.waiting = vec![QueueAge {
+            queue: String::new(),
+            status: "PENDING".into(),
+            oldest_unix_ns: NOW - 3600 * S,
+        }];
+        status.sources.push(s);
+        let mut memory = RuleMemory::default();
+        run(&status, &[], &mut memory);
+        status.sources[0].dead_letters[0].new_since_start = 2;
+        let c = run(&status, &[], &mut memory);
+        assert_eq!(c.len(), 3, "{c:#?}");
+        for c in &c {
+            assert!(
+                c.text.contains(" in the unnamed queue of source lab") && !c.text.contains("\"\""),
+                "{}",
+                c.text
+            );
+        }
+    }
+
+    #[test]
     fn stalls_are_one_alert_per_source_that_holds_while_any_is_stalled() {
         use crate::status::StalledWorkflow;
         let wf = |id: &str, idle: f64| StalledWorkflow {
@@ -634,7 +826,10 @@ mod tests {
         let c = run(&status, &[], &mut RuleMemory::default());
         assert_eq!(c.len(), 1, "{c:#?}");
         assert_eq!(c[0].fingerprint(), "workflow_stalled{source=app}");
-        assert_eq!(c[0].title, "app: 5000 workflows stalled, longest w0 for 2h");
+        assert_eq!(
+            c[0].title,
+            "5000 workflows stalled in app, longest w0 for 2h: the machine was running"
+        );
         assert!(c[0].text.contains("and 4995 more"), "{}", c[0].text);
 
         // Whichever workflows the list shows, the alert is the same one: nothing that
@@ -645,7 +840,10 @@ mod tests {
 
         status.sources[0].stalled_count = 1;
         let one = run(&status, &[], &mut RuleMemory::default());
-        assert_eq!(one[0].title, "app: workflow w7 stalled for 2h 30m");
+        assert_eq!(
+            one[0].title,
+            "Workflow w7 stalled for 2h 30m in app: the machine was running"
+        );
 
         status.sources[0].stalled_count = 0;
         status.sources[0].stalled.clear();

@@ -22,6 +22,19 @@ pub const DEFAULT_OUTBOX_MAX: usize = 20_000;
 pub const DEFAULT_REPEAT_INTERVAL: Duration = Duration::from_secs(4 * 3600);
 /// A cleared condition must stay clear this long before the resolve goes out, so a
 /// flapping source does not buzz a phone on every poll.
+/// How long a new group of notifications collects before it is sent (Alertmanager's
+/// `group_wait`): a burst of dead letters is one message, not thirty.
+pub const DEFAULT_GROUP_WAIT: Duration = Duration::from_secs(30);
+/// Between two sends of the same group (Alertmanager's `group_interval`).
+pub const DEFAULT_GROUP_INTERVAL: Duration = Duration::from_secs(5 * 60);
+/// The longest a freeze or a clock step waits for company: it must leave within a second
+/// of the freeze ending, and what the freeze caused shows up in the sources' first polls
+/// after the wake (a poll that fell due while frozen runs at once).
+pub const FREEZE_GROUP_WAIT: Duration = Duration::from_millis(900);
+/// How long after a freeze ends the alerts it caused are folded into it.
+pub const DEFAULT_FREEZE_SETTLE: Duration = Duration::from_secs(2 * 60);
+/// Group by every label: each alert is its own group (Alertmanager's `...`).
+pub const GROUP_BY_ALL: &str = "...";
 pub const DEFAULT_RESOLVE_AFTER: Duration = Duration::from_secs(30);
 /// Dead-man's switch ping period: healthchecks-style services expect about a minute.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(60);
@@ -109,6 +122,38 @@ impl RuleKind {
         }
     }
 
+    /// A rule's `group_wait` when `[alerts]` says `wait`: a freeze or clock step waits
+    /// [`FREEZE_GROUP_WAIT`] at most.
+    pub fn group_wait(self, wait: Duration) -> Duration {
+        match self {
+            RuleKind::Freeze | RuleKind::WallClockStep => wait.min(FREEZE_GROUP_WAIT),
+            _ => wait,
+        }
+    }
+
+    /// A rule's `group_interval` when `[alerts]` says `interval`: a second freeze never
+    /// waits for the first one's interval.
+    pub fn group_interval(self, interval: Duration) -> Duration {
+        match self {
+            RuleKind::Freeze | RuleKind::WallClockStep => Duration::ZERO,
+            _ => interval,
+        }
+    }
+
+    /// Rules whose alerts a freeze can cause: the app's jobs and workflows, which were
+    /// frozen with the machine, and a source whose connection the wake dropped.
+    pub fn freeze_consequence(self) -> bool {
+        matches!(
+            self,
+            RuleKind::WorkflowStalled
+                | RuleKind::StuckJobs
+                | RuleKind::QueueAge
+                | RuleKind::SourceDown
+                | RuleKind::RecoveryLoop
+                | RuleKind::QueueBlocked
+        )
+    }
+
     /// One-shot rules fire once per event and never repeat or resolve.
     pub fn one_shot(self) -> bool {
         matches!(
@@ -169,6 +214,13 @@ pub struct RuleConfig {
     pub resolve_after: Duration,
     pub hold: Duration,
     pub severity: Severity,
+    /// Held this long for company before a new group is sent; 0 sends each alone, at once.
+    pub group_wait: Duration,
+    /// At least this long between two sends of one group.
+    pub group_interval: Duration,
+    /// The labels that, with the rule and the channel, make a group; [`GROUP_BY_ALL`]
+    /// makes each alert its own group.
+    pub group_by: Vec<String>,
 }
 
 impl RuleConfig {
@@ -187,7 +239,15 @@ impl RuleConfig {
             resolve_after: DEFAULT_RESOLVE_AFTER,
             hold: Duration::ZERO,
             severity: kind.default_severity(),
+            group_wait: kind.group_wait(DEFAULT_GROUP_WAIT),
+            group_interval: kind.group_interval(DEFAULT_GROUP_INTERVAL),
+            group_by: vec!["source".to_string()],
         }
+    }
+
+    /// Whether this rule's notifications are grouped at all.
+    pub fn groups(&self) -> bool {
+        !self.group_wait.is_zero()
     }
 
     /// The threshold as a duration (0 when the rule has none).
@@ -216,6 +276,8 @@ pub struct AlertsConfig {
     pub heartbeat_url: Option<String>,
     pub heartbeat_interval: Duration,
     pub runbook_base: String,
+    /// How long after a freeze ends the alerts it caused fold into its notification.
+    pub freeze_settle: Duration,
     pub rules: Vec<RuleConfig>,
     pub channels: Vec<ChannelConfig>,
 }
@@ -229,6 +291,7 @@ impl Default for AlertsConfig {
             heartbeat_url: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             runbook_base: DEFAULT_RUNBOOK_BASE.to_string(),
+            freeze_settle: DEFAULT_FREEZE_SETTLE,
             rules: RuleKind::ALL
                 .into_iter()
                 .map(RuleConfig::default_for)
@@ -258,6 +321,10 @@ pub(super) struct RawAlerts {
     heartbeat_url: Option<String>,
     heartbeat_interval: Option<HumanDuration>,
     runbook_base: Option<String>,
+    group_wait: Option<HumanDuration>,
+    group_interval: Option<HumanDuration>,
+    group_by: Option<Vec<String>>,
+    freeze_settle: Option<HumanDuration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -273,6 +340,9 @@ pub(super) struct RawRule {
     #[serde(rename = "for")]
     hold: Option<HumanDuration>,
     severity: Option<String>,
+    group_wait: Option<HumanDuration>,
+    group_interval: Option<HumanDuration>,
+    group_by: Option<Vec<String>>,
 }
 
 type Problem = (String, String);
@@ -326,6 +396,34 @@ pub(super) fn validate(
     if let Some(base) = raw.runbook_base {
         config.runbook_base = base.trim_end_matches('#').to_string();
     }
+    if let Some(d) = ranged(
+        "alerts.freeze_settle",
+        raw.freeze_settle,
+        limits::FREEZE_SETTLE,
+    )? {
+        config.freeze_settle = d;
+    }
+    let wait = ranged("alerts.group_wait", raw.group_wait, limits::GROUP_WAIT)?;
+    let interval = ranged(
+        "alerts.group_interval",
+        raw.group_interval,
+        limits::GROUP_INTERVAL,
+    )?;
+    let group_by = raw
+        .group_by
+        .map(|labels| check_group_by("alerts.group_by", labels))
+        .transpose()?;
+    for rule in &mut config.rules {
+        if let Some(w) = wait {
+            rule.group_wait = rule.kind.group_wait(w);
+        }
+        if let Some(i) = interval {
+            rule.group_interval = rule.kind.group_interval(i);
+        }
+        if let Some(labels) = &group_by {
+            rule.group_by = labels.clone();
+        }
+    }
 
     let mut seen = Vec::new();
     for (i, raw) in rules.into_iter().enumerate() {
@@ -335,7 +433,7 @@ pub(super) fn validate(
             return Err((
                 key("rule"),
                 format!(
-                    "{} is not a rule; use one of {}",
+                    "unknown rule {}; expected one of {}",
                     quoted(&raw.rule),
                     names.join(", ")
                 ),
@@ -406,14 +504,24 @@ pub(super) fn validate(
         if let Some(d) = ranged(&key("for"), raw.hold, limits::RULE_FOR)? {
             slot.hold = d;
         }
+        if let Some(d) = ranged(&key("group_wait"), raw.group_wait, limits::GROUP_WAIT)? {
+            slot.group_wait = d;
+        }
+        if let Some(d) = ranged(
+            &key("group_interval"),
+            raw.group_interval,
+            limits::GROUP_INTERVAL,
+        )? {
+            slot.group_interval = d;
+        }
+        if let Some(labels) = raw.group_by {
+            slot.group_by = check_group_by(&key("group_by"), labels)?;
+        }
         if let Some(s) = raw.severity {
             slot.severity = Severity::parse(&s).ok_or_else(|| {
                 (
                     key("severity"),
-                    format!(
-                        "{} is not a severity; use info, warning or critical",
-                        quoted(&s)
-                    ),
+                    format!("must be one of info, warning, critical, not {}", quoted(&s)),
                 )
             })?;
         }
@@ -423,6 +531,33 @@ pub(super) fn validate(
 }
 
 /// An optional duration checked against its key's range.
+/// Label names to group by: known label names, or `["..."]` alone.
+fn check_group_by(key: &str, labels: Vec<String>) -> Result<Vec<String>, Problem> {
+    const LABELS: [&str; 5] = ["source", "queue", "kind", "level", "day"];
+    if labels.iter().any(|l| l == GROUP_BY_ALL) {
+        if labels.len() > 1 {
+            return Err((
+                key.to_string(),
+                "\"...\" (each alert alone) cannot be combined with label names".into(),
+            ));
+        }
+        return Ok(labels);
+    }
+    for l in &labels {
+        if !LABELS.contains(&l.as_str()) {
+            return Err((
+                key.to_string(),
+                format!(
+                    "names label {}; expected some of {} or [\"...\"]",
+                    quoted(l),
+                    LABELS.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(labels)
+}
+
 fn ranged(
     key: &str,
     value: Option<HumanDuration>,

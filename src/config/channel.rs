@@ -20,6 +20,10 @@ pub const MAX_CHANNELS: usize = 16;
 /// Default time one delivery attempt may take: long enough for a slow chat API, short
 /// enough that a hung receiver does not hold its lane for minutes.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The window `max_per_hour` counts sends in.
+pub const DEFAULT_RATE_WINDOW: Duration = Duration::from_secs(3600);
+/// A phone channel's default `max_per_hour`: past it, a person stops reading.
+pub const PHONE_MAX_PER_HOUR: u32 = 20;
 /// Longest channel name: it is a metric label value.
 pub const MAX_NAME_CHARS: usize = 64;
 /// Most ntfy tags: ntfy shows them as emojis and words next to the title.
@@ -80,6 +84,15 @@ impl ChannelKind {
     }
 
     /// The URL used when `url` is not set; `None` where the user must give one.
+    /// Channels that buzz a phone (ntfy, Pushover, Telegram) are limited by default; the
+    /// others are read by machines or by people at a desk.
+    pub fn default_max_per_hour(self) -> u32 {
+        match self {
+            ChannelKind::Ntfy | ChannelKind::Pushover | ChannelKind::Telegram => PHONE_MAX_PER_HOUR,
+            _ => 0,
+        }
+    }
+
     pub fn default_url(self) -> Option<&'static str> {
         match self {
             ChannelKind::Telegram => Some(TELEGRAM_URL),
@@ -165,6 +178,10 @@ pub struct ChannelConfig {
     pub detail: ChannelDetail,
     /// Time one delivery attempt may take.
     pub timeout: Duration,
+    /// At most this many sends in any `rate_window`; beyond it, what is due waits and goes
+    /// as one digest when the window opens. 0: no limit.
+    pub max_per_hour: u32,
+    pub rate_window: Duration,
 }
 
 impl ChannelConfig {
@@ -193,6 +210,8 @@ impl std::fmt::Debug for ChannelConfig {
             .field("url", &self.shown_url())
             .field("detail", &self.detail)
             .field("timeout", &self.timeout)
+            .field("max_per_hour", &self.max_per_hour)
+            .field("rate_window", &self.rate_window)
             .finish()
     }
 }
@@ -204,6 +223,8 @@ pub struct RawChannel {
     kind: Option<String>,
     url: Option<String>,
     timeout: Option<HumanDuration>,
+    max_per_hour: Option<u32>,
+    rate_window: Option<HumanDuration>,
     // webhook
     secret: Option<String>,
     // ntfy, telegram, pushover
@@ -276,9 +297,13 @@ pub fn validate(
         (
             key("kind"),
             format!(
-                "{} is not a channel kind; use {}",
+                "unknown channel kind {}; expected one of {}",
                 super::limits::quoted(&kind_text),
-                kind_names()
+                ChannelKind::ALL
+                    .iter()
+                    .map(|k| k.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
     })?;
@@ -316,6 +341,15 @@ pub fn validate(
     let timeout = raw.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0);
     if let Err(problem) = super::limits::CHANNEL_TIMEOUT.check(timeout) {
         return Err((key("timeout"), problem));
+    }
+
+    let max_per_hour = raw.max_per_hour.unwrap_or(kind.default_max_per_hour());
+    if let Err(problem) = super::limits::CHANNEL_MAX_PER_HOUR.check(max_per_hour) {
+        return Err((key("max_per_hour"), problem));
+    }
+    let rate_window = raw.rate_window.map_or(DEFAULT_RATE_WINDOW, |d| d.0);
+    if let Err(problem) = super::limits::CHANNEL_RATE_WINDOW.check(rate_window) {
+        return Err((key("rate_window"), problem));
     }
 
     let required = |k: &str, value: &Option<String>| -> Result<Secret, Problem> {
@@ -394,6 +428,8 @@ pub fn validate(
         url,
         detail,
         timeout,
+        max_per_hour,
+        rate_window,
     })
 }
 
@@ -613,34 +649,34 @@ mod tests {
 
     #[test]
     fn unknown_kind_lists_the_kinds() {
-        let e = fails("kind = \"sms\"\n", "`channel[0].kind` \"sms\" is not a channel kind; use webhook, ntfy, slack, discord, telegram, pushover, pagerduty or alertmanager");
-        assert!(e.starts_with("config file /etc/sw.toml: key"), "{e}");
-        fails(
-            "url = \"https://x.test\"\n",
-            "`channel[0].kind` is required",
+        let e = fails("kind = \"sms\"\n", "channel[0].kind: unknown channel kind \"sms\"; expected one of webhook, ntfy, slack, discord, telegram, pushover, pagerduty, alertmanager");
+        assert!(
+            e.starts_with("config file /etc/sw.toml: channel[0].kind: "),
+            "{e}"
         );
+        fails("url = \"https://x.test\"\n", "channel[0].kind is required");
     }
 
     #[test]
     fn names_are_required_plain_and_unique() {
         let e = parse("[[channel]]\nkind = \"slack\"\nurl = \"https://h.test/x\"\n").unwrap_err();
-        assert!(e.contains("`channel[0].name` is required"), "{e}");
+        assert!(e.contains("channel[0].name is required"), "{e}");
         let bad = parse(
             "[[channel]]\nname = \"my phone\"\nkind = \"slack\"\nurl = \"https://h.test/x\"\n",
         )
         .unwrap_err();
         assert!(
-            bad.contains("`channel[0].name` \"my phone\" must be 1-64 letters"),
+            bad.contains("channel[0].name \"my phone\" must be 1-64 letters"),
             "{bad}"
         );
         let empty =
             parse("[[channel]]\nname = \"\"\nkind = \"slack\"\nurl = \"https://h.test/x\"\n")
                 .unwrap_err();
-        assert!(empty.contains("`channel[0].name`"), "{empty}");
+        assert!(empty.contains(": channel[0].name "), "{empty}");
         let two = "[[channel]]\nname = \"a\"\nkind = \"slack\"\nurl = \"https://h.test/x\"\n[[channel]]\nname = \"a\"\nkind = \"discord\"\nurl = \"https://h.test/y\"\n";
         let e = parse(two).unwrap_err();
         assert!(
-            e.contains("`channel[1].name` \"a\" is used by another channel"),
+            e.contains("channel[1].name \"a\" is used by another channel"),
             "{e}"
         );
         let reserved = format!("[[channel]]\nname = \"{RESERVED_NAME}\"\nkind = \"slack\"\nurl = \"https://h.test/x\"\n");
@@ -652,12 +688,12 @@ mod tests {
         for kind in ["webhook", "ntfy", "slack", "discord", "alertmanager"] {
             fails(
                 &format!("kind = \"{kind}\"\n"),
-                &format!("`channel[0].url` is required for a {kind} channel"),
+                &format!("channel[0].url is required for a {kind} channel"),
             );
         }
         fails(
             "kind = \"slack\"\nurl = \"ftp://h.test/x\"\n",
-            "`channel[0].url` has scheme \"ftp\"",
+            "channel[0].url has scheme \"ftp\"",
         );
         fails(
             "kind = \"slack\"\nurl = \"hooks.slack.com/x\"\n",
@@ -674,23 +710,23 @@ mod tests {
     fn a_key_of_another_kind_is_named() {
         fails(
             "kind = \"slack\"\nurl = \"https://h.test/x\"\nchat_id = \"1\"\n",
-            "`channel[0].chat_id` does not apply to a slack channel",
+            "channel[0].chat_id does not apply to a slack channel",
         );
         fails(
             "kind = \"discord\"\nurl = \"https://h.test/x\"\nsecret = \"whsec_AAAA\"\n",
-            "`channel[0].secret` does not apply to a discord channel",
+            "channel[0].secret does not apply to a discord channel",
         );
         fails(
             "kind = \"webhook\"\nurl = \"https://h.test/x\"\ntoken = \"t\"\n",
-            "`channel[0].token` does not apply to a webhook channel",
+            "channel[0].token does not apply to a webhook channel",
         );
         fails(
             "kind = \"telegram\"\ntoken = \"1:a\"\nchat_id = 1\ntags = [\"x\"]\n",
-            "`channel[0].tags` does not apply to a telegram channel",
+            "channel[0].tags does not apply to a telegram channel",
         );
         fails(
             "kind = \"slack\"\nurl = \"https://h.test/x\"\nwebhook = \"x\"\n",
-            "`channel[0].webhook` is not a known setting",
+            "channel[0].webhook is not a known setting",
         );
     }
 
@@ -698,27 +734,27 @@ mod tests {
     fn required_keys_of_each_kind() {
         fails(
             "kind = \"telegram\"\nchat_id = 1\n",
-            "`channel[0].token` is required for a telegram channel",
+            "channel[0].token is required for a telegram channel",
         );
         fails(
             "kind = \"telegram\"\ntoken = \"1:a\"\n",
-            "`channel[0].chat_id` is required for a telegram channel",
+            "channel[0].chat_id is required for a telegram channel",
         );
         fails(
             "kind = \"pushover\"\nuser = \"u\"\n",
-            "`channel[0].token` is required for a pushover channel",
+            "channel[0].token is required for a pushover channel",
         );
         fails(
             "kind = \"pushover\"\ntoken = \"t\"\n",
-            "`channel[0].user` is required for a pushover channel",
+            "channel[0].user is required for a pushover channel",
         );
         fails(
             "kind = \"pagerduty\"\n",
-            "`channel[0].routing_key` is required for a pagerduty channel",
+            "channel[0].routing_key is required for a pagerduty channel",
         );
         fails(
             "kind = \"telegram\"\ntoken = \"1:a\"\nchat_id = \"my chat\"\n",
-            "`channel[0].chat_id` \"my chat\" must be a chat id",
+            "channel[0].chat_id \"my chat\" must be a chat id",
         );
     }
 
@@ -737,12 +773,12 @@ mod tests {
         assert_eq!(signing_key(HOOK_SECRET).unwrap().len(), 24);
         let e = fails(
             "kind = \"webhook\"\nurl = \"https://h.test/x\"\nsecret = \"hunter2-very-secret\"\n",
-            "`channel[0].secret` must start with \"whsec_\"",
+            "channel[0].secret must start with \"whsec_\"",
         );
         assert!(!e.contains("hunter2"), "{e}");
         let e = fails(
             "kind = \"webhook\"\nurl = \"https://h.test/x\"\nsecret = \"whsec_not*base64!\"\n",
-            "`channel[0].secret` must be base64 after \"whsec_\"",
+            "channel[0].secret must be base64 after \"whsec_\"",
         );
         assert!(!e.contains("not*base64"), "{e}");
         fails(
@@ -764,11 +800,11 @@ mod tests {
         );
         fails(
             "kind = \"ntfy\"\nurl = \"https://n.test/t\"\npriority = 7\n",
-            "`channel[0].priority` 7 is not an ntfy priority",
+            "channel[0].priority 7 is not an ntfy priority",
         );
         fails(
             "kind = \"ntfy\"\nurl = \"https://n.test/t\"\ntags = [\"a,b\"]\n",
-            "`channel[0].tags` \"a,b\" must be",
+            "channel[0].tags \"a,b\" must be",
         );
         fails(
             "kind = \"pushover\"\ntoken = \"t\"\nuser = \"u\"\npriority = 2\n",
@@ -787,11 +823,11 @@ mod tests {
         assert_eq!(c.timeout, Duration::from_secs(3));
         fails(
             "kind = \"slack\"\nurl = \"https://h.test/x\"\ntimeout = \"500ms\"\n",
-            "`channel[0].timeout` must be between 1s and 1m",
+            "channel[0].timeout must be between 1s and 1m",
         );
         fails(
             "kind = \"slack\"\nurl = \"https://h.test/x\"\ntimeout = \"2m\"\n",
-            "`channel[0].timeout` must be between 1s and 1m",
+            "channel[0].timeout must be between 1s and 1m",
         );
     }
 

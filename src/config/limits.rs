@@ -118,6 +118,16 @@ pub const RULE_REPEAT_INTERVAL: Range<Duration> = Range::new(secs(1), secs(30 * 
 pub const RULE_RESOLVE_AFTER: Range<Duration> = Range::new(Duration::ZERO, secs(DAY));
 /// `rule.for`.
 pub const RULE_FOR: Range<Duration> = Range::new(Duration::ZERO, secs(DAY));
+/// `alerts.group_wait`, `rule.group_wait`: how long a new group collects before it is sent.
+pub const GROUP_WAIT: Range<Duration> = Range::new(Duration::ZERO, secs(HOUR));
+/// `alerts.group_interval`, `rule.group_interval`: between two sends of one group.
+pub const GROUP_INTERVAL: Range<Duration> = Range::new(Duration::ZERO, secs(DAY));
+/// `alerts.freeze_settle`: how long after a freeze its consequences are folded into it.
+pub const FREEZE_SETTLE: Range<Duration> = Range::new(Duration::ZERO, secs(HOUR));
+/// `channel.max_per_hour`: 0 turns the limit off.
+pub const CHANNEL_MAX_PER_HOUR: Range<u32> = Range::new(0, 10_000);
+/// `channel.rate_window`: the window `max_per_hour` counts in.
+pub const CHANNEL_RATE_WINDOW: Range<Duration> = Range::new(secs(10), secs(DAY));
 /// `channel.timeout`: a TLS handshake over a slow link needs a second; a lane waits a
 /// minute at most for one answer.
 pub const CHANNEL_TIMEOUT: Range<Duration> = Range::new(secs(1), secs(60));
@@ -154,7 +164,13 @@ pub fn clip_words(sentence: &str) -> String {
     let mut rest = sentence;
     while !rest.is_empty() {
         let word_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-        out.push_str(&clip(&rest[..word_end]));
+        let word = &rest[..word_end];
+        // A value [`quoted`] already clipped is two quotes and an ellipsis longer.
+        if word.chars().count() <= MAX_ECHO_CHARS + 3 {
+            out.push_str(word);
+        } else {
+            out.push_str(&clip(word));
+        }
         rest = &rest[word_end..];
         let space_end = rest
             .find(|c: char| !c.is_whitespace())
@@ -200,6 +216,10 @@ mod tests {
             RULE_RESOLVE_AFTER,
             RULE_FOR,
             CHANNEL_TIMEOUT,
+            GROUP_WAIT,
+            GROUP_INTERVAL,
+            FREEZE_SETTLE,
+            CHANNEL_RATE_WINDOW,
         ];
         for r in durations {
             assert!(r.min <= r.max, "{r:?}");

@@ -21,18 +21,19 @@ pub use channel::ChannelConfig;
 pub use limits::{clip, clip_words, quoted, Range};
 pub use source::{SourceConfig, SourceDetail, SourceKind};
 
-/// Default listen address: the port DESIGN.md fixes, in the exporters' 9100–9999 range
+/// Default listen address: the port docs/design.md fixes, in the exporters' 9100–9999 range
 /// (that range of the Prometheus default-port allocations list is fully taken, so no
 /// number in it is unclaimed); all interfaces so a Prometheus on another host can scrape it.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:9847";
-/// Default tick: 4 wake-ups a second cost ~0.03 % of a core here and bound how
-/// late a stall start is known.
-pub const DEFAULT_TICK: Duration = Duration::from_millis(250);
+/// Default tick: a stall's start is known to within a tick, so 50 ms keeps a stall's
+/// duration within the 50 ms target (benches/idle.sh); 20 wakes a second cost about
+/// 0.07 % of a core on a Firecracker VM, most of it the timer wake itself.
+pub const DEFAULT_TICK: Duration = Duration::from_millis(50);
 /// Overruns shorter than this only feed the histogram: scheduler noise on a busy
 /// 2-core VM reaches hundreds of milliseconds, never seconds.
 pub const DEFAULT_FREEZE_MIN: Duration = Duration::from_secs(2);
 /// A change of REALTIME − MONOTONIC larger than this between ticks is a step, not drift
-/// (NTP slews at most 500 ppm, i.e. 0.125 ms per 250 ms tick).
+/// (NTP slews at most 500 ppm, i.e. 0.025 ms per 50 ms tick).
 pub const DEFAULT_WALL_STEP: Duration = Duration::from_secs(1);
 /// How often network references (SNTP, HTTP Date) are asked: often enough to bound a
 /// pause's start, rarely enough to be polite to a shared server.
@@ -197,12 +198,22 @@ pub enum ConfigError {
     Unreadable { path: PathBuf, reason: String },
     #[error("config file {path} is not valid TOML: {reason}")]
     Syntax { path: PathBuf, reason: String },
-    #[error("config file {path}: key `{key}` {problem}")]
+    /// `{key} must be …, not …`; a problem that is a statement of its own ("unknown source
+    /// kind …") follows the key after a colon.
+    #[error("config file {path}: {key}{}", key_problem(problem))]
     Key {
         path: PathBuf,
         key: String,
         problem: String,
     },
+}
+
+fn key_problem(problem: &str) -> String {
+    if problem.starts_with("unknown ") {
+        format!(": {problem}")
+    } else {
+        format!(" {problem}")
+    }
 }
 
 // ---- the file as written -------------------------------------------------------------
@@ -241,17 +252,27 @@ struct RawFreeze {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HumanDuration(pub(crate) Duration);
 
+/// How a duration is asked for, in every message about one.
+pub const DURATION_LIKE: &str = "a duration like \"5s\"";
+
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(text.trim())
-            .map(HumanDuration)
-            .map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "must be a duration like \"250ms\", \"5s\" or \"10m\", not {}",
-                    quoted(&text)
-                ))
-            })
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = HumanDuration;
+            // A number or a table where a duration goes says "expected a duration like …".
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str(DURATION_LIKE)
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<HumanDuration, E> {
+                humantime::parse_duration(text.trim())
+                    .map(HumanDuration)
+                    .map_err(|_| {
+                        E::custom(format!("must be {DURATION_LIKE}, not {}", quoted(text)))
+                    })
+            }
+        }
+        d.deserialize_str(Text)
     }
 }
 
@@ -303,10 +324,13 @@ impl Config {
             key: clip(&key).into_owned(),
             problem,
         })?;
+        let written = value.clone();
         let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
+            let at = value_at(&written, e.path());
             let inner = e.into_inner().to_string();
-            let (key, problem) = describe_serde_error(&key, &inner);
+            let (key, problem) =
+                describe_serde_error(&key, &inner, at, &|| enum_variants(&written, &key));
             ConfigError::Key {
                 path: path.to_path_buf(),
                 key: clip(&key).into_owned(),
@@ -525,8 +549,22 @@ fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, S
     Ok(out)
 }
 
-/// Turns serde's messages into "key problem" phrasing; unknown fields name the key itself.
-fn describe_serde_error(path: &str, message: &str) -> (String, String) {
+/// Turns serde's messages into the user's terms: "KEY must be WHAT, not WHAT-WAS-WRITTEN"
+/// (`at` is the value written at the key, when there is one), unknown fields name the key
+/// itself, unknown enum values list the choices. `variants` finds an enum key's choices
+/// when serde only says "string only" (a number where a name goes).
+fn describe_serde_error(
+    path: &str,
+    message: &str,
+    at: Option<&toml::Value>,
+    variants: &dyn Fn() -> Option<String>,
+) -> (String, String) {
+    // toml appends "\nin `source.kind`" (the key again, without indices).
+    let message = first_line(message);
+    let message = match message.rfind(" in `") {
+        Some(i) if message.ends_with('`') => &message[..i],
+        _ => &message[..],
+    };
     if let Some(rest) = message.strip_prefix("unknown field `") {
         let field = rest.split('`').next().unwrap_or(rest);
         let key = if path == "." || path.is_empty() {
@@ -538,16 +576,164 @@ fn describe_serde_error(path: &str, message: &str) -> (String, String) {
         };
         let expected = rest
             .split_once("expected ")
-            .map(|(_, e)| format!("; expected {}", e.lines().next().unwrap_or(e).trim()))
+            .map(|(_, e)| names(e.lines().next().unwrap_or(e)))
+            .map(|n| match n.contains(',') {
+                true => format!("; expected one of {n}"),
+                false => format!("; expected {n}"),
+            })
             .unwrap_or_default();
         return (key, format!("is not a known setting{expected}"));
     }
-    let key = if path == "." {
+    let key = if path == "." || path.is_empty() {
         "(top level)".to_string()
     } else {
         path.to_string()
     };
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|r| r.split('`').next())
+    {
+        let key = if path == "." || path.is_empty() {
+            field.to_string()
+        } else {
+            format!("{path}.{field}")
+        };
+        return (key, "is required".to_string());
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant `") {
+        let written = rest.split('`').next().unwrap_or(rest);
+        let choices = rest
+            .split_once("expected ")
+            .map(|(_, e)| names(e))
+            .unwrap_or_default();
+        let problem = match what_kind(&key) {
+            Some(what) => format!(
+                "unknown {what} {}; expected one of {choices}",
+                quoted(written)
+            ),
+            None => format!("must be one of {choices}, not {}", quoted(written)),
+        };
+        return (key, problem);
+    }
+    let expected = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))
+        .and_then(|r| r.split_once(", expected "))
+        .map(|(_, e)| e.trim());
+    if let Some(expected) = expected {
+        let wanted = match expected {
+            "string only" | "a valid enum variant" => match variants() {
+                Some(choices) => format!("one of {choices}"),
+                None => "a name".to_string(),
+            },
+            "a string" | "a borrowed string" | "a character" => "a string".to_string(),
+            "path string" => "a path (a string)".to_string(),
+            "a sequence" | "a tuple" => "a list".to_string(),
+            "a boolean" => "true or false".to_string(),
+            "a map" | "map" => "a table".to_string(),
+            e if e.starts_with("struct ") || e.starts_with("enum ") => "a table".to_string(),
+            e if e.starts_with('u') && e[1..].parse::<u32>().is_ok() => {
+                "a whole number, 0 or more".to_string()
+            }
+            "usize" => "a whole number, 0 or more".to_string(),
+            e if e.starts_with('i') && e[1..].parse::<u32>().is_ok() => {
+                "a whole number".to_string()
+            }
+            "f32" | "f64" => "a number".to_string(),
+            other => other.to_string(),
+        };
+        let written = match at {
+            Some(v) => written_as(&key, v),
+            None => "that".to_string(),
+        };
+        return (key, format!("must be {wanted}, not {written}"));
+    }
     (key, first_line(message))
+}
+
+/// serde's "`a`, `b` or `c`" / "one of `a`, `b`" as "a, b, c".
+fn names(expected: &str) -> String {
+    let list = expected.trim().trim_start_matches("one of ");
+    list.replace(" or ", ", ")
+        .split(',')
+        .map(|n| n.trim().trim_matches('`'))
+        .filter(|n| !n.is_empty())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The thing a `kind` key names, for "unknown source kind …".
+fn what_kind(key: &str) -> Option<&'static str> {
+    if key.starts_with("source[") && key.ends_with("].kind") {
+        Some("source kind")
+    } else {
+        None
+    }
+}
+
+/// A value as the user wrote it, in words: `the number 5`, `"fast"`, `a list`. The value
+/// of a key that may hold a secret is not repeated, only its type.
+fn written_as(key: &str, v: &toml::Value) -> String {
+    let last = key.rsplit('.').next().unwrap_or(key);
+    let secret = ["token", "key", "secret", "password", "url", "user"]
+        .iter()
+        .any(|s| last.contains(s));
+    match v {
+        toml::Value::String(_) if secret => "a string".to_string(),
+        toml::Value::String(s) => quoted(s),
+        toml::Value::Integer(_) | toml::Value::Float(_) if secret => "a number".to_string(),
+        toml::Value::Integer(n) => format!("the number {n}"),
+        toml::Value::Float(x) => format!("the number {}", clip(&x.to_string())),
+        toml::Value::Boolean(b) => format!("{b}"),
+        toml::Value::Datetime(d) if !secret => format!("the date {d}"),
+        toml::Value::Datetime(_) => "a date".to_string(),
+        toml::Value::Array(_) => "a list".to_string(),
+        toml::Value::Table(_) => "a table".to_string(),
+    }
+}
+
+/// The value at serde's path in the file as written.
+fn value_at<'v>(
+    root: &'v toml::Value,
+    path: &serde_path_to_error::Path,
+) -> Option<&'v toml::Value> {
+    use serde_path_to_error::Segment;
+    let mut v = root;
+    for seg in path.iter() {
+        v = match seg {
+            Segment::Seq { index } => v.as_array()?.get(*index)?,
+            Segment::Map { key } => v.as_table()?.get(key)?,
+            Segment::Enum { .. } | Segment::Unknown => return None,
+        };
+    }
+    Some(v)
+}
+
+/// An enum key's choices: the same file again with an impossible name at `key`, whose
+/// "unknown variant" message lists them.
+fn enum_variants(written: &toml::Value, key: &str) -> Option<String> {
+    let mut probe = written.clone();
+    let mut v = &mut probe;
+    for part in key.split('.') {
+        let (name, index) = match part.split_once('[') {
+            Some((n, i)) => (n, Some(i.trim_end_matches(']').parse::<usize>().ok()?)),
+            None => (part, None),
+        };
+        v = v.as_table_mut()?.get_mut(name)?;
+        if let Some(i) = index {
+            v = v.as_array_mut()?.get_mut(i)?;
+        }
+    }
+    *v = toml::Value::String("\u{1}".to_string());
+    let e = serde_path_to_error::deserialize::<_, RawConfig>(probe).err()?;
+    let message = first_line(&e.into_inner().to_string());
+    let rest = message.strip_prefix("unknown variant `")?;
+    let expected = rest.split_once("expected ")?.1;
+    let expected = match expected.rfind(" in `") {
+        Some(i) => &expected[..i],
+        None => expected,
+    };
+    Some(names(expected))
 }
 
 /// A TOML syntax error as "line N: what is wrong", without the quoted source line: that
@@ -612,7 +798,7 @@ mod tests {
     #[test]
     fn unknown_key_is_named_with_its_table() {
         let e = parse("[freeze]\ntik = \"1s\"\n").unwrap_err().to_string();
-        assert!(e.contains("`freeze.tik` is not a known setting"), "{e}");
+        assert!(e.contains("freeze.tik is not a known setting"), "{e}");
         assert!(e.contains("/etc/sw.toml"), "{e}");
     }
 
@@ -621,13 +807,16 @@ mod tests {
         let e = parse("[freeze]\ntick = \"fast\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("`freeze.tick`") && e.contains("\"fast\""), "{e}");
+        assert!(
+            e.contains(": freeze.tick ") && e.contains("\"fast\""),
+            "{e}"
+        );
     }
 
     #[test]
     fn unset_variable_is_an_error() {
         let e = parse("data_dir = \"${NOPE}/x\"\n").unwrap_err().to_string();
-        assert!(e.contains("`data_dir`") && e.contains("NOPE"), "{e}");
+        assert!(e.contains(": data_dir ") && e.contains("NOPE"), "{e}");
     }
 
     #[test]
@@ -640,7 +829,7 @@ mod tests {
         let e = parse("[freeze]\ntick = \"1s\"\nmin = \"1s\"\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("`freeze.min`"), "{e}");
+        assert!(e.contains(": freeze.min "), "{e}");
     }
 
     #[test]
@@ -648,7 +837,7 @@ mod tests {
         let e = parse("[freeze]\nreferences = [\"gps\"]\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("`freeze.references[0]`"), "{e}");
+        assert!(e.contains(": freeze.references[0] "), "{e}");
     }
 
     #[test]

@@ -687,7 +687,7 @@ mod tests {
             parse("[[source]]\nname = \"d\"\nkind = \"dbos\"\nurl = \"x.db\"\nlease = \"10s\"\n")
                 .unwrap_err();
         assert!(
-            e.contains("`source[0].lease` does not apply to a source of kind \"dbos\""),
+            e.contains("source[0].lease does not apply to a source of kind \"dbos\""),
             "{e}"
         );
     }
@@ -695,7 +695,7 @@ mod tests {
     #[test]
     fn names_are_unique_and_urls_sqlite() {
         let two = "[[source]]\nname = \"a\"\nkind = \"dbos\"\nurl = \"x.db\"\n[[source]]\nname = \"a\"\nkind = \"dbos\"\nurl = \"y.db\"\n";
-        assert!(parse(two).unwrap_err().contains("`source[1].name`"));
+        assert!(parse(two).unwrap_err().contains(": source[1].name "));
         let pg = "[[source]]\nname = \"a\"\nkind = \"dbos\"\nurl = \"postgres://u:secret@h/db?sslmode=require\"\n";
         let c = parse(pg).unwrap();
         assert!(matches!(c.sources[0].location, Location::Postgres(_)));
@@ -732,17 +732,17 @@ mod tests {
         assert!(parse(&format!("{base}values = [\"n\"]\n")).is_ok());
         assert!(parse(&format!("{base}values = [\"n-1\"]\n"))
             .unwrap_err()
-            .contains("`source[0].values`"));
+            .contains(": source[0].values "));
         assert!(
             parse(&format!("{base}values = [\"n\"]\nlabels = [\"source\"]\n"))
                 .unwrap_err()
-                .contains("`source[0].labels`")
+                .contains(": source[0].labels ")
         );
         let clash = format!("{base}values = [\"n\"]\n[[source]]\nname = \"b\"\nkind = \"sql\"\nurl = \"x.db\"\nquery = \"SELECT 1 AS n, 'x' AS q\"\nvalues = [\"n\"]\nlabels = [\"q\"]\n");
         assert!(
             parse(&clash)
                 .unwrap_err()
-                .contains("`source[1].labels` must equal"),
+                .contains("source[1].labels must equal"),
             "{}",
             parse(&clash).unwrap_err()
         );
@@ -763,6 +763,6 @@ mod tests {
     #[test]
     fn lease_needs_a_running_status_and_claim_column() {
         let e = parse("[[source]]\nname = \"q\"\nkind = \"queue_table\"\nurl = \"x.db\"\ntable = \"t\"\nopen_statuses = [\"new\"]\nlease = \"1m\"\n").unwrap_err();
-        assert!(e.contains("`source[0].lease`"), "{e}");
+        assert!(e.contains(": source[0].lease "), "{e}");
     }
 }

@@ -1,6 +1,6 @@
 //! The freeze decision: readings in, freeze events out. Pure — time is passed in.
 //!
-//! Channels (see DESIGN.md's clock table):
+//! Channels (see docs/design.md's clock table):
 //! - `tick`: a wake that came later than its deadline by ≥ `min` → `process_stall`.
 //! - `wall_step`: REALTIME − MONOTONIC changed by ≥ `wall_step` (beyond what a suspend
 //!   explains) → `wall_clock_step`; small changes accumulate as drift. A forward step
@@ -699,7 +699,7 @@ fn steady_proves_no_loss(reference: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    //! One synthetic sequence per row of DESIGN.md's clock table.
+    //! One synthetic sequence per row of docs/design.md's clock table.
     use super::*;
 
     const S: i64 = NANOS_PER_SEC;

@@ -8,7 +8,8 @@
 //! reference reads (sysfs, PTP) and, at most once a second, `/proc/stat`, `adjtimex` and
 //! the host evidence ([`HostEvidence`]: its own schedstat, the cgroup's `cpu.stat`, an
 //! inotify descriptor, a `SIGCONT` time); events go to the state writer through a
-//! bounded queue.
+//! bounded queue. A tick takes no lock: it counts itself in atomics, and drift, steal and
+//! offsets reach the metrics and the status in the once-a-second block, only when changed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
@@ -104,18 +105,36 @@ impl Runner {
         for (name, _) in &self.references {
             detector.add_reference(name.clone());
         }
+        let mut refs: Vec<RefState> = self
+            .references
+            .iter()
+            .map(|(name, _)| RefState {
+                up: self.metrics.reference_up.with_label_values(&[name]),
+                offset: self
+                    .metrics
+                    .reference_offset_seconds
+                    .with_label_values(&[name]),
+                last: None,
+            })
+            .collect();
         let steal = StealReader::new();
         let mut host = HostEvidence::open();
         log_host_evidence(&host);
         let mut last_steal: Option<i64> = None;
-        let mut next_steal_ns = 0;
+        let mut next_second_ns = 0;
         let mut next_clocksource_ns = 0;
         let mut was_visible: Option<bool> = None;
+        let mut published = Published::default();
         let tick_ns = self.config.tick.as_nanos() as i64;
+        let mut overruns: Vec<f64> =
+            Vec::with_capacity((STEAL_INTERVAL_NS / tick_ns.max(1)) as usize + 4);
         let mut deadline = read_clocks().mono_ns + tick_ns;
         // Every reference has been asked once by then (the merge window covers the slowest).
         let first_sight_ns = deadline + self.detector.merge_window_ns;
 
+        // Each tick: the clocks, the decision, local references, and what the decision
+        // opened or finished. Everything that does not need tick resolution runs in the
+        // once-a-second block.
         while !self.stop.load(Ordering::Relaxed) {
             let slept_at = crate::clock::mono_ns();
             sleep_until_mono(deadline);
@@ -125,25 +144,31 @@ impl Runner {
                 deadline_ns: deadline,
                 clocks,
             });
-            self.metrics
-                .tick_overrun_seconds
-                .observe(report.overrun_ns as f64 / 1e9);
+            // Into the histogram once a second: its shards are cold cache lines after a
+            // sleep, the most expensive thing a tick would touch.
+            if overruns.len() == overruns.capacity() {
+                self.observe_overruns(&mut overruns);
+            }
+            overruns.push(report.overrun_ns as f64 / 1e9);
             if let Some(step) = report.wall_step_ns {
                 log_step(step, report.step_verdict);
             }
 
-            for i in 0..self.references.len() {
+            // Local references stay per tick: an RTC's 1 Hz edge is timed to within a tick
+            // only if it is sampled at every tick, and a PTP clock that stops with a VM
+            // pause must be seen on the first tick after it.
+            for (i, state) in refs.iter_mut().enumerate() {
                 if let RefSlot::Local(reader) = &mut self.references[i].1 {
                     let sample = reader.read();
-                    self.apply_sample(&mut detector, i, sample);
+                    self.apply_sample(&mut detector, i, state, sample);
                 }
             }
             while let Ok((i, sample)) = self.network_samples.try_recv() {
-                self.apply_sample(&mut detector, i, sample);
+                self.apply_sample(&mut detector, i, &mut refs[i], sample);
             }
 
-            if clocks.mono_ns >= next_steal_ns {
-                next_steal_ns = clocks.mono_ns + STEAL_INTERVAL_NS;
+            if clocks.mono_ns >= next_second_ns {
+                next_second_ns = clocks.mono_ns + STEAL_INTERVAL_NS;
                 if let Ok(total) = steal.read_ns() {
                     if let Some(prev) = last_steal {
                         self.metrics
@@ -170,6 +195,8 @@ impl Runner {
                 if clocks.mono_ns >= first_sight_ns {
                     self.publish_sight(&mut was_visible);
                 }
+                self.publish(&detector, &refs, &mut published);
+                self.observe_overruns(&mut overruns);
             }
 
             for event in detector.take_opened() {
@@ -183,29 +210,37 @@ impl Runner {
             for event in detector.take_finished() {
                 self.events.record(event);
             }
-            self.publish(&detector, clocks.mono_ns);
+            self.status.tick(clocks.mono_ns);
 
             deadline += tick_ns;
             if deadline <= clocks.mono_ns {
                 deadline = clocks.mono_ns + tick_ns; // late: skip missed ticks, never burst
             }
         }
+        self.observe_overruns(&mut overruns);
         for event in detector.flush() {
             self.events.record(event);
         }
     }
 
+    fn observe_overruns(&self, overruns: &mut Vec<f64>) {
+        for seconds in overruns.drain(..) {
+            self.metrics.tick_overrun_seconds.observe(seconds);
+        }
+    }
+
+    /// A reference's sample into the decision; its gauge and status change only when its
+    /// health does (a local reference is read every tick).
     fn apply_sample(
         &self,
         detector: &mut Detector,
         index: usize,
+        state: &mut RefState,
         sample: Result<RefSample, String>,
     ) {
         let name = &self.references[index].0;
-        let up = self.metrics.reference_up.with_label_values(&[name]);
         match sample {
             Ok(sample) => {
-                up.set(1.0);
                 match detector.on_reference(index, sample) {
                     RefOutcome::Resync { moved_ns } => {
                         tracing::info!(reference = %name, moved_seconds = moved_ns as f64 / 1e9, "reference clock moved below the freeze threshold; re-synchronised");
@@ -215,20 +250,25 @@ impl Runner {
                     }
                     RefOutcome::Steady | RefOutcome::Refined { .. } => {}
                 }
-                let mut status = self.status.lock();
-                let slot = &mut status.references[index];
-                slot.up = true;
-                slot.last_error = None;
+                if state.last != Some(Ok(())) {
+                    state.last = Some(Ok(()));
+                    state.up.set(1.0);
+                    let mut status = self.status.lock();
+                    let slot = &mut status.references[index];
+                    slot.up = true;
+                    slot.last_error = None;
+                }
             }
             Err(error) => {
-                up.set(0.0);
-                let mut status = self.status.lock();
-                let slot = &mut status.references[index];
-                if slot.last_error.as_deref() != Some(error.as_str()) {
+                if state.last.as_ref().and_then(|l| l.as_ref().err()) != Some(&error) {
                     tracing::warn!(reference = %name, %error, "reference clock unreadable");
+                    state.up.set(0.0);
+                    let mut status = self.status.lock();
+                    let slot = &mut status.references[index];
+                    slot.up = false;
+                    slot.last_error = Some(error.clone());
+                    state.last = Some(Err(error));
                 }
-                slot.up = false;
-                slot.last_error = Some(error);
             }
         }
     }
@@ -301,31 +341,54 @@ impl Runner {
         }
     }
 
-    fn publish(&self, detector: &Detector, mono_ns: i64) {
-        let drift_seconds = detector.drift_ns() as f64 / 1e9;
-        self.metrics.wall_clock_drift_seconds.set(drift_seconds);
-        self.metrics.wall_clock_drift_ppm.set(detector.drift_ppm());
-        let offsets: Vec<Option<f64>> = (0..self.references.len())
-            .map(|i| detector.reference_offset_ns(i).map(|o| o as f64 / 1e9))
-            .collect();
-        for ((name, _), offset) in self.references.iter().zip(&offsets) {
+    /// Drift, steal and reference offsets into the metrics and the status, once a second
+    /// and only what changed since the last time.
+    fn publish(&self, detector: &Detector, refs: &[RefState], last: &mut Published) {
+        let now = Published {
+            drift_ppm: detector.drift_ppm(),
+            drift_seconds: detector.drift_ns() as f64 / 1e9,
+            steal_seconds: self.metrics.cpu_steal_seconds_total.get(),
+            offsets: (0..self.references.len())
+                .map(|i| detector.reference_offset_ns(i).map(|o| o as f64 / 1e9))
+                .collect(),
+        };
+        if now == *last {
+            return;
+        }
+        self.metrics.wall_clock_drift_seconds.set(now.drift_seconds);
+        self.metrics.wall_clock_drift_ppm.set(now.drift_ppm);
+        for (state, offset) in refs.iter().zip(&now.offsets) {
             if let Some(o) = offset {
-                self.metrics
-                    .reference_offset_seconds
-                    .with_label_values(&[name])
-                    .set(*o);
+                state.offset.set(*o);
             }
         }
         let mut status = self.status.lock();
-        status.ticks += 1;
-        status.last_tick_mono_ns = mono_ns;
-        status.wall_clock_drift_ppm = detector.drift_ppm();
-        status.wall_clock_drift_seconds = drift_seconds;
-        status.cpu_steal_seconds = self.metrics.cpu_steal_seconds_total.get();
-        for (slot, offset) in status.references.iter_mut().zip(offsets) {
-            slot.offset_seconds = offset;
+        status.wall_clock_drift_ppm = now.drift_ppm;
+        status.wall_clock_drift_seconds = now.drift_seconds;
+        status.cpu_steal_seconds = now.steal_seconds;
+        for (slot, offset) in status.references.iter_mut().zip(&now.offsets) {
+            slot.offset_seconds = *offset;
         }
+        drop(status);
+        *last = now;
     }
+}
+
+/// One reference as the tick loop keeps it: its gauges, and its last health (`None`
+/// before the first sample) so an unchanged one is not written again.
+struct RefState {
+    up: prometheus::Gauge,
+    offset: prometheus::Gauge,
+    last: Option<Result<(), String>>,
+}
+
+/// The once-a-second facts as last published.
+#[derive(Debug, Default, PartialEq)]
+struct Published {
+    drift_ppm: f64,
+    drift_seconds: f64,
+    steal_seconds: f64,
+    offsets: Vec<Option<f64>>,
 }
 
 /// What this machine lets the tick thread see of a stall's cause, once at start.

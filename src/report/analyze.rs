@@ -253,8 +253,9 @@ impl Analyzer {
     }
 
     /// Feeds one row, in completion order, with the workflow's total row count if this
-    /// row carries it.
-    pub fn observe(&mut self, row: StepRow, total_rows: Option<u64>) {
+    /// row carries it. Returns the gap or overrun before the row, whatever its length
+    /// (the analysis itself counts only those at or above `gap_min`).
+    pub fn observe(&mut self, row: StepRow, total_rows: Option<u64>) -> Option<Gap> {
         self.rows += 1;
         self.first_ns = Some(
             self.first_ns
@@ -271,10 +272,15 @@ impl Analyzer {
         if before >= MAX_TRACKED_WORKFLOWS && after < before {
             self.evicted += (before + 1 - after) as u64;
         }
-        if let Some(gap) = gap {
-            self.analysis.add(&gap);
+        if let Some(gap) = &gap {
+            self.analysis.add(gap);
         }
-        let id = row.workflow_id;
+        self.settle(row.workflow_id, total_rows);
+        gap
+    }
+
+    /// Counts a workflow's row and forgets the workflow after its last.
+    fn settle(&mut self, id: String, total_rows: Option<u64>) {
         let left = match total_rows {
             Some(total) => {
                 let seen = self.early.remove(&id).unwrap_or(0) + 1;

@@ -5,7 +5,8 @@
 //!
 //! A state DB with no tables yet (`user_version` 0) reads as empty; one from a newer
 //! stallwatch is refused, naming the file; one from before episodes existed (version 1)
-//! reads with no episodes.
+//! reads with no episodes; one from before watch sessions (version < 5) gets sessions
+//! estimated from what it holds, marked as such.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
@@ -13,6 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
+use super::coverage::Session;
 use super::stats::rank_index;
 use super::time::Window;
 use crate::freeze::ChannelEstimate;
@@ -31,6 +33,8 @@ pub enum HistoryError {
     Missing { path: PathBuf },
     #[error("state database {path} cannot be read: {reason}")]
     Unreadable { path: PathBuf, reason: String },
+    #[error("{path} is not a stallwatch state database (it holds other tables); pass --data-dir with the sidecar's data_dir")]
+    NotStateDb { path: PathBuf },
     #[error("state database {path} has schema version {found}, newer than this stallwatch understands ({known}); use the stallwatch that wrote it")]
     TooNew {
         path: PathBuf,
@@ -126,6 +130,8 @@ pub struct RuleTotal {
     pub firing: u64,
     /// Longest time one of them held (to the window's end if still firing); 0 for one-shots.
     pub longest_ns: i64,
+    /// Of those, ones a silence held back (schema 7 on; 0 before).
+    pub silenced: u64,
 }
 
 /// Notifications to one channel made in the window, by outcome so far.
@@ -159,8 +165,12 @@ pub struct History {
     conn: Option<Connection>,
     has_episodes: bool,
     has_alerts: bool,
+    /// Schema 7: `alert.silence_id`.
+    has_silences: bool,
     /// Schema 4: folded episode counts and facts about the state DB itself.
     has_facts: bool,
+    /// Schema 5: watch sessions.
+    has_sessions: bool,
     path: PathBuf,
 }
 
@@ -203,12 +213,33 @@ impl History {
         if found > known {
             return Err(HistoryError::TooNew { path, found, known });
         }
+        // Version 0 is a state DB the sidecar has not yet migrated only if it is empty;
+        // any version must hold the freeze table (an app's DB named like ours holds neither).
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*), coalesce(sum(name = 'freeze_event'), 0) FROM sqlite_master
+                 WHERE type = 'table'",
+                [],
+                |r| {
+                    Ok(if r.get::<_, i64>(1)? > 0 {
+                        -1
+                    } else {
+                        r.get(0)?
+                    })
+                },
+            )
+            .map_err(unreadable)?;
+        if (found == 0 && tables != 0) || (found > 0 && tables != -1) {
+            return Err(HistoryError::NotStateDb { path });
+        }
         Ok(History {
             // Version 0: the file exists but has no tables yet.
             conn: (found > 0).then_some(conn),
             has_episodes: found >= 2,
             has_alerts: found >= 3,
             has_facts: found >= 4,
+            has_sessions: found >= 5,
+            has_silences: found >= crate::silence::SILENCE_VERSION,
             path,
         })
     }
@@ -256,6 +287,21 @@ impl History {
             rows.collect()
         };
         run().map_err(|e| self.err(e))
+    }
+
+    /// Every run of the sidecar, oldest first: as recorded (schema 5 on), or estimated
+    /// from what an older DB holds (`report::coverage::estimate`).
+    pub fn sessions(&self) -> Result<Vec<Session>, HistoryError> {
+        let Some(conn) = &self.conn else {
+            return Ok(Vec::new());
+        };
+        if self.has_sessions {
+            crate::state::read_sessions(conn).map_err(|e| self.err(e))
+        } else {
+            crate::state::old_run_evidence(conn, &self.path)
+                .map(|old| super::coverage::estimate(&old))
+                .map_err(|e| self.err(e))
+        }
     }
 
     /// Freezes per kind that started in `w`, by kind name.
@@ -509,13 +555,19 @@ impl History {
         };
         let until = now_ns.min(w.end_ns);
         let run = || -> rusqlite::Result<AlertHistory> {
-            let mut stmt = conn.prepare_cached(
+            let silenced = if self.has_silences {
+                "coalesce(sum(silence_id IS NOT NULL), 0)"
+            } else {
+                "0"
+            };
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT rule, count(*), coalesce(sum(state = 'firing'), 0),
                         coalesce(max(CASE WHEN state = 'fired' THEN 0
-                                          ELSE coalesce(ended_at_ns, ?3) - started_at_ns END), 0)
+                                          ELSE coalesce(ended_at_ns, ?3) - started_at_ns END), 0),
+                        {silenced}
                  FROM alert WHERE started_at_ns >= ?1 AND started_at_ns < ?2
-                 GROUP BY rule ORDER BY rule",
-            )?;
+                 GROUP BY rule ORDER BY rule"
+            ))?;
             let rules = stmt
                 .query_map(params![w.start_ns, w.end_ns, until], |r| {
                     Ok(RuleTotal {
@@ -523,6 +575,7 @@ impl History {
                         count: r.get::<_, i64>(1)?.max(0) as u64,
                         firing: r.get::<_, i64>(2)?.max(0) as u64,
                         longest_ns: r.get::<_, i64>(3)?.max(0),
+                        silenced: r.get::<_, i64>(4)?.max(0) as u64,
                     })
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;

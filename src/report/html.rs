@@ -257,13 +257,12 @@ pub fn timeline_svg(w: &Window, freezes: &[FreezeRow], episodes: &[EpisodeRow]) 
                     let (x, width) = bar(w, e.started_at_ns, e.duration_ns);
                     let _ = writeln!(
                         svg,
-                        "<rect x=\"{x:.1}\" y=\"{bar_y:.1}\" width=\"{width:.1}\" height=\"{bar_h:.1}\" rx=\"1.5\" fill=\"{}\"><title>{} of {} ({}) {} → {} at {} for {}, cause {}</title></rect>",
+                        "<rect x=\"{x:.1}\" y=\"{bar_y:.1}\" width=\"{width:.1}\" height=\"{bar_h:.1}\" rx=\"1.5\" fill=\"{}\"><title>{} of {} ({}) {} at {} for {}, cause {}</title></rect>",
                         cause_colour(&e.cause),
                         escape(kind),
                         escape(&e.workflow_id),
                         escape(&e.workflow_name),
-                        escape(&e.from_step),
-                        escape(&e.to_step),
+                        escape(&super::render::steps_text(&e.from_step, &e.to_step)),
                         rfc3339(e.started_at_ns),
                         human(e.duration_ns),
                         escape(&e.cause)
@@ -437,7 +436,7 @@ pub fn report_html(d: &ReportData) -> String {
         }
         Some(a) => {
             out.push_str(&table(
-                &["rule", "count", "firing now", "longest"],
+                &["rule", "count", "still firing", "longest"],
                 &[1, 2, 3],
                 &alert_rows(a),
             ));
@@ -488,7 +487,7 @@ pub fn report_html(d: &ReportData) -> String {
                     rfc3339(e.started_at_ns),
                     e.source.clone(),
                     format!("{} ({})", e.workflow_id, e.workflow_name),
-                    format!("{} → {}", e.from_step, e.to_step),
+                    super::render::steps_text(&e.from_step, &e.to_step),
                 ]
             })
             .collect();
@@ -509,8 +508,11 @@ pub fn report_html(d: &ReportData) -> String {
     }
     let _ = writeln!(
         out,
-        "<footer><p>Freezes are only seen while the sidecar runs: it may have watched at most {} of this window. Planned stops write no freeze event and cannot be seen here.</p></footer>\n</body>\n</html>",
-        human(d.covered.len_ns())
+        "<footer><p>Freezes are only seen while the sidecar runs; in this window it {}.</p></footer>\n</body>\n</html>",
+        escape(&super::render::watched_text(
+            &d.watched,
+            d.window.clip(i64::MIN, d.generated_ns).len_ns()
+        ))
     );
     out
 }

@@ -7,10 +7,13 @@
 //!   timeline.
 //! - `verify`: the state DB over a before and an after window — FIXED, NOT FIXED or NOT
 //!   ENOUGH DATA, with the evidence and the statistics behind it.
+//! - `verify --source` / `report --source` ([`app_verify`]): the app's own history (a DBOS
+//!   DB, a queue table, a JSONL log) as evidence, with or without the state DB beside it:
+//!   [`app_scan`] reads it, [`app_history`] counts its gaps per window and cause.
 //!
 //! Pure logic takes values and returns values: [`time`] (parsing and printing times),
-//! [`stats`] (quantiles, Poisson), [`analyze`] (gap aggregation), [`verify`] (coverage,
-//! the verdict). I/O is thin: [`scan`] reads an app DB through the sources' read-only
+//! [`stats`] (quantiles, Poisson), [`analyze`] (gap aggregation), [`verify`] (the verdict),
+//! [`coverage`] (watch sessions: what was watched, what is estimated). I/O is thin: [`scan`] reads an app DB through the sources' read-only
 //! [`crate::sources::db::Database`], [`history`] reads the state DB read-only. [`render`]
 //! and [`html`] turn results into text. Nothing here writes to any database.
 //!
@@ -19,8 +22,14 @@
 //! 3 NOT ENOUGH DATA; everything else returns 0.
 
 pub mod analyze;
+pub mod app_history;
+pub mod app_scan;
+pub mod app_verify;
+pub mod coverage;
+pub mod fleet;
 pub mod history;
 pub mod html;
+pub mod prometheus;
 pub mod render;
 pub mod scan;
 pub mod stats;
@@ -35,12 +44,13 @@ use crate::sources::db::Database;
 use crate::sources::postgres::PgReader;
 use crate::sources::sqlite::SqliteReader;
 use analyze::Analyzer;
+use coverage::{Session, Watched};
 use history::{
     EpisodeRow, EpisodeTotal, Evidence, FreezeRow, History, HistoryError, KindTotal, Stored,
 };
 use scan::{ScanError, ScanStats};
 use time::{parse_time, parse_window, Window, DAY_NS};
-use verify::{Coverage, Decision, Sample};
+use verify::{Decision, Sample};
 
 /// Default `analyze --gap-min`: a minute, well above any step-to-step latency and below
 /// any freeze worth a page.
@@ -130,7 +140,9 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<Outcome, ToolError> {
     let shown = location.shown();
     let mut db = match location {
         Location::Postgres(url) => Database::Postgres(Box::new(PgReader::new(url))),
-        Location::Sqlite(path) | Location::File(path) => Database::Sqlite(SqliteReader::new(path)),
+        Location::Sqlite(path) | Location::File(path) => {
+            Database::Sqlite(SqliteReader::one_shot(path))
+        }
     };
     let gap_min_ns = i64::try_from(args.gap_min.as_nanos())
         .map_err(|_| ToolError::Input("--gap-min is too long".into()))?;
@@ -179,8 +191,10 @@ pub struct ReportData {
     pub timeline_episodes: Vec<EpisodeRow>,
     pub stored: Stored,
     pub evidence: Evidence,
-    /// The part of the window the sidecar may have watched.
-    pub covered: Window,
+    /// How much of the window the sidecar watched (its sessions inside it).
+    pub watched: Watched,
+    /// Every run of the sidecar (for how the runs in the window ended).
+    pub sessions: Vec<Session>,
     /// The sidecar's own alerts; `None` when the state DB predates alert history.
     pub alerts: Option<history::AlertHistory>,
     /// Episodes folded (counted, not stored one by one) per source on the window's days.
@@ -254,6 +268,7 @@ pub fn report(args: &ReportArgs, now_ns: i64) -> Result<Outcome, ToolError> {
     let window = report_window(args.since.as_deref(), args.until.as_deref(), now_ns)?;
     let history = History::open(&args.data_dir)?;
     let evidence = history.evidence()?;
+    let sessions = history.sessions()?;
     let data = ReportData {
         state_db: history.path().display().to_string(),
         window,
@@ -266,8 +281,14 @@ pub fn report(args: &ReportArgs, now_ns: i64) -> Result<Outcome, ToolError> {
         timeline_episodes: history.longest_episodes(window, MAX_TIMELINE_MARKS)?,
         stored: history.stored()?,
         evidence,
-        covered: verify::coverage(&evidence).covered(window, now_ns),
-        alerts: history.alert_history(window, now_ns)?,
+        watched: coverage::watched(&sessions, window, now_ns),
+        sessions,
+        // An alert still firing when the sidecar stopped held until its last heartbeat,
+        // as far as anyone can tell; not until this report.
+        alerts: history.alert_history(
+            window,
+            evidence.heartbeat_ns.map_or(now_ns, |h| h.min(now_ns)),
+        )?,
         folded: history.folded_totals(window)?,
         state_facts: history.state_facts()?,
     };
@@ -299,7 +320,8 @@ pub struct VerifyArgs {
 #[derive(Debug, Clone)]
 pub struct Side {
     pub window: Window,
-    pub covered: Window,
+    /// The sidecar's sessions inside the window.
+    pub watched: Watched,
     /// Lost-time kinds only.
     pub by_kind: Vec<KindTotal>,
     pub freezes: u64,
@@ -315,30 +337,21 @@ pub struct Side {
 /// Where "everything up to T" starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartFrom {
-    /// The state DB file's creation: the sidecar cannot have watched before it.
-    Created,
-    /// The first freeze. It only marks the start, so it is not counted in the rate
-    /// (counting it would overstate the rate of a window that starts with it).
-    FirstFreeze,
-    /// The first episode (no freeze came earlier).
-    FirstRecord,
-    /// Nothing stored before T: the window is empty.
+    /// The first watch session: nothing can have been seen before it.
+    FirstSession,
+    /// No session before T: the window is empty.
     Nothing,
 }
 
 impl Side {
-    /// Freezes the rate is computed from.
+    /// Freezes the rate is computed from: every lost-time freeze that started in the window.
     pub fn counted(&self) -> u64 {
-        if self.start_from == Some(StartFrom::FirstFreeze) {
-            self.freezes.saturating_sub(1)
-        } else {
-            self.freezes
-        }
+        self.freezes
     }
 
-    /// Frozen seconds per covered day.
+    /// Frozen seconds per watched day.
     pub fn frozen_seconds_per_day(&self) -> Option<f64> {
-        let covered = self.covered.len_ns();
+        let covered = self.watched.covered_ns;
         (covered > 0).then(|| self.frozen_ns as f64 / 1e9 * DAY_NS as f64 / covered as f64)
     }
 }
@@ -349,7 +362,7 @@ pub struct VerifyResult {
     pub now_ns: i64,
     pub before: Side,
     pub after: Side,
-    pub coverage: Coverage,
+    pub sessions: Vec<Session>,
     pub evidence: Evidence,
     pub decision: Decision,
 }
@@ -408,7 +421,7 @@ pub fn verify_windows(
 fn side(
     history: &History,
     window: Window,
-    coverage: &Coverage,
+    sessions: &[Session],
     now_ns: i64,
 ) -> Result<Side, ToolError> {
     let totals = history.freeze_totals(window)?;
@@ -421,7 +434,7 @@ fn side(
     let (gaps, gap_p99_ns) = history.gap_quantile(window, 0.99)?;
     Ok(Side {
         window,
-        covered: coverage.covered(window, now_ns),
+        watched: coverage::watched(sessions, window, now_ns),
         freezes: by_kind.iter().map(|k| k.count).sum(),
         frozen_ns: by_kind.iter().map(|k| k.total_ns).sum(),
         by_kind,
@@ -446,31 +459,35 @@ pub fn verify(args: &VerifyArgs, now_ns: i64) -> Result<Outcome, ToolError> {
     )?;
     let history = History::open(&args.data_dir)?;
     let evidence = history.evidence()?;
-    let coverage = verify::coverage(&evidence);
-    let mut before = side(&history, before_w, &coverage, now_ns)?;
-    // "Everything up to T" starts where the evidence does.
+    let sessions = history.sessions()?;
+    let mut before = side(&history, before_w, &sessions, now_ns)?;
+    // "Everything up to T" starts with the first watch session.
     if before_w.start_ns == i64::MIN {
-        let (start, from) = match (coverage.from_ns, evidence.earliest_record_ns) {
-            (Some(created), _) => (created, StartFrom::Created),
-            (None, Some(first)) if evidence.earliest_freeze_ns == Some(first) => {
-                (first, StartFrom::FirstFreeze)
-            }
-            (None, Some(first)) => (first, StartFrom::FirstRecord),
-            (None, None) => (before_w.end_ns, StartFrom::Nothing),
+        let first = sessions.iter().map(|s| s.started_ns).min();
+        let (start, from) = match first {
+            Some(first) if first < before_w.end_ns => (first, StartFrom::FirstSession),
+            _ => (before_w.end_ns, StartFrom::Nothing),
         };
-        before.window.start_ns = start.min(before_w.end_ns);
-        before.covered = coverage.covered(before.window, now_ns);
+        before = side(
+            &history,
+            Window {
+                start_ns: start,
+                end_ns: before_w.end_ns,
+            },
+            &sessions,
+            now_ns,
+        )?;
         before.start_from = Some(from);
     }
-    let after = side(&history, after_w, &coverage, now_ns)?;
+    let after = side(&history, after_w, &sessions, now_ns)?;
     let decision = verify::decide(
         Sample {
             freezes: before.counted(),
-            covered_ns: before.covered.len_ns(),
+            covered_ns: before.watched.covered_ns,
         },
         Sample {
             freezes: after.counted(),
-            covered_ns: after.covered.len_ns(),
+            covered_ns: after.watched.covered_ns,
         },
     );
     let result = VerifyResult {
@@ -478,7 +495,7 @@ pub fn verify(args: &VerifyArgs, now_ns: i64) -> Result<Outcome, ToolError> {
         now_ns,
         before,
         after,
-        coverage,
+        sessions,
         evidence,
         decision,
     };

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 
 use super::analyze::{Day, GapStats};
+use super::coverage::{Session, Watched, ENDED_RUNNING};
 use super::history::{AlertHistory, EpisodeRow, FreezeRow, KindTotal};
 use super::time::{day_label, human, rfc3339, rfc3339_millis, Window};
 use super::verify::Reason;
@@ -25,7 +26,7 @@ fn gap_kind(kind: GapKind) -> &'static str {
 }
 
 /// Left-aligned columns, two spaces apart, each as wide as its widest cell.
-fn columns(rows: &[Vec<String>], indent: &str) -> String {
+pub(super) fn columns(rows: &[Vec<String>], indent: &str) -> String {
     let width = rows.iter().map(|r| r.len()).max().unwrap_or(0);
     let widths: Vec<usize> = (0..width)
         .map(|c| {
@@ -118,6 +119,9 @@ pub fn analyze_text(r: &AnalyzeResult) -> String {
         "stallwatch analyze: {} ({}{mode})",
         r.source, r.scan.backend
     );
+    if let Some(note) = &r.scan.opened {
+        let _ = writeln!(out, "  {note}");
+    }
     let span = match (a.first_ns, a.last_ns) {
         (Some(f), Some(l)) => format!(", {} .. {}", rfc3339(f), rfc3339(l)),
         _ => String::new(),
@@ -246,6 +250,7 @@ pub fn analyze_json(r: &AnalyzeResult) -> String {
         "source": r.source,
         "backend": r.scan.backend,
         "journal_mode": r.scan.journal_mode,
+        "opened": r.scan.opened,
         "gap_min_seconds": secs(n.gap_min_ns),
         "rows": a.rows,
         "batches": r.scan.batches,
@@ -324,6 +329,17 @@ fn freeze_cells(f: &FreezeRow) -> Vec<String> {
     ]
 }
 
+/// The steps column: `parse → generate`; one side only when the other is not known (a
+/// stall has no next step yet, `after parse`); `-` when neither is.
+pub fn steps_text(from: &str, to: &str) -> String {
+    match (from.is_empty(), to.is_empty()) {
+        (false, false) => format!("{from} → {to}"),
+        (false, true) => format!("after {from}"),
+        (true, false) => format!("before {to}"),
+        (true, true) => "-".into(),
+    }
+}
+
 fn episode_cells(e: &EpisodeRow) -> Vec<String> {
     let cause = match e.freeze_id {
         Some(id) => format!("{} (#{id})", e.cause),
@@ -336,22 +352,92 @@ fn episode_cells(e: &EpisodeRow) -> Vec<String> {
         rfc3339(e.started_at_ns),
         e.source.clone(),
         format!("{} ({})", e.workflow_id, e.workflow_name),
-        format!("{} → {}", e.from_step, e.to_step),
+        steps_text(&e.from_step, &e.to_step),
     ]
 }
 
-/// Coverage in one line: how much of the window the sidecar may have watched.
-fn coverage_line(d: &ReportData) -> String {
-    let e = &d.evidence;
-    let beat = match (e.heartbeat_ns, e.heartbeat_clean) {
-        (Some(h), Some(true)) => format!("last heartbeat {} (clean stop)", rfc3339(h)),
-        (Some(h), _) => format!("last heartbeat {}", rfc3339(h)),
-        (None, _) => "no heartbeat".into(),
+/// Most sessions listed in JSON (the latest in the window); the counts cover them all.
+pub const MAX_LISTED_SESSIONS: usize = 100;
+
+/// `watched 3d 4h of 7d (46 %)`, and how much of it is an estimate. `span_ns` is the
+/// window's length up to now.
+pub fn watched_text(w: &Watched, span_ns: i64) -> String {
+    let pct = if span_ns > 0 {
+        100.0 * w.covered_ns as f64 / span_ns as f64
+    } else {
+        0.0
     };
+    let pct = if pct == 0.0 || pct >= 10.0 {
+        format!("{pct:.0}")
+    } else {
+        format!("{pct:.1}")
+    };
+    let mut text = format!(
+        "watched {} of {} ({pct} %)",
+        human(w.covered_ns),
+        human(span_ns)
+    );
+    if w.estimated_ns > 0 {
+        let _ = write!(
+            text,
+            ", of which {} is estimated from a state DB written before watch sessions were recorded (a planned stop then cannot be seen, so that part is at most)",
+            human(w.estimated_ns)
+        );
+    }
+    text
+}
+
+/// The sessions that overlap `w` (up to now), oldest first.
+fn sessions_in(sessions: &[Session], w: &Window, now_ns: i64) -> Vec<Session> {
+    let w = w.clip(i64::MIN, now_ns);
+    sessions
+        .iter()
+        .filter(|s| s.span().clip(w.start_ns, w.end_ns).len_ns() > 0 || w.contains(s.started_ns))
+        .cloned()
+        .collect()
+}
+
+/// How the runs in a window ended: `3 runs (1 stopped, 1 restart, 1 running)`.
+fn runs_text(sessions: &[Session]) -> String {
+    let mut counts: Vec<(&str, u64)> = Vec::new();
+    for s in sessions {
+        match counts.iter_mut().find(|(k, _)| *k == s.ended) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((&s.ended, 1)),
+        }
+    }
+    let parts: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    let mut text = plural(sessions.len() as u64, "run", "runs");
+    if !parts.is_empty() {
+        let _ = write!(text, " ({})", parts.join(", "));
+    }
+    if let Some(last) = sessions.last().filter(|s| s.ended == ENDED_RUNNING) {
+        let _ = write!(text, "; last heartbeat {}", rfc3339(last.last_seen_ns));
+    }
+    text
+}
+
+fn sessions_json(sessions: &[Session]) -> Value {
+    let skip = sessions.len().saturating_sub(MAX_LISTED_SESSIONS);
+    json!({
+        "count": sessions.len(),
+        "listed": sessions[skip..].iter().map(|s| json!({
+            "started": rfc3339_millis(s.started_ns),
+            "last_heartbeat": rfc3339_millis(s.last_seen_ns),
+            "seconds": secs(s.span().len_ns()),
+            "ended": s.ended,
+            "estimated": s.estimated,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Coverage in one line: how much of the window the sidecar watched, in how many runs.
+fn coverage_line(d: &ReportData) -> String {
+    let span = d.window.clip(i64::MIN, d.generated_ns).len_ns();
     format!(
-        "coverage: at most {} of the window ({}); planned stops in between cannot be seen",
-        human(d.covered.len_ns()),
-        beat
+        "coverage: {}; {}",
+        watched_text(&d.watched, span),
+        runs_text(&sessions_in(&d.sessions, &d.window, d.generated_ns))
     )
 }
 
@@ -498,7 +584,7 @@ fn alerts_text(d: &ReportData) -> String {
     let _ = writeln!(out, "Dead letters: {}", rule_summary(a, "dead_letters"));
     let _ = writeln!(out, "\nAlerts (the sidecar's own rules): {}", a.count());
     if !a.rules.is_empty() {
-        let mut rows = vec![["rule", "count", "firing now", "longest"]
+        let mut rows = vec![["rule", "count", "still firing", "longest"]
             .map(String::from)
             .to_vec()];
         rows.extend(alert_rows(a));
@@ -528,7 +614,7 @@ fn alerts_markdown(d: &ReportData) -> String {
     if !a.rules.is_empty() {
         out.push('\n');
         out.push_str(&md_table(
-            &["rule", "count", "firing now", "longest"],
+            &["rule", "count", "still firing", "longest"],
             alert_rows(a),
         ));
     }
@@ -561,6 +647,7 @@ fn alerts_json(d: &ReportData) -> serde_json::Value {
             "rule": r.rule,
             "count": r.count,
             "firing": r.firing,
+            "silenced": r.silenced,
             "longest_seconds": secs(r.longest_ns),
         })).collect::<Vec<_>>(),
         "notifications": a.notifications.iter().map(|n| json!({
@@ -697,7 +784,10 @@ pub fn report_json(d: &ReportData) -> String {
         "window": window_json(&d.window),
         "no_data": d.is_empty(),
         "message": d.is_empty().then(|| no_data_sentence(d)),
-        "covered_seconds": secs(d.covered.len_ns()),
+        "covered_seconds": secs(d.watched.covered_ns),
+        "estimated_seconds": secs(d.watched.estimated_ns),
+        "coverage": coverage_line(d),
+        "sessions": sessions_json(&sessions_in(&d.sessions, &d.window, d.generated_ns)),
         "last_heartbeat": d.evidence.heartbeat_ns.map(rfc3339),
         "freezes": {
             "count": d.freeze_count(),
@@ -764,6 +854,11 @@ fn state_fact_lines(d: &ReportData) -> Vec<String> {
                 "state DB deleted while running and restored {} from the open copy",
                 rfc3339(f.at_ns)
             ),
+            crate::supervise::FACT_APP_EXIT => format!(
+                "app run by `stallwatch run --` {} {}; the sidecar stopped with it (an app restart, not a freeze)",
+                f.detail,
+                rfc3339(f.at_ns)
+            ),
             other => format!("state DB {other} {}: {}", rfc3339(f.at_ns), f.detail),
         })
         .collect()
@@ -771,7 +866,7 @@ fn state_fact_lines(d: &ReportData) -> Vec<String> {
 
 // ---- verify -------------------------------------------------------------------------
 
-fn side_line(name: &str, s: &Side) -> String {
+fn side_line(name: &str, s: &Side, now_ns: i64) -> String {
     let kinds: Vec<String> = s
         .by_kind
         .iter()
@@ -786,10 +881,11 @@ fn side_line(name: &str, s: &Side) -> String {
         .frozen_seconds_per_day()
         .map_or("-".into(), |v| format!("{v:.1} s/day"));
     let p99 = s.gap_p99_ns.map_or("-".into(), human);
+    let span = s.window.clip(i64::MIN, now_ns).len_ns();
     let mut line = format!(
-        "  {name:<6} {}\n         covered at most {}; {}{kinds}; frozen {} = {per_day}; gap p99 {p99} ({})",
+        "  {name:<6} {}\n         {}; {}{kinds}; frozen {} = {per_day}; gap p99 {p99} ({})",
         window_text(&s.window),
-        human(s.covered.len_ns()),
+        watched_text(&s.watched, span),
         plural(s.freezes, "freeze", "freezes"),
         human(s.frozen_ns),
         plural(s.gaps, "gap", "gaps"),
@@ -802,12 +898,12 @@ fn side_line(name: &str, s: &Side) -> String {
         );
     }
     match s.start_from {
-        Some(StartFrom::Created) => line.push_str("\n         (starts when the state DB was created)"),
-        Some(StartFrom::FirstFreeze) => line.push_str(
-            "\n         (starts at the first freeze stored, which marks the start and is not counted in the rate)",
-        ),
-        Some(StartFrom::FirstRecord) => line.push_str("\n         (starts at the first record stored)"),
-        Some(StartFrom::Nothing) => line.push_str("\n         (nothing is stored before the migration)"),
+        Some(StartFrom::FirstSession) => {
+            line.push_str("\n         (starts with the sidecar's first watch session)")
+        }
+        Some(StartFrom::Nothing) => {
+            line.push_str("\n         (the sidecar watched nothing before the migration)")
+        }
         None => {}
     }
     line
@@ -819,14 +915,14 @@ pub fn verify_note(r: &VerifyResult) -> String {
     let rate = d
         .before_per_day
         .map_or("-".into(), |v| format!("{v:.3}/day"));
-    let t = human(r.after.covered.len_ns());
+    let t = human(r.after.watched.covered_ns);
     let needed = d.needed_after_ns.map(human).unwrap_or_default();
     let p = d.p_value.map_or("-".into(), |p| format!("{p:.3}"));
     let mu = d.expected_after.map_or("-".into(), |m| format!("{m:.2}"));
     match d.reason {
-        Reason::BeforeNotCovered => "the before window has no time the sidecar can have watched: there is no rate to compare with".into(),
+        Reason::BeforeNotCovered => "the sidecar watched none of the before window: there is no rate to compare with".into(),
         Reason::AfterNotCovered => format!(
-            "the after window has no time the sidecar can have watched (it was not running, or the window is in the future); at the before rate λ = {rate} a quiet after-window must cover at least {needed}"
+            "the sidecar watched none of the after window (it was not running, or the window is in the future); at the before rate λ = {rate} a quiet after-window must cover at least {needed}"
         ),
         Reason::NoFreezesEither => "no freeze in either window: with no freezes before there is nothing to show fixed".into(),
         Reason::FreezesOnlyAfter => format!(
@@ -838,7 +934,7 @@ pub fn verify_note(r: &VerifyResult) -> String {
         ),
         Reason::QuietTooShort => format!(
             "freezes as a Poisson process at the before rate λ = {rate}: over the after window's {t}, P(0 freezes | λt = {mu}) = {p} > 0.05 — a quiet after-window must cover at least ln(20)/λ = {needed} ({} more)",
-            human((d.needed_after_ns.unwrap_or(0) - r.after.covered.len_ns()).max(0))
+            human((d.needed_after_ns.unwrap_or(0) - r.after.watched.covered_ns).max(0))
         ),
         Reason::RateClearlyLower => format!(
             "freezes as a Poisson process at the before rate λ = {rate}: {} after where λt = {mu} were expected; P(X ≤ {} | {mu}) = {p} < 0.05, so the rate is clearly lower — but {} remain",
@@ -857,25 +953,23 @@ pub fn verify_note(r: &VerifyResult) -> String {
 const COUNTED: &str = "counted: freezes of the lost-time kinds (process_stall, vm_pause, suspend, restart, reboot) that started in the window; wall_clock_step is not lost time; planned stops (a clean shutdown and start) are not freeze events and are not counted";
 
 fn coverage_note(r: &VerifyResult) -> String {
-    let e = &r.evidence;
-    let from = match r.coverage.from_ns {
-        Some(f) => format!("from the state DB's creation at {}", rfc3339(f)),
-        None => "from an unknown start (the state DB's creation is unknown or later than its oldest record)".into(),
-    };
-    let until = match (r.coverage.until_ns, e.heartbeat_clean) {
-        (Some(u), Some(true)) => format!("until {} (the last heartbeat, a clean stop)", rfc3339(u)),
-        (Some(u), _) => format!("until {} (the last heartbeat or write)", rfc3339(u)),
-        (None, _) => "until now (no heartbeat stored: when the sidecar last ran is unknown)".into(),
-    };
-    format!(
-        "coverage: freezes are only seen while the sidecar runs; it may have run {from} {until}; the state DB keeps only the last heartbeat, so stops in between cannot be subtracted and covered lengths are upper bounds"
-    )
+    let mut text = "coverage: freezes are only seen while the sidecar runs; each window counts the time its watch sessions cover".to_string();
+    let estimated = r.before.watched.estimated_ns + r.after.watched.estimated_ns;
+    if estimated > 0 {
+        let _ = write!(
+            text,
+            "; {} of it is estimated from a state DB written before sessions were recorded, where a planned stop cannot be seen",
+            human(estimated)
+        );
+    }
+    let _ = write!(text, "; all runs: {}", runs_text(&r.sessions));
+    text
 }
 
 pub fn verify_text(r: &VerifyResult) -> String {
     let mut out = format!("verdict: {}\n", r.decision.verdict.as_str());
-    let _ = writeln!(out, "{}", side_line("before", &r.before));
-    let _ = writeln!(out, "{}", side_line("after", &r.after));
+    let _ = writeln!(out, "{}", side_line("before", &r.before, r.now_ns));
+    let _ = writeln!(out, "{}", side_line("after", &r.after, r.now_ns));
     let _ = writeln!(out, "statistics: {}", verify_note(r));
     let _ = writeln!(out, "{COUNTED}");
     let _ = writeln!(out, "{}", coverage_note(r));
@@ -886,7 +980,9 @@ pub fn verify_text(r: &VerifyResult) -> String {
 fn side_json(s: &Side) -> Value {
     json!({
         "window": window_json(&s.window),
-        "covered_seconds": secs(s.covered.len_ns()),
+        "covered_seconds": secs(s.watched.covered_ns),
+        "estimated_seconds": secs(s.watched.estimated_ns),
+        "sessions": s.watched.sessions,
         "freezes": s.freezes,
         "freezes_counted": s.counted(),
         "by_kind": s.by_kind.iter().map(|k| json!({"kind": k.kind, "count": k.count, "total_seconds": secs(k.total_ns)})).collect::<Vec<_>>(),
@@ -914,9 +1010,8 @@ pub fn verify_json(r: &VerifyResult) -> String {
         "statistics": verify_note(r),
         "counted": COUNTED,
         "coverage": {
-            "from": r.coverage.from_ns.map(rfc3339),
-            "until": r.coverage.until_ns.map(rfc3339),
             "note": coverage_note(r),
+            "sessions": sessions_json(&r.sessions),
         },
         "state_db": r.state_db,
     });

@@ -20,7 +20,7 @@
 //! [`ScanStats::bad_started`] and reads as the completion time (issue 14).
 
 use super::analyze::Analyzer;
-use crate::signals::steps::{StepRow, WAIT_PLACEHOLDER};
+use crate::signals::steps::{Gap, StepRow, WAIT_PLACEHOLDER};
 use crate::sources::db::{Database, Query, Value};
 use crate::sources::dbos::wait_deadline_ns;
 use crate::sources::timestamp::{epoch_ms_ns, EARLIEST_APP_TIME_NS, FUTURE_SLACK_NS};
@@ -52,6 +52,8 @@ pub struct ScanStats {
     pub bad_started: u64,
     /// Whether `workflow_status` was there to name the workflows.
     pub has_workflow_status: bool,
+    /// How a SQLite file was opened, when not plainly read-only (`immutable`, and why).
+    pub opened: Option<String>,
 }
 
 /// Why a scan could not run: the source's own one-sentence error, or not a DBOS DB.
@@ -133,6 +135,17 @@ pub fn scan(
     shown: &str,
     analyzer: &mut Analyzer,
 ) -> Result<ScanStats, ScanError> {
+    scan_with(db, shown, analyzer, &mut |_| {})
+}
+
+/// [`scan`], handing every gap and overrun the analyzer finds (of any length) to `on_gap`
+/// as well: `verify --source` counts them per window.
+pub fn scan_with(
+    db: &mut Database,
+    shown: &str,
+    analyzer: &mut Analyzer,
+    on_gap: &mut dyn FnMut(&Gap),
+) -> Result<ScanStats, ScanError> {
     let q = Statements::new();
     let mut stats = ScanStats {
         backend: if db.is_postgres() {
@@ -152,6 +165,7 @@ pub fn scan(
     }
     stats.has_workflow_status = has("workflow_status");
     stats.journal_mode = journal_mode;
+    stats.opened = open_note(db);
     // The sane range of completion times, in the column's milliseconds.
     let now_ns = crate::clock::real_ns();
     let earliest_ms = EARLIEST_APP_TIME_NS / MS;
@@ -204,7 +218,7 @@ pub fn scan(
             };
             stats.rows += 1;
             let total_rows = r[6].as_i64().map(|n| n.max(0) as u64);
-            analyzer.observe(
+            let gap = analyzer.observe(
                 StepRow {
                     workflow_id: take_text(&mut r[0]),
                     workflow_name: String::new(),
@@ -215,6 +229,9 @@ pub fn scan(
                 },
                 total_rows,
             );
+            if let Some(gap) = &gap {
+                on_gap(gap);
+            }
         }
         if !full {
             break;
@@ -224,6 +241,14 @@ pub fn scan(
         name_listed_workflows(db, analyzer)?;
     }
     Ok(stats)
+}
+
+/// How a one-shot SQLite reader opened its file, when that is worth saying.
+pub fn open_note(db: &Database) -> Option<String> {
+    match db {
+        Database::Sqlite(r) => r.opened_as().and_then(|o| o.note()),
+        Database::Postgres(_) => None,
+    }
 }
 
 /// The text of a value, moved out rather than copied.

@@ -7,12 +7,10 @@
 //! cleanly and started again) writes no freeze event, so it is not counted either, and
 //! the time it was stopped cannot be seen (see coverage).
 //!
-//! **Coverage.** Freezes are only seen while the sidecar runs. The state DB keeps one
-//! heartbeat (the last), so coverage is bounded only where there is hard evidence the
-//! sidecar was *not* running ([`coverage`]): before the state DB file was created (when
-//! the filesystem records that and no stored record is older, i.e. the file was not
-//! copied), and after the last heartbeat. Stops in between are invisible: each window's
-//! covered length is an upper bound on the time really watched.
+//! **Coverage.** Freezes are only seen while the sidecar runs: each window's covered
+//! length is the union of the watch sessions inside it (`coverage.rs`), exact to a
+//! heartbeat for sessions recorded, an upper bound for sessions estimated from a state DB
+//! older than session records (its planned stops cannot be seen).
 //!
 //! **The rule** ([`decide`]). Freezes are a Poisson process. The before window gives the
 //! rate `λ = k_before / t_before` (covered lengths). With `μ = λ · t_after`, the after
@@ -26,11 +24,18 @@
 //! - No freeze before: nothing to compare with. NOT ENOUGH DATA if the after window is
 //!   quiet too, NOT FIXED if it is not (`μ = 0`, so `p = 1`).
 //! - A window with no coverage at all: NOT ENOUGH DATA.
+//!
+//! **Several kinds of evidence** ([`combine`]). `verify --source` adds the app's own
+//! history (`app_history.rs`): its gaps, tested by the same [`decide`] over the history's
+//! own coverage. Each kind gets its own test and p-value; the verdict is NOT FIXED if any
+//! kind says NOT FIXED (the one with the largest p decides: the least doubt that the rate
+//! did not fall), else FIXED if any says FIXED (the smallest p decides), else NOT ENOUGH
+//! DATA. A fix must survive every kind of evidence that can see the freezes.
 
 use serde::Serialize;
 
 use super::stats::poisson_cdf;
-use super::time::{Window, DAY_NS};
+use super::time::DAY_NS;
 
 /// Significance level of the one-sided test.
 pub const ALPHA: f64 = 0.05;
@@ -152,43 +157,52 @@ pub fn decide(before: Sample, after: Sample) -> Decision {
     d
 }
 
+/// A kind of evidence a verdict can rest on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvidenceKind {
+    /// Freezes the sidecar recorded, over its watch sessions.
+    SidecarFreezes,
+    /// Gaps in the app's own history, explained against a state DB: those a recorded
+    /// freeze covers and those the sidecar did not watch; stalls it watched are not counted.
+    AppGaps,
+    /// Gaps in the app's own history with no state DB beside it: each may be a freeze or
+    /// a stall of the app.
+    UnexplainedAppGaps,
+}
+
+impl EvidenceKind {
+    /// How the output names it.
+    pub fn label(self) -> &'static str {
+        match self {
+            EvidenceKind::SidecarFreezes => "freezes the sidecar recorded",
+            EvidenceKind::AppGaps => "gaps in the app's history not explained as stalls",
+            EvidenceKind::UnexplainedAppGaps => "gaps the app did not explain",
+        }
+    }
+}
+
+/// The verdict over several kinds of evidence, and the kind that decided it (`None` when
+/// no kind had enough data); see the module doc.
+pub fn combine(judged: &[(EvidenceKind, Decision)]) -> (Verdict, Option<EvidenceKind>) {
+    let p = |d: &Decision| d.p_value.unwrap_or(1.0);
+    let of = |v: Verdict| judged.iter().filter(move |(_, d)| d.verdict == v);
+    if let Some((k, _)) = of(Verdict::NotFixed).max_by(|a, b| p(&a.1).total_cmp(&p(&b.1))) {
+        return (Verdict::NotFixed, Some(*k));
+    }
+    if let Some((k, _)) = of(Verdict::Fixed).min_by(|a, b| p(&a.1).total_cmp(&p(&b.1))) {
+        return (Verdict::Fixed, Some(*k));
+    }
+    (Verdict::NotEnoughData, None)
+}
+
 /// `ln(20) / λ`: the covered after-window length at which zero freezes has p = 0.05.
 fn needed_after_ns(before: Sample) -> i64 {
     (20f64.ln() * before.covered_ns as f64 / before.freezes as f64).ceil() as i64
 }
 
-/// Where the sidecar may have been running, from hard evidence only; `None` on a side
-/// means unknown (not bounded).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Coverage {
-    pub from_ns: Option<i64>,
-    pub until_ns: Option<i64>,
-}
-
-impl Coverage {
-    /// The part of `w` that may have been watched, and never past `now_ns`.
-    pub fn covered(&self, w: Window, now_ns: i64) -> Window {
-        let until = self.until_ns.map_or(now_ns, |u| u.min(now_ns));
-        w.clip(self.from_ns.unwrap_or(i64::MIN), until)
-    }
-}
-
-/// Coverage from the state DB's evidence: from the file's creation, if no stored record
-/// is older (else it was copied and its birth says nothing); until the last heartbeat or
-/// the last write, whichever is later, if there is a heartbeat at all.
-pub fn coverage(e: &super::history::Evidence) -> Coverage {
-    let from_ns = e
-        .created_ns
-        .filter(|c| e.earliest_record_ns.is_none_or(|r| *c <= r));
-    let until_ns = e
-        .heartbeat_ns
-        .map(|h| e.latest_write_ns.map_or(h, |w| w.max(h)));
-    Coverage { from_ns, until_ns }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::super::history::Evidence;
     use super::*;
 
     const DAY: i64 = DAY_NS;
@@ -291,63 +305,40 @@ mod tests {
     }
 
     #[test]
+    fn any_not_fixed_wins_else_the_strongest_fixed_decides() {
+        use EvidenceKind::*;
+        let fixed = decide(s(12, 30), s(0, 20));
+        let weaker = decide(s(12, 30), s(0, 10));
+        let not_fixed = decide(s(12, 30), s(2, 5));
+        let unknown = decide(s(0, 0), s(0, 20));
+        assert_eq!(
+            (fixed.verdict, weaker.verdict, not_fixed.verdict),
+            (Verdict::Fixed, Verdict::Fixed, Verdict::NotFixed)
+        );
+        assert_eq!(
+            combine(&[(SidecarFreezes, fixed), (AppGaps, not_fixed)]),
+            (Verdict::NotFixed, Some(AppGaps))
+        );
+        assert_eq!(
+            combine(&[(SidecarFreezes, weaker), (AppGaps, fixed)]),
+            (Verdict::Fixed, Some(AppGaps))
+        );
+        assert_eq!(
+            combine(&[(SidecarFreezes, unknown), (UnexplainedAppGaps, fixed)]),
+            (Verdict::Fixed, Some(UnexplainedAppGaps))
+        );
+        assert_eq!(
+            combine(&[(SidecarFreezes, unknown)]),
+            (Verdict::NotEnoughData, None)
+        );
+        assert_eq!(combine(&[]), (Verdict::NotEnoughData, None));
+    }
+
+    #[test]
     fn exit_codes() {
         assert_eq!(
             [Verdict::Fixed, Verdict::NotFixed, Verdict::NotEnoughData].map(Verdict::exit_code),
             [0, 1, 3]
-        );
-    }
-
-    #[test]
-    fn coverage_trusts_only_hard_evidence() {
-        let e = Evidence {
-            earliest_record_ns: Some(100),
-            earliest_freeze_ns: Some(100),
-            latest_write_ns: Some(900),
-            heartbeat_ns: Some(800),
-            heartbeat_clean: Some(true),
-            created_ns: Some(50),
-        };
-        assert_eq!(
-            coverage(&e),
-            Coverage {
-                from_ns: Some(50),
-                until_ns: Some(900)
-            }
-        );
-        // A file born after its oldest record was copied: its birth bounds nothing.
-        let copied = Evidence {
-            created_ns: Some(500),
-            ..e
-        };
-        assert_eq!(coverage(&copied).from_ns, None);
-        // No heartbeat: the end is unknown (the window runs to now).
-        let no_beat = Evidence {
-            heartbeat_ns: None,
-            ..e
-        };
-        assert_eq!(coverage(&no_beat).until_ns, None);
-        let c = Coverage {
-            from_ns: Some(50),
-            until_ns: Some(900),
-        };
-        let w = Window {
-            start_ns: 0,
-            end_ns: 2_000,
-        };
-        assert_eq!(
-            c.covered(w, 10_000),
-            Window {
-                start_ns: 50,
-                end_ns: 900
-            }
-        );
-        assert_eq!(
-            Coverage::default().covered(w, 1_500),
-            Window {
-                start_ns: 0,
-                end_ns: 1_500
-            }
         );
     }
 }

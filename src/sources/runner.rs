@@ -239,6 +239,8 @@ impl SourceRunner {
                 }
             }
             self.settle(&mut d, real_ns(), false);
+            // This poll's facts are all in the status: the alert engine evaluates them now.
+            self.status.publish();
             if self.stop.sleep(self.config.poll * d.lock_backoff) {
                 break;
             }

@@ -8,6 +8,17 @@
 //! names the file it opened (replaced, deleted, or swapped for a FIFO or directory), and
 //! reopened on the next poll, so a file that was replaced, repaired or created later is
 //! picked up. Only a regular file is ever opened ([`super::file::open_regular`]).
+//!
+//! **One-shot readers** (`analyze`, `verify --source`; [`SqliteReader::one_shot`]) must
+//! leave nothing beside the app's file and must read a read-only mount. A read-only
+//! connection to a WAL database creates `-wal` and `-shm` and, unable to checkpoint,
+//! leaves them behind at close. So a one-shot reader opens a WAL database with neither
+//! beside it as `immutable` (no connection has it open: SQLite deletes them at the last
+//! close, so every row is in the main file), and falls back to `immutable` when the
+//! normal open fails because nothing can be created beside the file (a read-only
+//! directory or mount); then a `-wal` that is there is not read, and
+//! [`SqliteReader::opened_as`] says so. The live source never opens immutable: the app
+//! writes while it polls.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -34,6 +45,42 @@ pub const SOURCE_CACHE_KIB: i64 = 512;
 pub struct SqliteReader {
     path: PathBuf,
     conn: Option<Opened>,
+    /// A one-shot read (see the module doc): may open immutable.
+    one_shot: bool,
+    /// How the last connection was opened.
+    opened_as: Option<OpenedAs>,
+}
+
+/// How a one-shot reader opened the file, for its output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpenedAs {
+    /// Read-only, as the live source opens it.
+    ReadOnly,
+    /// `immutable`: a WAL database that no connection had open (no `-wal` or `-shm`), so
+    /// that no `-wal`/`-shm` is created beside it.
+    ImmutableUnused,
+    /// `immutable`, because the normal open failed: nothing can be created beside the file
+    /// (read-only directory or mount). `wal_bytes`: the size of a `-wal` that is there and
+    /// is therefore not read.
+    ImmutableReadOnlyDir { wal_bytes: Option<u64> },
+}
+
+impl OpenedAs {
+    /// One sentence for the operator, or `None` for a plain read-only open.
+    pub fn note(&self) -> Option<String> {
+        match self {
+            OpenedAs::ReadOnly => None,
+            OpenedAs::ImmutableUnused => Some(
+                "opened immutable: a WAL database no app has open (no -wal or -shm beside it), so nothing is created beside it; rows an app writes during this read are not seen".into(),
+            ),
+            OpenedAs::ImmutableReadOnlyDir { wal_bytes: None } => Some(
+                "opened immutable: nothing can be created beside the file (read-only directory or mount); rows an app writes during this read are not seen".into(),
+            ),
+            OpenedAs::ImmutableReadOnlyDir { wal_bytes: Some(n) } => Some(format!(
+                "opened immutable: nothing can be created beside the file (read-only directory or mount); its -wal ({n} bytes) is NOT read, so the newest rows may be missing"
+            )),
+        }
+    }
 }
 
 /// An open connection and what it was opened on.
@@ -47,11 +94,33 @@ struct Opened {
     _checked: std::fs::File,
     /// (device, inode) of the file.
     id: (u64, u64),
+    /// An immutable connection's `PRAGMA journal_mode` says `delete` whatever the file
+    /// is: the mode from the file's header instead.
+    journal_mode: Option<&'static str>,
 }
 
 impl SqliteReader {
     pub fn new(path: PathBuf) -> SqliteReader {
-        SqliteReader { path, conn: None }
+        SqliteReader {
+            path,
+            conn: None,
+            one_shot: false,
+            opened_as: None,
+        }
+    }
+
+    /// A reader for a one-shot operator tool: leaves no `-wal`/`-shm` behind and reads a
+    /// read-only mount (see the module doc).
+    pub fn one_shot(path: PathBuf) -> SqliteReader {
+        SqliteReader {
+            one_shot: true,
+            ..SqliteReader::new(path)
+        }
+    }
+
+    /// How the last connection was opened; `None` before the first.
+    pub fn opened_as(&self) -> Option<&OpenedAs> {
+        self.opened_as.as_ref()
     }
 
     /// Whether the path still names the file the connection was opened on: one `stat`
@@ -78,11 +147,15 @@ impl SqliteReader {
             }
         }
         if self.conn.is_none() {
-            self.conn = Some(open(&self.path)?);
+            let (opened, how) = open(&self.path, self.one_shot)?;
+            self.conn = Some(opened);
+            self.opened_as = Some(how);
         }
+        let opened = self.conn.as_ref().expect("opened above");
         let mut session = SqliteSession {
-            conn: &self.conn.as_ref().expect("opened above").conn,
+            conn: &opened.conn,
             path: &self.path,
+            journal_mode: opened.journal_mode,
         };
         let result = f(&mut session);
         if result.is_err() {
@@ -95,6 +168,7 @@ impl SqliteReader {
 struct SqliteSession<'a> {
     conn: &'a Connection,
     path: &'a Path,
+    journal_mode: Option<&'static str>,
 }
 
 impl Session for SqliteSession<'_> {
@@ -133,6 +207,9 @@ impl Session for SqliteSession<'_> {
     }
 
     fn journal_mode(&mut self) -> Result<Option<String>, SourceError> {
+        if let Some(mode) = self.journal_mode {
+            return Ok(Some(mode.to_string()));
+        }
         journal_mode(self.conn)
             .map(Some)
             .map_err(|e| classify(self.path, e))
@@ -143,7 +220,27 @@ impl Session for SqliteSession<'_> {
     }
 }
 
-fn open(path: &Path) -> Result<Opened, SourceError> {
+/// `-wal`/`-shm` of `path`: its size, if it is there.
+fn beside(path: &Path, suffix: &str) -> Option<u64> {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    std::fs::symlink_metadata(Path::new(&name))
+        .ok()
+        .map(|m| m.len())
+}
+
+/// Whether the file's header says WAL (bytes 18 and 19 are 2), read through the checked
+/// descriptor.
+fn header_says_wal(file: &std::fs::File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut header = [0u8; 20];
+    file.read_exact_at(&mut header, 0).is_ok()
+        && header.starts_with(b"SQLite format 3\0")
+        && header[18] == 2
+        && header[19] == 2
+}
+
+fn open(path: &Path, one_shot: bool) -> Result<(Opened, OpenedAs), SourceError> {
     // Only a regular file, opened without blocking (a FIFO would block SQLite's own open
     // forever); opening it for reading also proves permission before SQLite hides the
     // reason. Held while SQLite opens the path, which leaves only the moment between this
@@ -163,10 +260,50 @@ fn open(path: &Path) -> Result<Opened, SourceError> {
         }
         other => SourceError::new(ErrorKind::Io, other.to_string()),
     })?;
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
+    let wal = header_says_wal(&checked);
+    let unused_wal =
+        one_shot && wal && beside(path, "-wal").is_none() && beside(path, "-shm").is_none();
+    let (conn, how) = if unused_wal {
+        (connect(path, true)?, OpenedAs::ImmutableUnused)
+    } else {
+        match connect(path, false) {
+            Ok(conn) => (conn, OpenedAs::ReadOnly),
+            Err(e) if one_shot && matches!(e.kind, ErrorKind::Io | ErrorKind::Permission) => (
+                connect(path, true).map_err(|_| e)?,
+                OpenedAs::ImmutableReadOnlyDir {
+                    wal_bytes: beside(path, "-wal").filter(|n| *n > 0),
+                },
+            ),
+            Err(e) => return Err(e),
+        }
+    };
+    Ok((
+        Opened {
+            conn,
+            _checked: checked,
+            id: (meta.dev(), meta.ino()),
+            journal_mode: (wal && how != OpenedAs::ReadOnly).then_some("wal"),
+        },
+        how,
+    ))
+}
+
+/// A read-only connection, set up as every source connection is; `immutable` by URI.
+fn connect(path: &Path, immutable: bool) -> Result<Connection, SourceError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = if immutable {
+        let escaped = path
+            .to_string_lossy()
+            .replace('%', "%25")
+            .replace('?', "%3f")
+            .replace('#', "%23");
+        Connection::open_with_flags(
+            format!("file:{escaped}?immutable=1"),
+            flags | OpenFlags::SQLITE_OPEN_URI,
+        )
+    } else {
+        Connection::open_with_flags(path, flags)
+    }
     .map_err(|e| classify(path, e))?;
     conn.busy_timeout(SOURCE_BUSY_TIMEOUT)
         .map_err(|e| classify(path, e))?;
@@ -188,11 +325,7 @@ fn open(path: &Path) -> Result<Opened, SourceError> {
         r.get::<_, i64>(0)
     })
     .map_err(|e| classify(path, e))?;
-    Ok(Opened {
-        conn,
-        _checked: checked,
-        id: (meta.dev(), meta.ino()),
-    })
+    Ok(conn)
 }
 
 /// The database's journal mode (`wal`, `delete`, …), read without changing it.

@@ -1,6 +1,6 @@
 """A small real DBOS app for tests/dbos_sqlite.rs (issue 4): stdlib + dbos only.
 
-Its workflow `reply` runs the steps of the DBOS incident in DESIGN.md, in order:
+Its workflow `reply` runs the steps of the DBOS incident in docs/design.md, in order:
 
     parse -> DBOS.recv(topic, timeout_seconds=2) -> generate -> send
 

@@ -46,15 +46,15 @@ fn a_duration_beyond_its_range_is_refused_naming_the_range() {
         ("reference_interval", "\"5000000h\"", "between 1s and 1h"),
     ] {
         let out = check_config(&format!("[freeze]\n{key} = {value}\n"));
-        let line = refused(&out, &[&format!("`freeze.{key}`"), range]);
+        let line = refused(&out, &[&format!("freeze.{key} "), range]);
         assert!(line.chars().count() < MAX_ERROR_LINE_CHARS, "{line}");
     }
     let source = "[[source]]\nname = \"q\"\nkind = \"queue_table\"\nurl = \"x.db\"\ntable = \"t\"\nopen_statuses = [\"new\"]\n";
     for (extra, key) in [
-        ("max_attempts = 4000000000", "`source[0].max_attempts`"),
+        ("max_attempts = 4000000000", "source[0].max_attempts "),
         (
             "running_status = \"R\"\nclaimed_column = \"c\"\nlease = \"18446744073709551615s\"",
-            "`source[0].lease`",
+            "source[0].lease ",
         ),
     ] {
         refused(
@@ -66,10 +66,10 @@ fn a_duration_beyond_its_range_is_refused_naming_the_range() {
     for (extra, key) in [
         (
             "threshold = \"18446744073709551615s\"",
-            "`rule[0].threshold`",
+            "rule[0].threshold ",
         ),
-        ("for = \"100000d\"", "`rule[0].for`"),
-        ("resolve_after = \"100000d\"", "`rule[0].resolve_after`"),
+        ("for = \"100000d\"", "rule[0].for "),
+        ("resolve_after = \"100000d\"", "rule[0].resolve_after "),
     ] {
         refused(
             &check_config(&format!("{rule}{extra}\n")),
@@ -108,7 +108,7 @@ fn a_postgres_port_that_is_not_a_port_is_refused() {
         let out = check_config(&format!(
             "[[source]]\nname = \"pg\"\nkind = \"dbos\"\nurl = \"postgres://role:pw@127.0.0.1:{port}/db\"\n"
         ));
-        let line = refused(&out, &["`source[0].url`", "between 1 and 65535"]);
+        let line = refused(&out, &["source[0].url ", "between 1 and 65535"]);
         assert!(!line.contains(":pw@"), "{line}");
     }
 }
@@ -122,7 +122,7 @@ fn an_ambiguous_postgres_password_is_refused_and_never_echoed() {
         let out = check_config(&format!(
             "[[source]]\nname = \"pg\"\nkind = \"dbos\"\nurl = \"postgres://role:{password}@127.0.0.1:5432/db\"\n"
         ));
-        let line = refused(&out, &["`source[0].url`", "percent-encode"]);
+        let line = refused(&out, &["source[0].url ", "percent-encode"]);
         let head = &password[..3];
         assert!(!line.contains(head), "{line} shows part of {password:?}");
     }

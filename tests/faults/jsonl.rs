@@ -221,7 +221,7 @@ fn a_line_dated_two_days_ahead_neither_zeroes_today_nor_silences_the_cap() {
     append(&log, lines.as_bytes());
     let rx = Receiver::start();
     let config = format!(
-        "[alerts]\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n\n{}\
+        "[alerts]\ngroup_wait = \"0s\"\nbackoff_initial = \"100ms\"\nbackoff_max = \"1s\"\n\n{}\
          [[rule]]\nrule = \"cost_cap\"\n\n\
          [[channel]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\n",
         jsonl_source(&log, "cost_cap_usd = 5.0"),

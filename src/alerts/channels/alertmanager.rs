@@ -128,6 +128,10 @@ impl Channel for Alertmanager {
         "alertmanager"
     }
 
+    fn groups(&self) -> bool {
+        false
+    }
+
     fn request(&self, message: &Message, now_ns: i64) -> Request {
         json_request(self.endpoint(), &body(message, now_ns))
     }

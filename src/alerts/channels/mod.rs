@@ -52,6 +52,12 @@ pub trait Channel: Send + Sync {
     fn refresh_interval(&self) -> Option<Duration> {
         None
     }
+    /// Whether notifications to it are grouped (`group.rs`); `false` for services that
+    /// group and deduplicate alerts themselves (Alertmanager, PagerDuty), which need each
+    /// alert as itself.
+    fn groups(&self) -> bool {
+        true
+    }
 }
 
 /// The channel a validated `[[channel]]` table describes.
@@ -348,6 +354,8 @@ pub(crate) mod testing {
             },
             runbook_url: "https://github.com/stallwatch/stallwatch/blob/main/alerts/RUNBOOK.md#stallwatchstuckjobs".into(),
             host: "web-1".into(),
+            count: 1,
+            group: None,
         }
     }
 

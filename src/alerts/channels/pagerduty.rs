@@ -102,6 +102,10 @@ impl Channel for Pagerduty {
         "pagerduty"
     }
 
+    fn groups(&self) -> bool {
+        false
+    }
+
     fn request(&self, message: &Message, _now_ns: i64) -> Request {
         json_request(self.url.clone(), &body(message, self.routing_key.expose()))
     }

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::{
     context_line, json_request, or_placeholder, runbook_link, truncate_utf16, url_secrets, Channel,
-    Request, MAX_LINK_BYTES,
+    Request, Tone, MAX_LINK_BYTES,
 };
 use crate::alerts::Message;
 use crate::config::channel::Secret;
@@ -63,10 +63,14 @@ impl Channel for Telegram {
 
     fn request(&self, message: &Message, _now_ns: i64) -> Request {
         let base = self.url.trim_end_matches('/');
+        // Severity decides whether the phone makes a sound: an info alert or a resolve
+        // arrives silently (`disable_notification`), a warning or critical one rings.
+        let quiet = matches!(Tone::of(message), Tone::Info | Tone::Resolved);
         let body = json!({
             "chat_id": self.chat_id,
             "text": text(message),
             "link_preview_options": {"is_disabled": true},
+            "disable_notification": quiet,
         });
         json_request(
             format!("{base}/bot{}/sendMessage", self.token.expose()),
@@ -128,6 +132,23 @@ mod tests {
         assert_eq!(r.url, "http://127.0.0.1:8081/bot123456:ABC-def/sendMessage");
         let text = json(&r)["text"].as_str().unwrap().to_string();
         assert!(text.contains("resolved · stuck_jobs"), "{text}");
+        assert_eq!(
+            json(&r)["disable_notification"],
+            true,
+            "a resolve arrives silently"
+        );
+    }
+
+    #[test]
+    fn a_critical_alert_rings_and_an_info_one_arrives_silently() {
+        let loud = json(&telegram("").request(&firing(), NOW_NS));
+        assert_eq!(loud["disable_notification"], false);
+        let info = message(
+            crate::alerts::NotificationKind::Firing,
+            crate::alerts::Severity::Info,
+        );
+        let quiet = json(&telegram("").request(&info, NOW_NS));
+        assert_eq!(quiet["disable_notification"], true);
     }
 
     #[test]

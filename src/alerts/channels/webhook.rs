@@ -69,6 +69,10 @@ pub fn body(m: &Message) -> serde_json::Value {
             "ended_at": m.ended_at_ns.map(timestamp),
             "runbook_url": m.runbook_url,
             "host": m.host,
+            // A group's message stands for several notifications and events.
+            "count": m.group.as_ref().map_or(m.count, |g| g.count),
+            "notifications": m.group.as_ref().map_or(1, |g| g.members),
+            "caused": m.group.as_ref().map_or(0, |g| g.consequences),
         }
     })
 }
