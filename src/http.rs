@@ -344,8 +344,8 @@ async fn episodes(
                     EpisodeRow::Folded(FoldedJson {
                         kind: "folded",
                         folded: f.count,
-                        first_day: crate::report::time::day_label(f.first_day),
-                        last_day: crate::report::time::day_label(f.last_day),
+                        first_day: crate::time::day_label(f.first_day),
+                        last_day: crate::time::day_label(f.last_day),
                         source: f.source,
                     })
                 }),

@@ -2,6 +2,7 @@
 //! stalled. See ARCHITECTURE.md for the map; the binary's entry is `main.rs`.
 
 pub mod alerts;
+pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod demo;
@@ -20,3 +21,5 @@ pub mod sources;
 pub mod state;
 pub mod status;
 pub mod supervise;
+pub mod time;
+pub mod timestamp;

@@ -232,7 +232,7 @@ impl WriterState {
         for (source, count) in
             std::mem::take(&mut *self.folds.lock().unwrap_or_else(|p| p.into_inner()))
         {
-            let day = crate::report::time::day_of(real_ns());
+            let day = crate::time::day_of(real_ns());
             *self.held_folds.entry((source, day)).or_default() += count;
         }
         let mut result = Ok(());
@@ -336,7 +336,7 @@ impl WriterState {
             format!(
                 "state database {path} was {what} while stallwatch ran; it was recreated at {} \
                  from the copy stallwatch still had open, so no history was lost",
-                crate::report::time::rfc3339(now)
+                crate::time::rfc3339(now)
             )
         } else {
             match db.notice() {
@@ -344,7 +344,7 @@ impl WriterState {
                 None => format!(
                     "state database {path} was {what} while stallwatch ran; the file now there \
                      is used from {} on, and what this run recorded before is not in it",
-                    crate::report::time::rfc3339(now)
+                    crate::time::rfc3339(now)
                 ),
             }
         };

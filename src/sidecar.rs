@@ -139,7 +139,7 @@ async fn serve(
     }
     // App restarts are counted from the state DB, so the counter survives the sidecar's
     // own restarts (each app exit ends the sidecar's run too).
-    let (app_exits, last_app_exit_ns) = db.fact_count(supervise::FACT_APP_EXIT)?;
+    let (app_exits, last_app_exit_ns) = db.fact_count(crate::state::FACT_APP_EXIT)?;
     metrics.app_restarts_total.inc_by(app_exits);
 
     let status = SharedStatus::new(LiveStatus {
@@ -386,7 +386,7 @@ async fn serve(
     if let Some(outcome) = outcome.as_ref().filter(|o| o.ending == Ending::AppExit) {
         let recorded = StateDb::open(&config.data_dir).and_then(|db| {
             db.insert_fact(
-                supervise::FACT_APP_EXIT,
+                crate::state::FACT_APP_EXIT,
                 clock::real_ns(),
                 &outcome.status.describe(),
             )

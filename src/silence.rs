@@ -15,12 +15,10 @@ use crate::alerts::silence::{self, Silence, SilenceView};
 use crate::config::alerts::RuleKind;
 use crate::config::quoted;
 use crate::report::history::{History, READ_BUSY_TIMEOUT};
-use crate::report::time::rfc3339;
 use crate::report::{Outcome, TextFormat, ToolError};
-use crate::state::STATE_DB_FILE;
+use crate::state::{SILENCES_VERSION, STATE_DB_FILE};
+use crate::time::rfc3339;
 
-/// The schema version that added silences.
-pub const SILENCE_VERSION: i64 = 7;
 /// Longest `--source` name accepted.
 const MAX_SOURCE_CHARS: usize = 100;
 /// Longest `created_by` stored.
@@ -67,7 +65,7 @@ fn open(data_dir: &Path, write: bool) -> Result<Connection, ToolError> {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .map_err(fail)?;
-    if version < SILENCE_VERSION {
+    if version < SILENCES_VERSION {
         return Err(input(format!(
             "state database {} has schema version {version}, from before silences; start \
              this version of the sidecar on it once to upgrade it",

@@ -48,6 +48,9 @@ const RECREATE_SUFFIX: &str = ".recreating";
 pub const FACT_RECREATED: &str = "recreated";
 /// `state_fact.kind` of a state DB deleted while running and copied back from the open file.
 pub const FACT_RESTORED: &str = "restored";
+/// `state_fact.kind` of a supervised child that ended without being asked to (an app
+/// restart, `stallwatch run -- CMD`).
+pub const FACT_APP_EXIT: &str = "app_exit";
 
 /// Schema migrations; entry `i` takes the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -196,6 +199,8 @@ const MIGRATIONS: &[&str] = &[
 
 /// The schema version that added `watch_session`.
 const SESSIONS_VERSION: i64 = 5;
+/// The schema version that added the `silence` table.
+pub const SILENCES_VERSION: i64 = 7;
 /// Watch sessions kept; older ones are pruned (a crash loop must not fill the disk).
 pub const MAX_SESSIONS: i64 = 100_000;
 
@@ -354,7 +359,7 @@ fn evidence_of_lost_db(path: &Path) -> Option<String> {
             .lines()
             .find_map(|l| l.strip_prefix("created_unix_ns="))
             .and_then(|n| n.trim().parse::<i64>().ok())
-            .map(|ns| format!(" created {}", crate::report::time::rfc3339(ns)))
+            .map(|ns| format!(" created {}", crate::time::rfc3339(ns)))
             .unwrap_or_default();
         return Some(format!("{}{created}", marker.display()));
     }
@@ -942,7 +947,7 @@ impl StateReader {
     /// from before they were counted (schema < 4) has none.
     pub fn folded_since(&self, since_ns: i64) -> Result<Vec<FoldedEpisodes>, StateError> {
         let conn = self.current();
-        read_folded(&conn, crate::report::time::day_of(since_ns), i64::MAX)
+        read_folded(&conn, crate::time::day_of(since_ns), i64::MAX)
             .map_err(|e| classify(&self.path, e))
     }
 }

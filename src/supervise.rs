@@ -12,7 +12,7 @@
 //! How a child's end is recorded: the sidecar always stops cleanly with it (final
 //! heartbeat), so the downtime until the next start is a planned stop, never a `restart`
 //! freeze. A child that ended on its own — crashed, exited, killed by someone else — is an
-//! **app exit**: a `state_fact` row of kind [`FACT_APP_EXIT`] written as the sidecar stops,
+//! **app exit**: a `state_fact` row of kind [`crate::state::FACT_APP_EXIT`] written as the sidecar stops,
 //! counted at every start in `stallwatch_app_restarts_total` and listed by `report`. A
 //! child that ended after a forwarded SIGTERM/SIGINT is a planned stop and is not counted.
 //!
@@ -33,8 +33,6 @@ pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(8);
 /// Fly's longest `kill_timeout` — no orchestrator waits longer.
 pub const STOP_GRACE: Range<Duration> =
     Range::new(Duration::from_secs(1), Duration::from_secs(300));
-/// `state_fact.kind` of a child that ended without being asked to (an app restart).
-pub const FACT_APP_EXIT: &str = "app_exit";
 /// Exit code when the command cannot be found (the shells' convention).
 pub const EXIT_NOT_FOUND: u8 = 127;
 /// Exit code when the command exists but cannot be executed (the shells' convention).
@@ -126,7 +124,7 @@ pub fn signal_name(sig: i32) -> String {
 pub enum Ending {
     /// The child ended after stallwatch was asked to stop: a planned stop.
     Planned,
-    /// The child ended on its own: an app exit, recorded as [`FACT_APP_EXIT`].
+    /// The child ended on its own: an app exit, recorded as [`crate::state::FACT_APP_EXIT`].
     AppExit,
 }
 

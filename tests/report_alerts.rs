@@ -13,8 +13,8 @@ use std::path::Path;
 use common::{run_to_exit, Finished};
 use rusqlite::{params, Connection};
 use serde_json::Value;
-use stallwatch::report::time::rfc3339;
 use stallwatch::state::{StateDb, STATE_DB_FILE};
+use stallwatch::time::rfc3339;
 
 const S: i64 = 1_000_000_000;
 const DAY: i64 = 86_400 * S;

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::backoff::{self, Verdict};
 use super::channels::{self, Channel, Method, Request};
 use super::db_watch::DbWatch;
 use super::group;
@@ -27,12 +26,14 @@ use super::outbox::{notification_key, GroupTarget, HeldUpdate, NewNotification, 
 use super::rules::{self, Facts, OutboxStats, RuleMemory};
 use super::silence::{self, Decision, Held, Silence};
 use super::{Message, NotificationKind};
+use crate::backoff::{self, Verdict};
 use crate::clock::{real_ns, NANOS_PER_SEC};
 use crate::config::alerts::{AlertsConfig, RuleKind};
+use crate::config::channel::DEADMAN_CHANNEL;
 use crate::freeze::FreezeEvent;
 use crate::metrics::Metrics;
-use crate::report::time::{human, rfc3339};
 use crate::status::SharedStatus;
+use crate::time::{human, rfc3339};
 
 /// Longest sleep between evaluations with nothing changing and nothing due: a guard, so
 /// that a due time set by the wall clock is met within a minute even after the wall clock
@@ -1147,8 +1148,6 @@ fn instant_at(at_ns: Option<i64>, now: Instant) -> Instant {
     }
 }
 
-/// The `channel` label of the dead-man's switch pings in `notifications_total`.
-pub const DEADMAN_CHANNEL: &str = "deadman";
 /// Timeout of one dead-man's switch ping.
 pub const DEADMAN_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -8,7 +8,6 @@
 //! full-jitter backoff from `backoff.rs`). Does not detect freezes or read sources: it
 //! reads what the detector and the sources already published.
 
-pub mod backoff;
 pub mod channels;
 pub mod db_watch;
 pub mod engine;
@@ -22,30 +21,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// How urgent an alert is; channels map it to their own priority scale.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    Info,
-    Warning,
-    Critical,
-}
-
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Info => "info",
-            Severity::Warning => "warning",
-            Severity::Critical => "critical",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Severity> {
-        [Severity::Info, Severity::Warning, Severity::Critical]
-            .into_iter()
-            .find(|v| v.as_str() == s)
-    }
-}
+pub use crate::config::alerts::Severity;
 
 /// What a notification says about its alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

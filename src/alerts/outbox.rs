@@ -18,8 +18,8 @@ use super::rules::OutboxStats;
 use super::{Message, NotificationKind, Severity};
 use crate::clock::NANOS_PER_SEC;
 use crate::config::alerts::RuleKind;
-use crate::report::time::rfc3339_millis;
 use crate::state::BUSY_TIMEOUT;
+use crate::time::rfc3339_millis;
 
 /// Delivered, refused and dropped notifications are kept this long for the API and `report`.
 pub const KEEP_DONE_NS: i64 = 7 * 86_400 * NANOS_PER_SEC;

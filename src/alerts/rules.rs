@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::config::alerts::{AlertsConfig, RuleConfig, RuleKind};
 use crate::freeze::{FreezeEvent, FreezeKind};
-use crate::report::time::{human, rfc3339};
 use crate::status::{LiveStatus, SourceStatus};
+use crate::time::{human, rfc3339};
 
 /// The outbox as the sidecar-health rules see it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

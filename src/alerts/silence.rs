@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::NotificationKind;
 use crate::clock::NANOS_PER_SEC;
 use crate::config::alerts::RuleKind;
-use crate::report::time::rfc3339;
+use crate::time::rfc3339;
 
 /// Longest silence: a month-long one is a rule that should be disabled in the config, and
 /// a typo (`--for 2000h`) must not mute a phone for a quarter.

@@ -5,12 +5,36 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::channel::ChannelConfig;
 use super::limits::{self, quoted, Range};
 use super::HumanDuration;
-use crate::alerts::Severity;
+
+/// How urgent an alert is; channels map it to their own priority scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Info,
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Severity> {
+        [Severity::Info, Severity::Warning, Severity::Critical]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+    }
+}
 
 /// First retry waits up to this (full jitter), doubling per attempt.
 pub const DEFAULT_BACKOFF_INITIAL: Duration = Duration::from_secs(1);

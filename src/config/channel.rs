@@ -38,8 +38,9 @@ pub const PUSHOVER_URL: &str = "https://api.pushover.net/1/messages.json";
 /// PagerDuty's Events API v2 when `url` is not set (the EU service region is
 /// `https://events.eu.pagerduty.com/v2/enqueue`).
 pub const PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
-/// The name the dead-man's switch pings use as their `channel` metric label.
-const RESERVED_NAME: &str = crate::alerts::engine::DEADMAN_CHANNEL;
+/// The `channel` label of the dead-man's switch pings in `notifications_total`: a name
+/// no configured channel may take.
+pub const DEADMAN_CHANNEL: &str = "deadman";
 
 /// The service a channel delivers to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -269,7 +270,7 @@ pub fn validate(
             ),
         ));
     }
-    if name == RESERVED_NAME {
+    if name == DEADMAN_CHANNEL {
         return Err((
             key("name"),
             format!("{name:?} is reserved for the dead-man's switch pings; choose another name"),
@@ -679,7 +680,7 @@ mod tests {
             e.contains("channel[1].name \"a\" is used by another channel"),
             "{e}"
         );
-        let reserved = format!("[[channel]]\nname = \"{RESERVED_NAME}\"\nkind = \"slack\"\nurl = \"https://h.test/x\"\n");
+        let reserved = format!("[[channel]]\nname = \"{DEADMAN_CHANNEL}\"\nkind = \"slack\"\nurl = \"https://h.test/x\"\n");
         assert!(parse(&reserved).unwrap_err().contains("reserved"));
     }
 

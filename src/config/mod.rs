@@ -13,6 +13,7 @@ use serde::Deserialize;
 pub mod alerts;
 pub mod channel;
 pub mod limits;
+pub mod otlp;
 pub mod postgres_url;
 pub mod source;
 
@@ -49,7 +50,7 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     pub alerts: AlertsConfig,
     /// `[otlp]`: where traces go; `None` exports none.
-    pub otlp: Option<crate::otlp::OtlpConfig>,
+    pub otlp: Option<otlp::OtlpConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -234,7 +235,7 @@ struct RawConfig {
     channel: Vec<channel::RawChannel>,
     #[serde(default)]
     rule: Vec<alerts::RawRule>,
-    otlp: Option<crate::otlp::config::RawOtlp>,
+    otlp: Option<otlp::RawOtlp>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -455,9 +456,7 @@ impl Config {
         config.alerts = alerts::validate(raw.alerts, raw.rule, channels)
             .map_err(|(key, problem)| bad(&key, problem))?;
         if let Some(otlp) = raw.otlp {
-            config.otlp = Some(
-                crate::otlp::config::validate(otlp).map_err(|(key, problem)| bad(&key, problem))?,
-            );
+            config.otlp = Some(otlp::validate(otlp).map_err(|(key, problem)| bad(&key, problem))?);
         }
         Ok(config)
     }

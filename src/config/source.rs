@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::limits::{self, quoted};
 use super::HumanDuration;
-use crate::signals::cost::parse_utc_offset;
+use crate::time::parse_utc_offset;
 
 /// Default poll interval: fresh enough for a 3 a.m. page, cheap enough for the app DB.
 pub const DEFAULT_POLL: Duration = Duration::from_secs(5);

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 
-use super::config::OtlpConfig;
 use super::proto::{
     ExportTraceServiceRequest, ExportTraceServiceResponse, InstrumentationScope, KeyValue,
     Resource, ResourceSpans, ScopeSpans, Span,
@@ -26,8 +25,9 @@ use super::proto::{
 use super::traces::Traces;
 use super::workflows::CompletedWorkflow;
 use super::DROP_QUEUE;
-use crate::alerts::backoff::{classify, parse_retry_after, retry_delay, Verdict};
+use crate::backoff::{classify, parse_retry_after, retry_delay, Verdict};
 use crate::clock::real_ns;
+use crate::config::otlp::OtlpConfig;
 use crate::metrics::Metrics;
 use crate::state::StateReader;
 

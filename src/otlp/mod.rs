@@ -24,7 +24,6 @@
 //! full-jitter backoff shared with the alert channels). The integration test decodes
 //! what is sent with the official `opentelemetry-proto` types.
 
-pub mod config;
 pub mod exporter;
 pub mod proto;
 pub mod spans;
@@ -38,7 +37,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-pub use config::OtlpConfig;
+pub use crate::config::otlp::OtlpConfig;
 
 use crate::config::SourceConfig;
 use crate::metrics::Metrics;

@@ -26,8 +26,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::stats::quantile_sorted;
-use super::time::day_of;
 use crate::signals::steps::{Gap, GapKind, GapTracker, StepRow, MAX_TRACKED_WORKFLOWS};
+use crate::time::day_of;
 
 /// Gap durations kept per day and kind for exact quantiles (8 bytes each: 800 KB).
 pub const MAX_SAMPLE_PER_DAY: usize = 100_000;
@@ -416,7 +416,7 @@ mod tests {
     #[test]
     fn threshold_is_inclusive_and_days_split_at_utc_midnight() {
         let mut a = Analysis::new(60 * S, 10);
-        let midnight = (day_of(T0) + 1) * crate::report::time::DAY_NS;
+        let midnight = (day_of(T0) + 1) * crate::time::DAY_NS;
         a.add(&gap(GapKind::Step, "a", T0, 59));
         a.add(&gap(GapKind::Step, "b", T0, 60));
         a.add(&gap(GapKind::Step, "c", midnight - S, 120));

@@ -26,9 +26,9 @@ use serde::Serialize;
 
 use super::analyze::Longest;
 use super::coverage::{watched, Session};
-use super::time::Window;
 use crate::signals::attribution::{attribute, Cause, FreezeSpan, OVERLAP_SLACK_NS};
 use crate::signals::steps::{Gap, GapKind};
+use crate::time::Window;
 
 /// Longest gaps listed per window.
 pub const LISTED_PER_WINDOW: usize = 5;

@@ -37,7 +37,7 @@ use crate::sources::jsonl::parse_line;
 use crate::sources::postgres::PgReader;
 use crate::sources::sqlite::SqliteReader;
 use crate::sources::tail::MAX_LINE_BYTES;
-use crate::sources::timestamp::plausible;
+use crate::timestamp::plausible;
 
 /// Queue rows per batch: as `analyze`'s batches, one short statement each.
 pub const QUEUE_BATCH_ROWS: i64 = 10_000;

@@ -18,12 +18,12 @@ use super::app_history::{AppHistory, AppWindow, Explainer};
 use super::app_scan::{self, ReadInfo};
 use super::coverage::{self, Session};
 use super::history::History;
-use super::time::{human, rfc3339, rfc3339_millis, Window};
 use super::verify::{self, combine, decide, Decision, EvidenceKind, Sample, Verdict};
 use super::{report_window, verify_windows, Format, Outcome, ToolError};
 use crate::freeze::FreezeKind;
 use crate::signals::attribution::{starved, FreezeSpan};
 use crate::signals::steps::GapKind;
+use crate::time::{human, rfc3339, rfc3339_millis, Window};
 
 /// How the output defines the app history's coverage (see `app_history.rs`).
 pub const COVERAGE_DEFINITION: &str = "coverage of the app's history: the part of each window between its first record and its last (a step's start or end, a queue row's created or claimed time, a log line's time); a gap can only show where the app wrote history, and a stretch inside that span when it wrote nothing still counts, so this is an upper bound";

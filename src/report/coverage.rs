@@ -17,7 +17,7 @@
 
 use serde::Serialize;
 
-use super::time::Window;
+use crate::time::Window;
 
 /// `watch_session.ended` of a run still going (or killed, until the next start says so).
 pub const ENDED_RUNNING: &str = "running";

@@ -30,11 +30,11 @@ use serde_json::{json, Value};
 
 use super::prometheus::Prometheus;
 use super::render::columns;
-use super::time::{human, rfc3339, Window, DAY_NS};
 use super::verify::{decide, Decision, Reason, Sample, Verdict, ALPHA};
 use super::{report_window, verify_windows, Format, Outcome, ToolError};
 use crate::clock::NANOS_PER_SEC;
 use crate::config::quoted;
+use crate::time::{human, rfc3339, Window, DAY_NS};
 
 /// Resolution of coverage: one minute, Prometheus's default scrape interval and the
 /// longest that still counts every minute of a healthy target.

@@ -16,9 +16,9 @@ use serde::Serialize;
 
 use super::coverage::Session;
 use super::stats::rank_index;
-use super::time::Window;
 use crate::freeze::ChannelEstimate;
 use crate::state::{schema_version, STATE_DB_FILE};
+use crate::time::Window;
 
 /// How long a read waits for the sidecar's writer.
 pub const READ_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -239,7 +239,7 @@ impl History {
             has_alerts: found >= 3,
             has_facts: found >= 4,
             has_sessions: found >= 5,
-            has_silences: found >= crate::silence::SILENCE_VERSION,
+            has_silences: found >= crate::state::SILENCES_VERSION,
             path,
         })
     }
@@ -263,8 +263,8 @@ impl History {
         let Some(conn) = self.conn.as_ref().filter(|_| self.has_facts) else {
             return Ok(Vec::new());
         };
-        let last = super::time::day_of(w.end_ns.saturating_sub(1));
-        crate::state::read_folded(conn, super::time::day_of(w.start_ns), last)
+        let last = crate::time::day_of(w.end_ns.saturating_sub(1));
+        crate::state::read_folded(conn, crate::time::day_of(w.start_ns), last)
             .map_err(|e| self.err(e))
     }
 

@@ -13,9 +13,9 @@ use super::history::{EpisodeRow, FreezeRow};
 use super::render::{
     alert_rows, kind_cells, no_data_sentence, notification_rows, NO_ALERT_HISTORY,
 };
-use super::time::{day_label, human, rfc3339, Window, DAY_NS};
 use super::ReportData;
 use crate::freeze::FreezeKind;
+use crate::time::{day_label, human, rfc3339, Window, DAY_NS};
 
 /// Width of the SVG's coordinate system (it scales to the page).
 pub const SVG_WIDTH: f64 = 960.0;

@@ -33,7 +33,6 @@ pub mod prometheus;
 pub mod render;
 pub mod scan;
 pub mod stats;
-pub mod time;
 pub mod verify;
 
 use std::path::PathBuf;
@@ -43,13 +42,13 @@ use crate::config::source::{parse_location, Location, SourceKind};
 use crate::sources::db::Database;
 use crate::sources::postgres::PgReader;
 use crate::sources::sqlite::SqliteReader;
+use crate::time::{parse_time, parse_window, Window, DAY_NS};
 use analyze::Analyzer;
 use coverage::{Session, Watched};
 use history::{
     EpisodeRow, EpisodeTotal, Evidence, FreezeRow, History, HistoryError, KindTotal, Stored,
 };
 use scan::{ScanError, ScanStats};
-use time::{parse_time, parse_window, Window, DAY_NS};
 use verify::{Decision, Sample};
 
 /// Default `analyze --gap-min`: a minute, well above any step-to-step latency and below
@@ -257,8 +256,8 @@ pub fn report_window(
     if start_ns >= end_ns {
         return Err(ToolError::Input(format!(
             "--since {} is not before --until {}; give a window that runs forwards",
-            time::rfc3339(start_ns),
-            time::rfc3339(end_ns)
+            crate::time::rfc3339(start_ns),
+            crate::time::rfc3339(end_ns)
         )));
     }
     Ok(Window { start_ns, end_ns })
@@ -386,7 +385,7 @@ pub fn verify_windows(
             if t >= now_ns {
                 return Err(ToolError::Input(format!(
                     "--migrated-at {} is not in the past; there is no after window yet",
-                    time::rfc3339(t)
+                    crate::time::rfc3339(t)
                 )));
             }
             (
@@ -409,10 +408,10 @@ pub fn verify_windows(
     if b.overlaps(&a) {
         return Err(ToolError::Input(format!(
             "--before and --after overlap ({} .. {} and {} .. {}); the windows must not share time",
-            time::rfc3339(b.start_ns),
-            time::rfc3339(b.end_ns),
-            time::rfc3339(a.start_ns),
-            time::rfc3339(a.end_ns)
+            crate::time::rfc3339(b.start_ns),
+            crate::time::rfc3339(b.end_ns),
+            crate::time::rfc3339(a.start_ns),
+            crate::time::rfc3339(a.end_ns)
         )));
     }
     Ok((b, a))

@@ -9,10 +9,10 @@ use serde_json::{json, Value};
 use super::analyze::{Day, GapStats};
 use super::coverage::{Session, Watched, ENDED_RUNNING};
 use super::history::{AlertHistory, EpisodeRow, FreezeRow, KindTotal};
-use super::time::{day_label, human, rfc3339, rfc3339_millis, Window};
 use super::verify::Reason;
 use super::{AnalyzeResult, ReportData, Side, StartFrom, VerifyResult};
 use crate::signals::steps::{Gap, GapKind, MAX_TRACKED_WORKFLOWS};
+use crate::time::{day_label, human, rfc3339, rfc3339_millis, Window};
 
 fn secs(ns: i64) -> f64 {
     ns as f64 / 1e9
@@ -854,7 +854,7 @@ fn state_fact_lines(d: &ReportData) -> Vec<String> {
                 "state DB deleted while running and restored {} from the open copy",
                 rfc3339(f.at_ns)
             ),
-            crate::supervise::FACT_APP_EXIT => format!(
+            crate::state::FACT_APP_EXIT => format!(
                 "app run by `stallwatch run --` {} {}; the sidecar stopped with it (an app restart, not a freeze)",
                 f.detail,
                 rfc3339(f.at_ns)

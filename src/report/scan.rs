@@ -14,7 +14,7 @@
 //!
 //! Rows without a completion time are counted and skipped; a `started_at_epoch_ms` that
 //! is missing reads as the completion time (as the live source does). So do times outside
-//! [2000-01-01, now + 1 day] ([`crate::sources::timestamp::plausible`]): a completion time
+//! [2000-01-01, now + 1 day] ([`crate::timestamp::plausible`]): a completion time
 //! of `i64::MIN` or `i64::MAX` ms is counted with the rows without one and never read (the
 //! batches only cover the sane range), a start out of range is counted in
 //! [`ScanStats::bad_started`] and reads as the completion time (issue 14).
@@ -23,8 +23,8 @@ use super::analyze::Analyzer;
 use crate::signals::steps::{Gap, StepRow, WAIT_PLACEHOLDER};
 use crate::sources::db::{Database, Query, Value};
 use crate::sources::dbos::wait_deadline_ns;
-use crate::sources::timestamp::{epoch_ms_ns, EARLIEST_APP_TIME_NS, FUTURE_SLACK_NS};
 use crate::sources::SourceError;
+use crate::timestamp::{epoch_ms_ns, EARLIEST_APP_TIME_NS, FUTURE_SLACK_NS};
 
 /// Rows per batch: large enough that per-statement overhead is noise, small enough that
 /// one statement is over in milliseconds and a batch of rows is a few MB.

@@ -35,7 +35,7 @@
 use serde::Serialize;
 
 use super::stats::poisson_cdf;
-use super::time::DAY_NS;
+use crate::time::DAY_NS;
 
 /// Significance level of the one-sided test.
 pub const ALPHA: f64 = 0.05;

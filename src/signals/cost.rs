@@ -66,21 +66,6 @@ impl CostLedger {
     }
 }
 
-/// Parses a UTC offset like `"UTC"`, `"+02:00"`, `"-05:30"` into seconds.
-pub fn parse_utc_offset(text: &str) -> Option<i64> {
-    if text.eq_ignore_ascii_case("utc") || text == "Z" {
-        return Some(0);
-    }
-    let sign = match text.as_bytes().first()? {
-        b'+' => 1,
-        b'-' => -1,
-        _ => return None,
-    };
-    let (h, m) = text[1..].split_once(':')?;
-    let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
-    (h <= 14 && m < 60 && h.to_string().len() <= 2).then_some(sign * (h * 3600 + m * 60))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,11 +143,7 @@ mod tests {
     }
 
     #[test]
-    fn offsets_parse() {
-        assert_eq!(parse_utc_offset("UTC"), Some(0));
-        assert_eq!(parse_utc_offset("+02:00"), Some(7200));
-        assert_eq!(parse_utc_offset("-05:30"), Some(-19800));
-        assert_eq!(parse_utc_offset("Europe/Paris"), None);
+    fn a_negative_offset_moves_the_day_back() {
         assert_eq!(cost_day(0, -3600), -1);
     }
 }

@@ -7,9 +7,9 @@
 
 use super::postgres::PgReader;
 use super::sqlite::SqliteReader;
-use super::timestamp::{to_unix_ns, RawTime};
 use super::SourceError;
 use crate::freeze::reference::RefSample;
+use crate::timestamp::{to_unix_ns, RawTime};
 
 /// A value read from a row.
 #[derive(Debug, Clone, PartialEq)]

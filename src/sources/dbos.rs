@@ -17,7 +17,7 @@
 //! a bounded page per poll, deduplicated by primary key, for [`LATE_SWEEP_AFTER_MOVE`]
 //! after the cursor last moved.
 //!
-//! Times and counts the app wrote are used only when sane ([`super::timestamp::plausible`],
+//! Times and counts the app wrote are used only when sane ([`crate::timestamp::plausible`],
 //! [`super::queue_table::MAX_ATTEMPTS`]); the rest are counted as `bad_timestamp` or
 //! `bad_value` and never used.
 
@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 
 use super::db::{Database, Query, Value};
 use super::queue_table::attempts;
-use super::timestamp::{epoch_ms_ns, EARLIEST_APP_TIME_NS, LATEST_DEADLINE_NS};
 use super::{DeadLetters, Observation, QueueStatus, Source, SourceError, MAX_ROWS_PER_POLL};
 use crate::signals::steps::{OpenWorkflow, StepRow};
+use crate::timestamp::{epoch_ms_ns, EARLIEST_APP_TIME_NS, LATEST_DEADLINE_NS};
 
 /// How far each poll looks back for rows that committed after later ones.
 pub const LATE_COMMIT_LOOKBACK_MS: i64 = 5_000;

@@ -13,11 +13,11 @@ use std::path::PathBuf;
 use serde_json::Value;
 
 use super::tail::{TailError, Tailer};
-use super::timestamp::{to_unix_ns, RawTime};
 use super::{ErrorKind, Observation, Source, SourceError};
 use crate::clock::NANOS_PER_SEC;
 use crate::config::source::JsonlLayout;
 use crate::signals::steps::StepRow;
+use crate::timestamp::{to_unix_ns, RawTime};
 
 /// Most lines read per poll.
 pub const MAX_LINES_PER_POLL: usize = 50_000;

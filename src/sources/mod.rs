@@ -16,7 +16,6 @@ pub mod runner;
 pub mod sql;
 pub mod sqlite;
 pub mod tail;
-pub mod timestamp;
 
 use crate::config::source::Location;
 use crate::signals::steps::{OpenWorkflow, StepRow};

@@ -524,7 +524,7 @@ impl SourceRunner {
             self.status.lock().sources[self.index].cost = Some(CostStatus {
                 today_usd: d.cost.today_usd(now),
                 cap_usd: cap,
-                day: crate::report::time::day_label(day),
+                day: crate::time::day_label(day),
             });
         }
 

@@ -158,7 +158,7 @@ pub fn event_time_ns(m: &Message) -> i64 {
 
 /// RFC 3339 UTC with milliseconds, the timestamp form every service here documents.
 pub fn timestamp(ns: i64) -> String {
-    crate::report::time::rfc3339_millis(ns)
+    crate::time::rfc3339_millis(ns)
 }
 
 /// Whole unix seconds.

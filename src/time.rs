@@ -1,7 +1,7 @@
 //! Times as operators type them and as reports print them. Pure: `now` is an argument.
 //!
 //! Input ([`parse_time`]): `now`; a duration meaning that long before now (`7d`, `36h`,
-//! `90m`); or an absolute time as [`crate::sources::timestamp`] reads it (RFC 3339 /
+//! `90m`); or an absolute time as [`crate::timestamp`] reads it (RFC 3339 /
 //! ISO 8601 text, a bare date at 00:00 UTC, epoch seconds or milliseconds). A window is
 //! two of those joined by `..` ([`parse_window`]), start included, end excluded.
 //!
@@ -10,7 +10,7 @@
 //! `SystemTime` so times before 1970 or far in the future cannot panic.
 
 use crate::clock::NANOS_PER_SEC;
-use crate::sources::timestamp::{to_unix_ns, RawTime};
+use crate::timestamp::{to_unix_ns, RawTime};
 
 /// Nanoseconds in a UTC day.
 pub const DAY_NS: i64 = 86_400 * NANOS_PER_SEC;
@@ -154,9 +154,32 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month, day)
 }
 
+/// Parses a UTC offset like `"UTC"`, `"+02:00"`, `"-05:30"` into seconds.
+pub fn parse_utc_offset(text: &str) -> Option<i64> {
+    if text.eq_ignore_ascii_case("utc") || text == "Z" {
+        return Some(0);
+    }
+    let sign = match text.as_bytes().first()? {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    let (h, m) = text[1..].split_once(':')?;
+    let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
+    (h <= 14 && m < 60 && h.to_string().len() <= 2).then_some(sign * (h * 3600 + m * 60))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offsets_parse() {
+        assert_eq!(parse_utc_offset("UTC"), Some(0));
+        assert_eq!(parse_utc_offset("+02:00"), Some(7200));
+        assert_eq!(parse_utc_offset("-05:30"), Some(-19800));
+        assert_eq!(parse_utc_offset("Europe/Paris"), None);
+    }
 
     const S: i64 = NANOS_PER_SEC;
     /// 2025-11-20T15:11:15Z, the incident's parse_email.
