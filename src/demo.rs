@@ -375,7 +375,7 @@ pub fn run_worker(app: &DemoApp, stop: &AtomicBool, say: &dyn Fn(&str)) -> rusql
 /// cannot be read, a full VM pause that is not visible here), stay on stderr. A source
 /// that fails still shows: its `source_down` alert is narrated.
 pub const LOG_FILTER: &str =
-    "warn,stallwatch::alerts::engine=error,stallwatch::sources::runner=error";
+    "warn,stallwatch::alerts::engine=error,stallwatch::sidecar::poll=error";
 
 /// How often the narrator looks at the state DB for what the sidecar recorded.
 const NARRATE_EVERY: Duration = Duration::from_secs(1);

@@ -10,7 +10,6 @@ pub mod evidence;
 pub mod forward_step;
 pub mod reference;
 pub mod references;
-pub mod runner;
 pub mod visibility;
 
 pub use event::{ChannelEstimate, FreezeEvent, FreezeKind};

@@ -12,7 +12,6 @@ pub mod file;
 pub mod jsonl;
 pub mod postgres;
 pub mod queue_table;
-pub mod runner;
 pub mod sql;
 pub mod sqlite;
 pub mod tail;

@@ -16,12 +16,12 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::detector::{Detector, DetectorConfig, Wake};
-use super::evidence::HostEvidence;
-use super::forward_step::StepVerdict;
-use super::reference::{RefOutcome, RefSample};
-use super::references::LocalReference;
-use super::visibility::{self, Sight};
+use crate::freeze::detector::{Detector, DetectorConfig, Wake};
+use crate::freeze::evidence::HostEvidence;
+use crate::freeze::forward_step::StepVerdict;
+use crate::freeze::reference::{RefOutcome, RefSample};
+use crate::freeze::references::LocalReference;
+use crate::freeze::visibility::{self, Sight};
 use crate::clock::{self, read_clocks, sleep_until_mono, StealReader, NANOS_PER_SEC};
 use crate::config::source::Location;
 use crate::config::{Config, FreezeConfig, ReferenceSpec};
@@ -58,7 +58,7 @@ pub struct Runner {
     pub status: SharedStatus,
     pub events: EventSink,
     /// Freezes as soon as they are seen, for the alert engine (bounded; full → dropped).
-    pub announce: tokio::sync::mpsc::Sender<super::FreezeEvent>,
+    pub announce: tokio::sync::mpsc::Sender<crate::freeze::FreezeEvent>,
     pub stop: Arc<AtomicBool>,
 }
 

@@ -6,6 +6,9 @@
 //! recorded before the first new heartbeat overwrites it, and the port is bound before
 //! the threads start so a taken port fails fast.
 
+pub mod poll;
+pub mod tick;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,15 +22,15 @@ use crate::config::source::Location;
 use crate::config::{Config, ReferenceSpec};
 use crate::freeze::downtime::{self, Heartbeat};
 use crate::freeze::references::{self, discover};
-use crate::freeze::runner::{detector_config, NetworkSample, RefSlot, Runner};
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::otlp::{Otlp, Setup as OtlpSetup};
 use crate::persist::{Writer, HEARTBEAT_INTERVAL};
-use crate::sources::runner::{SourceRunner, StopSignal};
 use crate::state::{StateDb, StateError, StateReader};
 use crate::status::{DowntimeStatus, LiveStatus, ReferenceStatus, SharedStatus, SourceStatus};
 use crate::supervise::{self, App, Ending, Outcome};
+use poll::{SourceRunner, StopSignal};
+use tick::{detector_config, NetworkSample, RefSlot, Runner};
 
 /// Time allowed for open HTTP connections to finish after a stop signal; the whole
 /// shutdown must fit in the 5 s an orchestrator waits before SIGKILL.

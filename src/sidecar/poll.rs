@@ -11,10 +11,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{ErrorKind, Observation, Source, SourceError};
+use crate::sources::{ErrorKind, Observation, Source, SourceError};
 use crate::clock::real_ns;
 use crate::config::{SourceConfig, SourceKind};
-use crate::freeze::runner::NetworkSample;
+use crate::sidecar::tick::NetworkSample;
 use crate::metrics::{Metrics, SourceMetrics};
 use crate::persist::EventSink;
 use crate::signals::attribution::{attribute, Cause};
@@ -613,7 +613,7 @@ impl SourceRunner {
         &self,
         d: &mut Derived,
         open: &[OpenWorkflow],
-        queues: &[super::QueueStatus],
+        queues: &[crate::sources::QueueStatus],
         recovery_attempts_max: Option<i64>,
         now: i64,
     ) {
@@ -772,7 +772,7 @@ fn fold_queue_labels(budget: &mut LabelBudget, obs: &mut Observation) {
     }
     fold_counts(budget, &mut obs.retries);
     fold_counts(budget, &mut obs.stuck);
-    let mut dead: Vec<super::DeadLetters> = Vec::new();
+    let mut dead: Vec<crate::sources::DeadLetters> = Vec::new();
     let mut at: HashMap<String, usize> = HashMap::new();
     for dl in obs.dead_letters.drain(..) {
         let label = budget.admit(&dl.queue).to_string();
@@ -783,7 +783,7 @@ fn fold_queue_labels(budget: &mut LabelBudget, obs: &mut Observation) {
             }
             None => {
                 at.insert(label.clone(), dead.len());
-                dead.push(super::DeadLetters { queue: label, ..dl });
+                dead.push(crate::sources::DeadLetters { queue: label, ..dl });
             }
         }
     }
