@@ -2,7 +2,7 @@
 //!
 //! Looks once at the clocks (clocksource, `adjtimex`), the cgroup, the data dir, every
 //! reference that would be used (discovered or configured: each read once) and every
-//! `[[source]]` (opened and polled once through [`crate::sources::open`]), then says per
+//! `[[source]]` (opened and polled once through [`crate::sources::build::open`]), then says per
 //! freeze kind ([`crate::freeze::visibility::assess`]) whether it can be detected here, by
 //! which channel, and the config line that covers a blind one. Exit 0 when every kind is
 //! covered, 1 when some are blind; a bad config is the caller's exit 2.
@@ -660,7 +660,7 @@ pub fn check_source(source: &SourceConfig) -> SourceCheck {
     if let Some(problem) = not_a_file(&source.location) {
         return source_check(source, Err(problem));
     }
-    let mut opened = crate::sources::open(source);
+    let mut opened = crate::sources::build::open(source);
     let result = opened
         .poll(clock::real_ns())
         .map(|obs| obs.server_clock.is_some())

@@ -378,14 +378,20 @@ struct FoldedJson {
 
 async fn alerts(State(s): State<AppState>) -> Response {
     let now = crate::clock::real_ns();
-    read_state(&s, move |r| r.alerts_view(now)).await
+    read_state(&s, move |r| {
+        r.read_with(|c| crate::alerts::outbox::read_view(c, now))
+    })
+    .await
 }
 
 /// Silences, read-only: they are added and expired with `stallwatch silence` on the
 /// machine (a write over HTTP would need authentication this server does not have).
 async fn silences(State(s): State<AppState>) -> Response {
     let now = crate::clock::real_ns();
-    read_state(&s, move |r| r.silences_view(now)).await
+    read_state(&s, move |r| {
+        r.read_with(|c| crate::alerts::silence::read_view(c, now))
+    })
+    .await
 }
 
 // ---- serving -------------------------------------------------------------------------

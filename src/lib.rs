@@ -5,6 +5,7 @@ pub mod alerts;
 pub mod backoff;
 pub mod clock;
 pub mod config;
+pub mod coverage;
 pub mod demo;
 pub mod doctor;
 pub mod freeze;

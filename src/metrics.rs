@@ -22,6 +22,9 @@ pub const DROP_QUEUES: [&str; 6] = [
     "otlp_spans",
 ];
 
+/// `stallwatch_state_writes_dropped_total{kind}` label values.
+pub const WRITE_KINDS: [&str; 2] = ["freeze", "episode"];
+
 /// Buckets for tick overruns: from scheduler noise (1 ms) to a long stall (60 s).
 const OVERRUN_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
@@ -536,7 +539,7 @@ impl Metrics {
         for queue in DROP_QUEUES {
             m.dropped_total.with_label_values(&[queue]);
         }
-        for kind in crate::persist::WRITE_KINDS {
+        for kind in WRITE_KINDS {
             m.state_writes_dropped_total.with_label_values(&[kind]);
         }
         let r = &m.registry;

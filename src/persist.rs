@@ -47,9 +47,6 @@ pub const RECREATED_NOTICE: Duration = Duration::from_secs(120);
 /// would delete the new DB's WAL by name when it closed), so a loop of deletions stops.
 pub const MAX_RECREATIONS: usize = 8;
 
-/// `stallwatch_state_writes_dropped_total{kind}` label values.
-pub const WRITE_KINDS: [&str; 2] = ["freeze", "episode"];
-
 enum Msg {
     Event(FreezeEvent),
     Episode(Episode),

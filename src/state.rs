@@ -631,7 +631,7 @@ impl StateDb {
                 // A DB that already held history: the runs it can tell of, estimated.
                 if version == SESSIONS_VERSION && found > 0 {
                     let old = old_run_evidence(&self.conn, &self.path)?;
-                    for s in crate::report::coverage::estimate(&old) {
+                    for s in crate::coverage::estimate(&old) {
                         insert_session(&self.conn, &s)?;
                     }
                 }
@@ -658,14 +658,14 @@ impl StateDb {
             let tx = self.conn.unchecked_transaction()?;
             tx.execute(
                 "UPDATE watch_session SET ended = ?1 WHERE ended = 'running'",
-                [previous_ended.unwrap_or(crate::report::coverage::ENDED_RESTART)],
+                [previous_ended.unwrap_or(crate::coverage::ENDED_RESTART)],
             )?;
             let id = insert_session(
                 &tx,
-                &crate::report::coverage::Session {
+                &crate::coverage::Session {
                     started_ns: started_at_ns,
                     last_seen_ns: started_at_ns,
-                    ended: crate::report::coverage::ENDED_RUNNING.into(),
+                    ended: crate::coverage::ENDED_RUNNING.into(),
                     estimated: false,
                 },
             )?;
@@ -854,22 +854,14 @@ impl StateReader {
         read_events(&conn, since_ns, limit).map_err(|e| classify(&self.path, e))
     }
 
-    /// Firing and recent alerts, recent notifications and the outbox's size.
-    pub fn alerts_view(
+    /// Runs one read of tables another part owns (the outbox's alerts, the silences)
+    /// on the current connection, with this reader's error classification.
+    pub fn read_with<T>(
         &self,
-        now_ns: i64,
-    ) -> Result<crate::alerts::outbox::AlertsView, StateError> {
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StateError> {
         let conn = self.current();
-        crate::alerts::outbox::read_view(&conn, now_ns).map_err(|e| classify(&self.path, e))
-    }
-
-    /// Active silences and those ended in the last week (`/api/v1/silences`).
-    pub fn silences_view(
-        &self,
-        now_ns: i64,
-    ) -> Result<Vec<crate::alerts::silence::SilenceView>, StateError> {
-        let conn = self.current();
-        crate::alerts::silence::read_view(&conn, now_ns).map_err(|e| classify(&self.path, e))
+        f(&conn).map_err(|e| classify(&self.path, e))
     }
 
     /// Lost-time freezes that may overlap `[from_ns, to_ns]` (started up to a day before it).
@@ -999,10 +991,7 @@ pub struct StoredEpisode {
 /// Longest freeze looked back for when attributing: a day.
 pub const MAX_FREEZE_SPAN_NS: i64 = 86_400 * 1_000_000_000;
 
-fn insert_session(
-    conn: &Connection,
-    s: &crate::report::coverage::Session,
-) -> rusqlite::Result<i64> {
+fn insert_session(conn: &Connection, s: &crate::coverage::Session) -> rusqlite::Result<i64> {
     conn.execute(
         "INSERT INTO watch_session (started_at_ns, last_seen_ns, ended, estimated)
          VALUES (?1, ?2, ?3, ?4)",
@@ -1012,12 +1001,12 @@ fn insert_session(
 }
 
 /// Every watch session stored, oldest first (at most [`MAX_SESSIONS`]).
-pub fn read_sessions(conn: &Connection) -> rusqlite::Result<Vec<crate::report::coverage::Session>> {
+pub fn read_sessions(conn: &Connection) -> rusqlite::Result<Vec<crate::coverage::Session>> {
     let mut stmt = conn.prepare_cached(
         "SELECT started_at_ns, last_seen_ns, ended, estimated FROM watch_session ORDER BY id",
     )?;
     let rows = stmt.query_map([], |r| {
-        Ok(crate::report::coverage::Session {
+        Ok(crate::coverage::Session {
             started_ns: r.get(0)?,
             last_seen_ns: r.get(1)?,
             ended: r.get(2)?,
@@ -1033,8 +1022,8 @@ pub fn read_sessions(conn: &Connection) -> rusqlite::Result<Vec<crate::report::c
 pub fn old_run_evidence(
     conn: &Connection,
     path: &Path,
-) -> rusqlite::Result<crate::report::coverage::OldEvidence> {
-    use crate::report::coverage::{Downtime, OldEvidence};
+) -> rusqlite::Result<crate::coverage::OldEvidence> {
+    use crate::coverage::{Downtime, OldEvidence};
     let has_episodes: bool = conn.query_row(
         "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'episode'",
         [],

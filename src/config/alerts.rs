@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::channel::ChannelConfig;
 use super::limits::{self, quoted, Range};
-use super::HumanDuration;
+use super::value::HumanDuration;
 
 /// How urgent an alert is; channels map it to their own priority scale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -16,11 +16,14 @@ pub mod limits;
 pub mod otlp;
 pub mod postgres_url;
 pub mod source;
+pub mod value;
 
 pub use alerts::{AlertsConfig, RuleConfig, RuleKind};
 pub use channel::ChannelConfig;
 pub use limits::{clip, clip_words, quoted, Range};
 pub use source::{SourceConfig, SourceDetail, SourceKind};
+use value::HumanDuration;
+pub use value::{redact_url, DURATION_LIKE};
 
 /// Default listen address: the port docs/design.md fixes, in the exporters' 9100–9999 range
 /// (that range of the Prometheus default-port allocations list is fully taken, so no
@@ -175,23 +178,6 @@ impl ReferenceSpec {
     }
 }
 
-/// Drops userinfo and query from a URL-ish string for logs and labels. A Postgres URL
-/// is cut the way its driver reads it ([`postgres_url::redact`]).
-pub fn redact_url(url: &str) -> String {
-    if postgres_url::is_postgres(url) {
-        return postgres_url::redact(url);
-    }
-    let without_query = url.split(['?', '#']).next().unwrap_or(url);
-    let Some((scheme, rest)) = without_query.split_once("://") else {
-        return without_query.to_string();
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((_, host)) => format!("{scheme}://***@{host}{path}"),
-        None => format!("{scheme}://{rest}"),
-    }
-}
-
 /// A user-caused configuration problem: one sentence, exit code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -247,34 +233,6 @@ struct RawFreeze {
     reference_interval: Option<HumanDuration>,
     references: Option<Vec<String>>,
     forward_steps: Option<ForwardSteps>,
-}
-
-/// A duration written as `"250ms"`, `"5s"`, `"10m"`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct HumanDuration(pub(crate) Duration);
-
-/// How a duration is asked for, in every message about one.
-pub const DURATION_LIKE: &str = "a duration like \"5s\"";
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Text;
-        impl serde::de::Visitor<'_> for Text {
-            type Value = HumanDuration;
-            // A number or a table where a duration goes says "expected a duration like …".
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str(DURATION_LIKE)
-            }
-            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<HumanDuration, E> {
-                humantime::parse_duration(text.trim())
-                    .map(HumanDuration)
-                    .map_err(|_| {
-                        E::custom(format!("must be {DURATION_LIKE}, not {}", quoted(text)))
-                    })
-            }
-        }
-        d.deserialize_str(Text)
-    }
 }
 
 impl Config {
@@ -755,6 +713,11 @@ fn first_line(s: &str) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+#[cfg(test)]
+mod channel_tests;
+#[cfg(test)]
+mod source_tests;
 
 #[cfg(test)]
 mod tests {

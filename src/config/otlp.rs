@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::config::redact_url;
+use super::value::redact_url;
 
 /// The service name spans carry when the config does not set one.
 pub const DEFAULT_SERVICE_NAME: &str = "stallwatch";

@@ -106,9 +106,93 @@ pub fn check(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// How TLS is used, from `sslmode`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tls {
+    Disable,
+    Prefer,
+    Require,
+    /// Check the certificate and host name: against `sslrootcert` if the URL names one
+    /// (libpq's meaning: only that CA), else against the Mozilla roots.
+    VerifyFull(Option<std::path::PathBuf>),
+}
+
+/// Splits `sslmode` and `sslrootcert` off a URL (the driver knows neither the verify
+/// modes nor a root certificate file).
+pub fn split_sslmode(url: &str) -> Result<(String, Tls), String> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_string(), Tls::Prefer));
+    };
+    let mut tls = Tls::Prefer;
+    let mut root_cert = None;
+    let mut kept = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sslmode", mode)) => {
+                tls = match mode {
+                    "disable" => Tls::Disable,
+                    "allow" | "prefer" => Tls::Prefer,
+                    "require" => Tls::Require,
+                    "verify-ca" | "verify-full" => Tls::VerifyFull(None),
+                    other => return Err(format!("sslmode={other} is not one of disable, prefer, require, verify-ca, verify-full")),
+                }
+            }
+            Some(("sslrootcert", path)) => root_cert = Some(std::path::PathBuf::from(path)),
+            _ => kept.push(pair),
+        }
+    }
+    if let Tls::VerifyFull(root) = &mut tls {
+        *root = root_cert;
+    } else if root_cert.is_some() {
+        return Err("sslrootcert is only used with sslmode=verify-ca or verify-full".into());
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, tls))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sslmode_is_split_off_and_other_parameters_kept() {
+        let (url, tls) =
+            split_sslmode("postgres://u:p@h/db?sslmode=require&application_name=x").unwrap();
+        assert_eq!(
+            (url.as_str(), tls),
+            ("postgres://u:p@h/db?application_name=x", Tls::Require)
+        );
+        assert_eq!(
+            split_sslmode("postgresql://h/db?sslmode=disable")
+                .unwrap()
+                .1,
+            Tls::Disable
+        );
+        assert_eq!(
+            split_sslmode("postgresql://h/db?sslmode=verify-full")
+                .unwrap()
+                .1,
+            Tls::VerifyFull(None)
+        );
+        assert_eq!(split_sslmode("postgresql://h/db").unwrap().1, Tls::Prefer);
+        assert!(split_sslmode("postgresql://h/db?sslmode=maybe").is_err());
+        let (url, tls) =
+            split_sslmode("postgresql://h/db?sslrootcert=/etc/ca.pem&sslmode=verify-full").unwrap();
+        assert_eq!(
+            (url.as_str(), tls),
+            (
+                "postgresql://h/db",
+                Tls::VerifyFull(Some("/etc/ca.pem".into()))
+            )
+        );
+        assert!(
+            split_sslmode("postgresql://h/db?sslrootcert=/etc/ca.pem&sslmode=require").is_err()
+        );
+    }
 
     #[test]
     fn redaction_follows_the_driver_whatever_the_password_holds() {

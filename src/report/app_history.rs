@@ -25,7 +25,7 @@
 use serde::Serialize;
 
 use super::analyze::Longest;
-use super::coverage::{watched, Session};
+use crate::coverage::{watched, Session};
 use crate::signals::attribution::{attribute, Cause, FreezeSpan, OVERLAP_SLACK_NS};
 use crate::signals::steps::{Gap, GapKind};
 use crate::time::Window;

@@ -31,10 +31,11 @@ use crate::config::source::{
     SourceDetail, SourceKind,
 };
 use crate::signals::steps::{Gap, GapKind, StepRow};
-use crate::sources::db::{Database, Query, Value};
+use crate::sources::db::Database;
 use crate::sources::file::{open_regular, OpenError};
 use crate::sources::jsonl::parse_line;
 use crate::sources::postgres::PgReader;
+use crate::sources::session::{Query, Value};
 use crate::sources::sqlite::SqliteReader;
 use crate::sources::tail::MAX_LINE_BYTES;
 use crate::timestamp::plausible;

@@ -16,10 +16,10 @@ use serde_json::{json, Value};
 
 use super::app_history::{AppHistory, AppWindow, Explainer};
 use super::app_scan::{self, ReadInfo};
-use super::coverage::{self, Session};
 use super::history::History;
 use super::verify::{self, combine, decide, Decision, EvidenceKind, Sample, Verdict};
 use super::{report_window, verify_windows, Format, Outcome, ToolError};
+use crate::coverage::{self, Session};
 use crate::freeze::FreezeKind;
 use crate::signals::attribution::{starved, FreezeSpan};
 use crate::signals::steps::GapKind;

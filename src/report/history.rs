@@ -14,8 +14,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde::Serialize;
 
-use super::coverage::Session;
 use super::stats::rank_index;
+use crate::coverage::Session;
 use crate::freeze::ChannelEstimate;
 use crate::state::{schema_version, STATE_DB_FILE};
 use crate::time::Window;
@@ -299,7 +299,7 @@ impl History {
             crate::state::read_sessions(conn).map_err(|e| self.err(e))
         } else {
             crate::state::old_run_evidence(conn, &self.path)
-                .map(|old| super::coverage::estimate(&old))
+                .map(|old| crate::coverage::estimate(&old))
                 .map_err(|e| self.err(e))
         }
     }

@@ -25,7 +25,6 @@ pub mod analyze;
 pub mod app_history;
 pub mod app_scan;
 pub mod app_verify;
-pub mod coverage;
 pub mod fleet;
 pub mod history;
 pub mod html;
@@ -39,12 +38,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::config::source::{parse_location, Location, SourceKind};
+use crate::coverage::{Session, Watched};
 use crate::sources::db::Database;
 use crate::sources::postgres::PgReader;
 use crate::sources::sqlite::SqliteReader;
 use crate::time::{parse_time, parse_window, Window, DAY_NS};
 use analyze::Analyzer;
-use coverage::{Session, Watched};
 use history::{
     EpisodeRow, EpisodeTotal, Evidence, FreezeRow, History, HistoryError, KindTotal, Stored,
 };
@@ -280,7 +279,7 @@ pub fn report(args: &ReportArgs, now_ns: i64) -> Result<Outcome, ToolError> {
         timeline_episodes: history.longest_episodes(window, MAX_TIMELINE_MARKS)?,
         stored: history.stored()?,
         evidence,
-        watched: coverage::watched(&sessions, window, now_ns),
+        watched: crate::coverage::watched(&sessions, window, now_ns),
         sessions,
         // An alert still firing when the sidecar stopped held until its last heartbeat,
         // as far as anyone can tell; not until this report.
@@ -433,7 +432,7 @@ fn side(
     let (gaps, gap_p99_ns) = history.gap_quantile(window, 0.99)?;
     Ok(Side {
         window,
-        watched: coverage::watched(sessions, window, now_ns),
+        watched: crate::coverage::watched(sessions, window, now_ns),
         freezes: by_kind.iter().map(|k| k.count).sum(),
         frozen_ns: by_kind.iter().map(|k| k.total_ns).sum(),
         by_kind,

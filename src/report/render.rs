@@ -7,10 +7,10 @@ use std::fmt::Write as _;
 use serde_json::{json, Value};
 
 use super::analyze::{Day, GapStats};
-use super::coverage::{Session, Watched, ENDED_RUNNING};
 use super::history::{AlertHistory, EpisodeRow, FreezeRow, KindTotal};
 use super::verify::Reason;
 use super::{AnalyzeResult, ReportData, Side, StartFrom, VerifyResult};
+use crate::coverage::{Session, Watched, ENDED_RUNNING};
 use crate::signals::steps::{Gap, GapKind, MAX_TRACKED_WORKFLOWS};
 use crate::time::{day_label, human, rfc3339, rfc3339_millis, Window};
 

@@ -21,8 +21,9 @@
 
 use super::analyze::Analyzer;
 use crate::signals::steps::{Gap, StepRow, WAIT_PLACEHOLDER};
-use crate::sources::db::{Database, Query, Value};
+use crate::sources::db::Database;
 use crate::sources::dbos::wait_deadline_ns;
+use crate::sources::session::{Query, Value};
 use crate::sources::SourceError;
 use crate::timestamp::{epoch_ms_ns, EARLIEST_APP_TIME_NS, FUTURE_SLACK_NS};
 

@@ -295,7 +295,7 @@ async fn serve(
                 clock,
                 config: source.clone(),
                 index,
-                source: crate::sources::open(source),
+                source: crate::sources::build::open(source),
                 metrics: metrics.clone(),
                 status: status.clone(),
                 sink: sink.clone(),

@@ -11,12 +11,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::sources::{ErrorKind, Observation, Source, SourceError};
 use crate::clock::real_ns;
 use crate::config::{SourceConfig, SourceKind};
-use crate::sidecar::tick::NetworkSample;
 use crate::metrics::{Metrics, SourceMetrics};
 use crate::persist::EventSink;
+use crate::sidecar::tick::NetworkSample;
 use crate::signals::attribution::{attribute, Cause};
 use crate::signals::cost::CostLedger;
 use crate::signals::episode::{Episode, EpisodeKind};
@@ -25,6 +24,7 @@ use crate::signals::steps::{
     blocked_queues, is_intended_wait, stalled, GapKind, GapTracker, OpenWorkflow, StallClock,
     WAIT_PLACEHOLDER,
 };
+use crate::sources::{ErrorKind, Observation, Source, SourceError};
 use crate::state::StateReader;
 use crate::status::{
     BlockedQueueStatus, CostStatus, DeadLetterStatus, QueueAge, QueueCount, SharedStatus,

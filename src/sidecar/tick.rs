@@ -16,15 +16,15 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::clock::{self, read_clocks, sleep_until_mono, StealReader, NANOS_PER_SEC};
+use crate::config::source::Location;
+use crate::config::{Config, FreezeConfig, ReferenceSpec};
 use crate::freeze::detector::{Detector, DetectorConfig, Wake};
 use crate::freeze::evidence::HostEvidence;
 use crate::freeze::forward_step::StepVerdict;
 use crate::freeze::reference::{RefOutcome, RefSample};
 use crate::freeze::references::LocalReference;
 use crate::freeze::visibility::{self, Sight};
-use crate::clock::{self, read_clocks, sleep_until_mono, StealReader, NANOS_PER_SEC};
-use crate::config::source::Location;
-use crate::config::{Config, FreezeConfig, ReferenceSpec};
 use crate::metrics::Metrics;
 use crate::persist::EventSink;
 use crate::status::SharedStatus;

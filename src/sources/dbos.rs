@@ -24,8 +24,9 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::db::{Database, Query, Value};
+use super::db::Database;
 use super::queue_table::attempts;
+use super::session::{Query, Value};
 use super::{DeadLetters, Observation, QueueStatus, Source, SourceError, MAX_ROWS_PER_POLL};
 use crate::signals::steps::{OpenWorkflow, StepRow};
 use crate::timestamp::{epoch_ms_ns, EARLIEST_APP_TIME_NS, LATEST_DEADLINE_NS};

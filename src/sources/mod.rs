@@ -6,19 +6,19 @@
 //! [`crate::signals`] and applied by [`runner`]. Invariant: a source never writes to the
 //! app's database and never holds a read transaction longer than one statement.
 
+pub mod build;
 pub mod db;
 pub mod dbos;
 pub mod file;
 pub mod jsonl;
 pub mod postgres;
 pub mod queue_table;
+pub mod session;
 pub mod sql;
 pub mod sqlite;
 pub mod tail;
 
-use crate::config::source::Location;
 use crate::signals::steps::{OpenWorkflow, StepRow};
-use db::Database;
 
 /// Most rows one query of one poll reads; the rest waits for the next poll.
 pub const MAX_ROWS_PER_POLL: i64 = 10_000;
@@ -147,45 +147,4 @@ impl SourceError {
 pub trait Source: Send {
     /// Reads what changed since the last poll. `now_ns` is the wall clock (unix ns).
     fn poll(&mut self, now_ns: i64) -> Result<Observation, SourceError>;
-}
-
-/// Opens the database a source reads.
-fn database(location: &Location) -> Database {
-    match location {
-        Location::Postgres(url) => {
-            Database::Postgres(Box::new(postgres::PgReader::new(url.clone())))
-        }
-        Location::Sqlite(path) | Location::File(path) => {
-            Database::Sqlite(sqlite::SqliteReader::new(path.clone()))
-        }
-    }
-}
-
-/// Builds the source for a validated config.
-pub fn open(config: &crate::config::SourceConfig) -> Box<dyn Source> {
-    use crate::config::SourceDetail;
-    let location = &config.location;
-    match &config.detail {
-        SourceDetail::Dbos => Box::new(dbos::DbosSource::new(database(location))),
-        SourceDetail::QueueTable(layout) => Box::new(queue_table::QueueTableSource::new(
-            database(location),
-            (**layout).clone(),
-        )),
-        SourceDetail::Jsonl(layout) => {
-            let Location::File(path) = location else {
-                unreachable!("config gives jsonl sources a file")
-            };
-            Box::new(jsonl::JsonlSource::new(path.clone(), layout.clone()))
-        }
-        SourceDetail::Sql {
-            query,
-            labels,
-            values,
-        } => Box::new(sql::SqlSource::new(
-            database(location),
-            query.clone(),
-            labels.clone(),
-            values.clone(),
-        )),
-    }
 }

@@ -8,7 +8,8 @@
 
 use std::collections::HashMap;
 
-use super::db::{Database, Query, Value};
+use super::db::Database;
+use super::session::{Query, Value};
 use super::{DeadLetters, Observation, QueueStatus, Source, SourceError, MAX_ROWS_PER_POLL};
 use crate::config::source::QueueLayout;
 

@@ -5,7 +5,8 @@
 //! SQLite, a read-only session with a statement timeout on Postgres), so a statement that
 //! would write fails instead; rows are capped at [`MAX_ROWS_PER_POLL`].
 
-use super::db::{Database, Query};
+use super::db::Database;
+use super::session::Query;
 use super::{ErrorKind, Observation, Source, SourceError, MAX_ROWS_PER_POLL};
 
 /// One value of one row: which value column, the row's label values, the number.

@@ -29,8 +29,8 @@ use rusqlite::{Connection, OpenFlags};
 
 use rusqlite::types::ValueRef;
 
-use super::db::{Query, Session, Table, Value};
 use super::file::{open_regular, OpenError};
+use super::session::{Query, Session, Table, Value};
 use super::{ErrorKind, SourceError};
 use crate::freeze::reference::RefSample;
 
