@@ -156,7 +156,7 @@ fn sigterm_stops_within_5s_with_exit_0_and_the_next_start_is_no_restart() {
 /// A start that is refused (exit 2: the port is taken) must leave the state as it found
 /// it: after a clean stop, a refused start, and a good start, there is still no freeze.
 ///
-/// Fails today: src/sidecar.rs `serve` records the downtime since the last heartbeat and
+/// Fails today: src/sidecar/mod.rs `serve` records the downtime since the last heartbeat and
 /// writes a new, unclean heartbeat (`db.write_heartbeat(… clean: false …)`) *before*
 /// binding the listener. The refused start therefore overwrites the clean heartbeat of
 /// the stop, and the next good start reports the refused start as a `restart` freeze —
