@@ -35,9 +35,9 @@
 # (10000), BACKLOG_SECONDS (60), SETTLE_SECONDS (5), KEEP_TMP (0: delete the temp dir
 # with the logs at exit).
 set -euo pipefail
-
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-REPO=$(pwd)
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+swb_init stallwatch-alerts-bench
 
 LATENCY_RUNS=${LATENCY_RUNS:-20}
 STOP_SECONDS=${STOP_SECONDS:-3}
@@ -45,72 +45,20 @@ GAP_SECONDS=${GAP_SECONDS:-3}
 BACKLOG_ROWS=${BACKLOG_ROWS:-10000}
 BACKLOG_SECONDS=${BACKLOG_SECONDS:-60}
 SETTLE_SECONDS=${SETTLE_SECONDS:-5}
-KEEP_TMP=${KEEP_TMP:-0}
 export LATENCY_RUNS STOP_SECONDS GAP_SECONDS BACKLOG_ROWS BACKLOG_SECONDS SETTLE_SECONDS
 
-TMP=$(mktemp -d -t stallwatch-alerts-bench.XXXXXX)
-PIDS=()
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -CONT "$pid" 2>/dev/null || true # a stopped process ignores SIGTERM
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 30); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ "$KEEP_TMP" == 1 ]]; then
-        echo "logs kept in $TMP" >&2
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-echo "building release binary ..." >&2
-cargo build --release --quiet
-BIN="$REPO/target/release/stallwatch"
+swb_build
 export BIN TMP
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
-# Starts `stallwatch run` on a free port with data dir $1 and config $2; sets SW_PID and
-# SW_PORT and waits for /readyz.
+# Starts `stallwatch run` on a free port with data dir $1, config $2 and log $3; sets
+# SW_PID and SW_PORT and waits for /readyz.
 start_sidecar() {
     local data=$1 config=$2 log=$3
-    SW_PORT=$(free_port)
-    STALLWATCH_LOG=info NO_COLOR=1 "$BIN" run --listen "127.0.0.1:$SW_PORT" \
-        --data-dir "$data" --config "$config" 2>"$log" >/dev/null &
-    SW_PID=$!
-    PIDS+=("$SW_PID")
-    for _ in $(seq 300); do
-        if curl -fs "http://127.0.0.1:$SW_PORT/readyz" >/dev/null 2>&1; then
-            return 0
-        fi
-        kill -0 "$SW_PID" 2>/dev/null || { echo "stallwatch exited; log:" >&2; cat "$log" >&2; exit 1; }
-        sleep 0.1
-    done
-    echo "stallwatch not ready after 30 s; log:" >&2
-    cat "$log" >&2
-    exit 1
-}
-
-stop_sidecar() {
-    kill -TERM "$SW_PID"
-    wait "$SW_PID" 2>/dev/null || true
+    SW_PORT=$(swb_free_ports 1)
+    swb_spawn "$log" env STALLWATCH_LOG=info NO_COLOR=1 "$BIN" run --listen "127.0.0.1:$SW_PORT" \
+        --data-dir "$data" --config "$config"
+    SW_PID=$SWB_LAST_PID
+    swb_wait_ready "http://127.0.0.1:$SW_PORT/readyz" "$SW_PID" stallwatch "$log"
 }
 
 # ---- the receiver (python3 stdlib) ---------------------------------------------------
@@ -154,7 +102,7 @@ PY
 # ---- part 1: latency ------------------------------------------------------------------
 echo "part 1: freeze → webhook latency, $LATENCY_RUNS runs of a ${STOP_SECONDS} s SIGSTOP ..." >&2
 python3 "$TMP/receiver.py" "$TMP/receiver.port" "$TMP/arrivals.log" &
-PIDS+=("$!")
+SWB_PIDS+=("$!")
 for _ in $(seq 100); do [[ -s "$TMP/receiver.port" ]] && break; sleep 0.05; done
 RECEIVER_PORT=$(cat "$TMP/receiver.port")
 cat >"$TMP/latency.toml" <<EOF
@@ -170,8 +118,10 @@ threshold = "2s"
 EOF
 mkdir -p "$TMP/latency-state"
 start_sidecar "$TMP/latency-state" "$TMP/latency.toml" "$TMP/latency.log"
-LATENCY_PID=$SW_PID LATENCY_PORT=$SW_PORT python3 - "$TMP/arrivals.log" <<'PY'
+LATENCY_PID=$SW_PID LATENCY_PORT=$SW_PORT PYTHONPATH="$TMP" python3 - "$TMP/arrivals.log" <<'PY'
 import os, signal, sys, time
+
+from swb import pct
 
 arrivals, pid = sys.argv[1], int(os.environ["LATENCY_PID"])
 runs, stop, gap = (int(os.environ["LATENCY_RUNS"]), float(os.environ["STOP_SECONDS"]),
@@ -205,28 +155,23 @@ for run in range(runs):
         print(f"  run {run + 1:2}: {latency * 1000:7.1f} ms ({new[0][2]})", file=sys.stderr)
     time.sleep(gap)
 
-def pct(sorted_values, p):
-    # nearest rank
-    k = max(0, min(len(sorted_values) - 1, -(-p * len(sorted_values) // 100) - 1))
-    return sorted_values[int(k)]
-
 print()
 print("latency: end of a freeze (SIGCONT) → webhook POST arrival")
 if latencies:
     s = sorted(latencies)
-    p99 = pct(s, 99)
-    print(f"  runs {len(s)}/{runs}   p50 {pct(s, 50) * 1000:.1f} ms   p99 {p99 * 1000:.1f} ms   "
+    p99 = pct(s, 0.99)
+    print(f"  runs {len(s)}/{runs}   p50 {pct(s, 0.50) * 1000:.1f} ms   p99 {p99 * 1000:.1f} ms   "
           f"max {s[-1] * 1000:.1f} ms   min {s[0] * 1000:.1f} ms")
     verdict = "met" if p99 <= 1.0 and not missing else "NOT met"
     print(f"  target p99 ≤ 1 s: {verdict}" + (f" ({missing} run(s) without a POST)" if missing else ""))
 else:
     print(f"  no POST arrived in any of {runs} runs: target NOT met")
 PY
-stop_sidecar
+swb_stop "$SW_PID"
 
 # ---- part 2: backlog ------------------------------------------------------------------
 echo "part 2: $BACKLOG_ROWS pending notifications, receiver down, ${BACKLOG_SECONDS} s ..." >&2
-CLOSED_PORT=$(free_port) # nothing listens: connections are refused
+CLOSED_PORT=$(swb_free_ports 1) # nothing listens: connections are refused
 cat >"$TMP/backlog.toml" <<EOF
 [[channel]]
 name = "bench"
@@ -242,22 +187,13 @@ cat >"$TMP/measure.py" <<'PY'
 """RSS and CPU of a running sidecar over BACKLOG_SECONDS, after SETTLE_SECONDS."""
 import os, sys, time, urllib.request
 
+from swb import CLK_TCK, proc_status, stat_ticks
+
 label = sys.argv[1]
 
 pid, port = int(os.environ["BACKLOG_PID"]), int(os.environ["BACKLOG_PORT"])
 settle, window = float(os.environ["SETTLE_SECONDS"]), float(os.environ["BACKLOG_SECONDS"])
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MB = 1_000_000
-
-def rss_bytes():
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-def cpu_ticks():
-    rest = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return int(rest[11]) + int(rest[12])
 
 def metric(text, name):
     for line in text.splitlines():
@@ -274,9 +210,9 @@ def scrape():
 
 time.sleep(settle)
 pending0, retried0 = scrape()
-rss0, ticks0, t0 = rss_bytes(), cpu_ticks(), time.monotonic()
+rss0, ticks0, t0 = proc_status(pid)["VmRSS"], stat_ticks(pid), time.monotonic()
 time.sleep(window)
-rss1, ticks1, t1 = rss_bytes(), cpu_ticks(), time.monotonic()
+rss1, ticks1, t1 = proc_status(pid)["VmRSS"], stat_ticks(pid), time.monotonic()
 pending1, retried1 = scrape()
 
 growth = (rss1 - rss0) / MB
@@ -293,7 +229,7 @@ PY
 mkdir -p "$TMP/backlog-state"
 start_sidecar "$TMP/backlog-state" "$TMP/backlog.toml" "$TMP/backlog-init.log"
 BACKLOG_PID=$SW_PID BACKLOG_PORT=$SW_PORT python3 "$TMP/measure.py" "baseline (empty outbox)"
-stop_sidecar
+swb_stop "$SW_PID"
 python3 - "$TMP/backlog-state/stallwatch.sqlite" <<'PY'
 import json, os, sqlite3, sys, time
 
@@ -335,4 +271,4 @@ print(f"  inserted {rows} pending rows into {db}", file=sys.stderr)
 PY
 start_sidecar "$TMP/backlog-state" "$TMP/backlog.toml" "$TMP/backlog.log"
 BACKLOG_PID=$SW_PID BACKLOG_PORT=$SW_PORT python3 "$TMP/measure.py" "with $BACKLOG_ROWS pending"
-stop_sidecar
+swb_stop "$SW_PID"

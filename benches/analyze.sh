@@ -27,10 +27,12 @@
 # first). Wall time = GNU time's elapsed (process start to exit: opening the DB,
 # every batch, the output); peak RSS = its "Maximum resident set size".
 #
-# Environment: ROWS (1000000), RUNS (3), CARGO_TARGET_DIR (target).
+# Environment: ROWS (1000000), RUNS (3), CARGO_TARGET_DIR (target), KEEP_TMP (0: delete
+# the temp dir with the runs' output at exit).
 set -euo pipefail
-
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+swb_init stallwatch-analyze-bench
 
 ROWS=${ROWS:-1000000}
 RUNS=${RUNS:-3}
@@ -40,9 +42,7 @@ TARGET_MB=100
 
 [ -x /usr/bin/time ] || { echo "analyze.sh: needs GNU time (/usr/bin/time, Debian package time)" >&2; exit 1; }
 
-echo "== building stallwatch (release)" >&2
-cargo build --release --quiet
-BIN=${CARGO_TARGET_DIR:-target}/release/stallwatch
+swb_build
 
 if [ ! -f "$DB" ]; then
   echo "== generating $DB ($ROWS rows)" >&2
@@ -104,8 +104,6 @@ rows_in_db=$(python3 -c "import sqlite3,sys; print(sqlite3.connect(sys.argv[1]).
 planted=$(( (ROWS / 5 - 7 + 20000 - 1) / 20000 ))
 echo "== $DB: $rows_in_db operation_outputs rows, $(du -m "$DB" | cut -f1) MB, $planted planted 107-minute gaps"
 
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
 "$BIN" analyze --source "$DB" --gap-min 60s --format json >/dev/null  # warm-up, unmeasured
 
 summary() {  # figures file, label
@@ -120,20 +118,20 @@ summary() {  # figures file, label
 
 measure() {  # output file, command...
   local json=$1; shift
-  /usr/bin/time -v "$@" >"$json" 2>"$out/time" || [ $? -le 3 ]
-  wall=$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$out/time" | awk -F: '{ s = 0; for (i = 1; i <= NF; i++) s = s * 60 + $i; print s }')
-  rss_kb=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$out/time")
+  /usr/bin/time -v "$@" >"$json" 2>"$TMP/time" || [ $? -le 3 ]
+  wall=$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$TMP/time" | awk -F: '{ s = 0; for (i = 1; i <= NF; i++) s = s * 60 + $i; print s }')
+  rss_kb=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$TMP/time")
 }
 
 echo "== analyze"
 printf '%-5s %10s %12s %8s %8s\n' run wall_s peak_rss_MB rows gaps
 for i in $(seq 1 "$RUNS"); do
-  measure "$out/json" "$BIN" analyze --source "$DB" --gap-min 60s --format json
-  read -r rows gaps first_gap < <(python3 -c "
+  measure "$TMP/json" "$BIN" analyze --source "$DB" --gap-min 60s --format json
+  read -r rows gaps _ < <(python3 -c "
 import json,sys; v=json.load(open(sys.argv[1]))
-print(v['rows'], v['step_gaps'] + v['wait_overruns'], v['longest'][0]['duration_seconds'] if v['longest'] else 0)" "$out/json")
+print(v['rows'], v['step_gaps'] + v['wait_overruns'], v['longest'][0]['duration_seconds'] if v['longest'] else 0)" "$TMP/json")
   printf '%-5s %10.2f %12.1f %8s %8s\n' "$i" "$wall" "$(echo "$rss_kb / 1024" | bc -l)" "$rows" "$gaps"
-  echo "$wall $rss_kb" >>"$out/figures"
+  echo "$wall $rss_kb" >>"$TMP/figures"
   if [ "$rows" != "$rows_in_db" ] || [ "$gaps" != "$planted" ]; then
     echo "analyze.sh: analyze read $rows rows (want $rows_in_db) and found $gaps gaps (want $planted)" >&2
     exit 1
@@ -149,18 +147,18 @@ iso() { date -u -d "@$1" +%Y-%m-%dT%H:%M:%SZ; }
 echo "== verify --source (before $(iso "$first_s")..$(iso "$mid_s"), after $(iso "$mid_s")..$(iso "$last_s"))"
 printf '%-5s %10s %12s %8s %8s %s\n' run wall_s peak_rss_MB rows gaps verdict
 for i in $(seq 1 "$RUNS"); do
-  measure "$out/vjson" "$BIN" verify --source "$DB" --gap-min 60s --format json \
+  measure "$TMP/vjson" "$BIN" verify --source "$DB" --gap-min 60s --format json \
     --before "$(iso "$first_s")..$(iso "$mid_s")" --after "$(iso "$mid_s")..$(iso "$last_s")"
   read -r rows gaps verdict < <(python3 -c "
 import json,sys; v=json.load(open(sys.argv[1])); a=v['app_history']
-print(a['records'], sum(w['gaps'] for w in a['windows']), v['verdict'].replace(' ', '_'))" "$out/vjson")
+print(a['records'], sum(w['gaps'] for w in a['windows']), v['verdict'].replace(' ', '_'))" "$TMP/vjson")
   printf '%-5s %10.2f %12.1f %8s %8s %s\n' "$i" "$wall" "$(echo "$rss_kb / 1024" | bc -l)" "$rows" "$gaps" "$verdict"
-  echo "$wall $rss_kb" >>"$out/vfigures"
+  echo "$wall $rss_kb" >>"$TMP/vfigures"
   if [ "$rows" != "$rows_in_db" ] || [ "$gaps" != "$planted" ]; then
     echo "analyze.sh: verify --source read $rows rows (want $rows_in_db) and found $gaps gaps (want $planted)" >&2
     exit 1
   fi
 done
-summary "$out/figures" "analyze"
-summary "$out/vfigures" "verify --source"
+summary "$TMP/figures" "analyze"
+summary "$TMP/vfigures" "verify --source"
 echo "machine: $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.1f GB", $2 / 1048576 }' /proc/meminfo), $(uname -r)"

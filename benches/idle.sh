@@ -58,9 +58,9 @@
 # STALL_GAP_SECONDS (4), STALL_SEED (1), STALL_SERIAL (0), SETTLE_SECONDS (5),
 # KEEP_TMP (0: delete the temp dir with the logs at exit).
 set -euo pipefail
-
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-REPO=$(pwd)
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+swb_init stallwatch-idle-bench
 
 IDLE_SECONDS=${IDLE_SECONDS:-60}
 STALL_RUNS=${STALL_RUNS:-20}
@@ -68,46 +68,11 @@ STALL_STOP_SECONDS=${STALL_STOP_SECONDS:-3}
 STALL_GAP_SECONDS=${STALL_GAP_SECONDS:-4}
 STALL_SERIAL=${STALL_SERIAL:-0}
 SETTLE_SECONDS=${SETTLE_SECONDS:-5}
-KEEP_TMP=${KEEP_TMP:-0}
 STALL_SEED=${STALL_SEED:-1}
 export IDLE_SECONDS STALL_RUNS STALL_STOP_SECONDS STALL_GAP_SECONDS STALL_SEED STALL_SERIAL SETTLE_SECONDS
 
-T_START=$(date +%s.%N)
-TMP=$(mktemp -d -t stallwatch-idle-bench.XXXXXX)
-PIDS=()
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local pid
-    for pid in "${PIDS[@]}"; do
-        # A stopped process would not act on SIGTERM until continued.
-        kill -CONT "$pid" 2>/dev/null || true
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 30); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    if [[ "$KEEP_TMP" == 1 ]]; then
-        echo "logs kept in $TMP" >&2
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
 # --- build and peers --------------------------------------------------------------
-echo "building release binary ..." >&2
-cargo build --release --quiet
-BIN="$REPO/target/release/stallwatch"
+swb_build
 
 if ! command -v prometheus-node-exporter >/dev/null 2>&1; then
     echo "installing prometheus-node-exporter ..." >&2
@@ -129,10 +94,10 @@ fi
 
 # --- the driver (python3 stdlib) ----------------------------------------------------
 cat >"$TMP/driver.py" <<'PY'
-import gzip, json, math, os, random, statistics, sys, time, urllib.error, urllib.request
+import gzip, json, math, os, random, statistics, sys, time
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-MiB = 1024 * 1024
+from swb import CLK_TCK, MiB, Cpu, http_get, pct, proc_status, wait_http
+
 # What Prometheus 2.x sends when it scrapes (text/OpenMetrics negotiation, gzip).
 SCRAPE_HEADERS = {
     "Accept": "application/openmetrics-text;version=1.0.0;q=0.5,"
@@ -156,109 +121,12 @@ def load_procs(path):
     return procs
 
 
-def http_get(url, headers=None, timeout=5.0):
-    req = urllib.request.Request(url, headers=headers or {})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return r.status, dict(r.headers), r.read()
-
-
 def wait_ready(p, deadline):
-    url = f"http://127.0.0.1:{p['port']}/metrics"
-    while True:
-        if not os.path.exists(f"/proc/{p['pid']}"):
-            sys.exit(f"{p['name']} (pid {p['pid']}) exited during start-up; see its log")
-        try:
-            if http_get(url, timeout=1.0)[0] == 200:
-                return
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            sys.exit(f"{p['name']} did not answer {url} within the start-up timeout")
-        time.sleep(0.1)
-
-
-def read_stat_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        rest = f.read().rsplit(")", 1)[1].split()
-    return int(rest[11]) + int(rest[12])  # fields 14 utime, 15 stime
-
-
-def read_status(pid):
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM"):
-                out[k] = int(v.split()[0]) * 1024
-            elif k == "Threads":
-                out[k] = int(v)
-    return out
-
-
-def read_sched(pid, names=None):
-    """ns of CPU per live thread; with `names`, also (runs, comm) per thread into it."""
-    out = {}
-    base = f"/proc/{pid}/task"
-    for tid in os.listdir(base):
-        try:
-            with open(f"{base}/{tid}/schedstat") as f:
-                fields = f.read().split()
-            out[int(tid)] = int(fields[0])
-            if names is not None:
-                with open(f"{base}/{tid}/comm") as f:
-                    names[int(tid)] = (int(fields[2]), f.read().strip())
-        except (FileNotFoundError, ProcessLookupError):
-            pass  # the thread exited between listdir and open
-    return out
-
-
-class CpuTracker:
-    """CPU time of one process over a window, ns-precise, robust to threads exiting."""
-
-    def __init__(self, pid):
-        self.pid = pid
-        self.t0 = time.monotonic_ns()
-        self.ticks0 = read_stat_ticks(pid)
-        self.runs0 = {}
-        self.base = read_sched(pid, self.runs0)
-        self.last = dict(self.base)
-        self.runs = dict(self.runs0)
-        self.born = 0
-
-    def poll(self):
-        for tid, ns in read_sched(self.pid, self.runs).items():
-            if tid not in self.base:
-                self.base[tid] = 0  # created inside the window: all of its time counts
-                self.runs0[tid] = (0, "")
-                self.born += 1
-            self.last[tid] = ns
-
-    def per_thread(self):
-        """{thread name: (CPU s, runs)} over the window, threads of one name summed."""
-        out = {}
-        for tid, ns in self.last.items():
-            runs, name = self.runs.get(tid, (0, "?"))
-            cpu, n = out.get(name, (0.0, 0))
-            out[name] = (cpu + (ns - self.base[tid]) / 1e9, n + runs - self.runs0[tid][0])
-        return out
-
-    def finish(self):
-        self.poll()
-        t1 = time.monotonic_ns()
-        live = set(read_sched(self.pid))
-        wall = (t1 - self.t0) / 1e9
-        sched_s = sum(self.last[t] - self.base[t] for t in self.last) / 1e9
-        ticks = read_stat_ticks(self.pid) - self.ticks0
-        return {
-            "wall_s": wall,
-            "cpu_sched_s": sched_s,
-            "cpu_pct_sched": 100.0 * sched_s / wall,
-            "cpu_ticks": ticks,
-            "cpu_pct_stat": 100.0 * ticks / CLK_TCK / wall,
-            "threads_born": self.born,
-            "threads_exited": len(set(self.last) - live),
-            "per_thread": self.per_thread(),
-        }
+    try:
+        wait_http(f"http://127.0.0.1:{p['port']}/metrics", lambda: os.path.exists(f"/proc/{p['pid']}"),
+                  f"{p['name']} (pid {p['pid']})", deadline)
+    except RuntimeError as e:
+        sys.exit(f"{e}; see its log")
 
 
 def scrape(p):
@@ -286,7 +154,7 @@ def idle_phase(procs, out_path):
 
     n_scrapes = max(1, int(idle_s // 15))
     spacing = idle_s / n_scrapes
-    trackers = {p["name"]: CpuTracker(p["pid"]) for p in procs}
+    trackers = {p["name"]: Cpu(p["pid"]) for p in procs}
     t0 = time.monotonic()
     scrape_at = [t0 + (k + 0.5) * spacing for k in range(n_scrapes)]
     scrapes = {p["name"]: [] for p in procs}
@@ -311,7 +179,7 @@ def idle_phase(procs, out_path):
     results = {}
     for p in procs:
         r = trackers[p["name"]].finish()
-        r.update(read_status(p["pid"]))
+        r.update(proc_status(p["pid"]))
         s = scrapes[p["name"]]
         r["scrapes"] = len(s)
         r["scrape_wire_bytes"] = statistics.mean(x["wire"] for x in s)
@@ -390,10 +258,6 @@ def print_idle(idle_s, n_scrapes, res):
 def freezes(port):
     _, _, body = http_get(f"http://127.0.0.1:{port}/api/v1/freezes?limit=10000", timeout=5.0)
     return json.loads(body)
-
-
-def pct_nearest_rank(sorted_vals, q):
-    return sorted_vals[max(0, math.ceil(q * len(sorted_vals)) - 1)]
 
 
 def parse_rfc3339_ns(s):
@@ -523,7 +387,7 @@ def print_stall(st, idle, runs, stop_s, gap_s, target_ms, serial, stagger):
         within = sum(1 for e in errs if e <= target_ms)
         ok = s["missed"] == 0 and errs[-1] <= target_ms
         print(f"{p['tick']:>6}{n:>4}{errs[0]:>8.1f}{statistics.median(errs):>8.1f}{statistics.mean(errs):>8.1f}"
-              f"{pct_nearest_rank(errs, 0.95):>8.1f}{errs[-1]:>8.1f}  {bias:>+7.1f}{f'{within}/{runs}':>8}  {verdict(ok):<8}"
+              f"{pct(errs, 0.95):>8.1f}{errs[-1]:>8.1f}  {bias:>+7.1f}{f'{within}/{runs}':>8}  {verdict(ok):<8}"
               f"{f'{statistics.median(serr):.0f}/{serr[-1]:.0f}':>19}{det:>9.2f}{ir['cpu_pct_sched']:>11.4f}{ir['VmRSS'] / MiB:>8.2f}")
     print()
     for s in st:
@@ -554,28 +418,16 @@ if __name__ == "__main__":
         stall_phase(procs, data_path)
 PY
 
-free_ports() {
-    python3 -c '
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks:
-    s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks:
-    s.close()' "$1"
-}
+read -r P_SW P_NE P_SW250 P_SRC P_BASE <<<"$(swb_free_ports 5)"
 
-read -r P_SW P_NE P_SW250 P_SRC P_BASE <<<"$(free_ports 5)"
-
-LAST_PID=
-start_stallwatch() { # name port [config [binary]]; sets LAST_PID
+start_stallwatch() { # name port [config [binary]]; sets SWB_LAST_PID
     local name=$1 port=$2 cfg=${3:-} bin=${4:-$BIN}
     mkdir -p "$TMP/$name"
     local args=(run --listen "127.0.0.1:$port" --data-dir "$TMP/$name")
-    [[ -n "$cfg" ]] && args+=(--config "$cfg")
-    "$bin" "${args[@]}" >"$TMP/$name.log" 2>&1 &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
+    if [[ -n "$cfg" ]]; then
+        args+=(--config "$cfg")
+    fi
+    swb_spawn "$TMP/$name.log" "$bin" "${args[@]}"
 }
 
 cat >"$TMP/tick250.toml" <<EOF
@@ -656,15 +508,14 @@ echo "stallwatch $("$BIN" --version 2>/dev/null || echo '?') ($(git -C "$REPO" r
 echo "host: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), kernel $(uname -r), CLK_TCK $(getconf CLK_TCK)"
 
 start_stallwatch stallwatch "$P_SW"
-PID_SW=$LAST_PID
+PID_SW=$SWB_LAST_PID
 start_stallwatch tick250 "$P_SW250" "$TMP/tick250.toml"
-PID_SW250=$LAST_PID
+PID_SW250=$SWB_LAST_PID
 start_stallwatch sources "$P_SRC" "$TMP/sources.toml"
-PID_SRC=$LAST_PID
+PID_SRC=$SWB_LAST_PID
 mkdir -p "$TMP/node_exporter"
-(cd "$TMP/node_exporter" && exec "$NODE_EXPORTER" --web.listen-address="127.0.0.1:$P_NE") >"$TMP/node_exporter.log" 2>&1 &
-PID_NE=$!
-PIDS+=("$PID_NE")
+swb_spawn "$TMP/node_exporter.log" env -C "$TMP/node_exporter" "$NODE_EXPORTER" --web.listen-address="127.0.0.1:$P_NE"
+PID_NE=$SWB_LAST_PID
 
 cat >"$TMP/idle.procs" <<EOF
 stallwatch 50ms $PID_SW $P_SW
@@ -675,7 +526,7 @@ EOF
 PID_BASE=
 if [[ -n "$BASE_BIN" ]]; then
     start_stallwatch before "$P_BASE" "" "$BASE_BIN"
-    PID_BASE=$LAST_PID
+    PID_BASE=$SWB_LAST_PID
     echo "before default $PID_BASE $P_BASE" >>"$TMP/idle.procs"
 fi
 cat >"$TMP/stall.procs" <<EOF
@@ -685,19 +536,12 @@ EOF
 
 python3 "$TMP/driver.py" idle "$TMP/idle.procs" "$TMP/idle.json"
 
-for pid in "$PID_NE" "$PID_SRC"; do
-    kill -TERM "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+for pid in "$PID_NE" "$PID_SRC" ${PID_BASE:+"$PID_BASE"}; do
+    swb_stop "$pid"
 done
-if [[ -n "$PID_BASE" ]]; then
-    kill -TERM "$PID_BASE" 2>/dev/null || true
-    wait "$PID_BASE" 2>/dev/null || true
-fi
-PIDS=("$PID_SW" "$PID_SW250") # the others are gone; never signal a reused PID
 
 python3 "$TMP/driver.py" stall "$TMP/stall.procs" "$TMP/idle.json"
 
-T_END=$(date +%s.%N)
 echo
-echo "total run time: $(python3 -c "print(f'{$T_END - $T_START:.0f} s')") (build included); load average now $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "total run time: $(swb_seconds_since "$SWB_T_START") s (build included); load average now $(cut -d' ' -f1-3 /proc/loadavg)"
 exit 0

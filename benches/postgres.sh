@@ -61,9 +61,9 @@
 # PGBENCH_SECONDS (20), SKIP_QUERY_EXPORTER (0), SKIP_PART1 (0), SKIP_PART2 (0),
 # KEEP_DB (0), KEEP_TMP (0).
 set -euo pipefail
-
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-REPO=$(pwd)
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+swb_init stallwatch-postgres-bench
 
 export PGHOST=${PGHOST:-127.0.0.1}
 export PGPORT=${PGPORT:-5432}
@@ -84,14 +84,7 @@ export SKIP_QUERY_EXPORTER=${SKIP_QUERY_EXPORTER:-0}
 export SKIP_PART1=${SKIP_PART1:-0}
 export SKIP_PART2=${SKIP_PART2:-0}
 KEEP_DB=${KEEP_DB:-0}
-KEEP_TMP=${KEEP_TMP:-0}
-
-T_START=$(date +%s.%N)
-TMP=$(mktemp -d -t stallwatch-postgres-bench.XXXXXX)
 export TMP REPO
-PIDS_FILE="$TMP/pids"   # every process the driver starts, one pid a line
-: >"$PIDS_FILE"
-DRIVER_PID=""
 
 for tool in psql pgbench python3; do
     command -v "$tool" >/dev/null || { echo "$tool not found on PATH; this bench needs it" >&2; exit 1; }
@@ -101,84 +94,31 @@ if ! psql -X -q -d postgres -c "SELECT 1" >/dev/null 2>"$TMP/psql.err"; then
     exit 1
 fi
 
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local pids=()
-    [[ -n "$DRIVER_PID" ]] && pids+=("$DRIVER_PID")
-    if [[ -s "$PIDS_FILE" ]]; then
-        mapfile -t -O "${#pids[@]}" pids <"$PIDS_FILE"
-    fi
-    local pid
-    for pid in "${pids[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        for _ in $(seq 30); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-    [[ -n "$DRIVER_PID" ]] && wait "$DRIVER_PID" 2>/dev/null || true
+# At exit: the test database, unless KEEP_DB=1.
+swb_on_exit() {
     if [[ "$KEEP_DB" != 1 ]]; then
         psql -X -q -d postgres -c "DROP DATABASE IF EXISTS \"$DB\" WITH (FORCE)" >/dev/null 2>&1 || true
     fi
-    if [[ "$KEEP_TMP" == 1 ]]; then
-        echo "logs and configs kept in $TMP" >&2
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
-# --- build -----------------------------------------------------------------------------
-echo "building release binary ..." >&2
-T_BUILD=$(date +%s.%N)
-cargo build --release --quiet
-export BUILD_SECONDS=$(python3 -c "print(f'{$(date +%s.%N) - $T_BUILD:.0f}')")
-export BIN="$REPO/target/release/stallwatch"
-
-# --- query-exporter in a venv (PyPI) -------------------------------------------------------
-VENV="$REPO/target/bench-venv"
-export SWB_QE_BIN="$VENV/bin/query-exporter"
-export SWB_QE_UNAVAILABLE=""
-if [[ "$SKIP_QUERY_EXPORTER" == 1 ]]; then
-    SWB_QE_UNAVAILABLE="skipped (SKIP_QUERY_EXPORTER=1)"
-else
-    echo "installing query-exporter and psycopg into $VENV (benches/requirements.txt) ..." >&2
-    if [[ ! -x "$VENV/bin/python" ]] && ! python3 -m venv "$VENV" >"$TMP/venv.log" 2>&1; then
-        SWB_QE_UNAVAILABLE="python3 -m venv $VENV failed: $(tail -n 3 "$TMP/venv.log" | tr '\n' ' ')"
-    elif ! "$VENV/bin/pip" install --quiet --disable-pip-version-check -r benches/requirements.txt >"$TMP/pip.log" 2>&1; then
-        SWB_QE_UNAVAILABLE="pip install -r benches/requirements.txt failed: $(grep -E 'ERROR|error' "$TMP/pip.log" | head -n 3 | tr '\n' ' ')"
-    elif [[ ! -x "$SWB_QE_BIN" ]]; then
-        SWB_QE_UNAVAILABLE="pip installed query-exporter but $SWB_QE_BIN is missing"
-    fi
-    [[ -n "$SWB_QE_UNAVAILABLE" ]] && echo "query-exporter unavailable: $SWB_QE_UNAVAILABLE" >&2
-fi
-export SWB_QE_VERSION=""
-[[ -z "$SWB_QE_UNAVAILABLE" ]] && SWB_QE_VERSION=$("$VENV/bin/python" -c \
-    "import importlib.metadata as m; print(m.version('query-exporter'), 'SQLAlchemy', m.version('sqlalchemy'), 'psycopg', m.version('psycopg'))" 2>/dev/null || true)
-export SWB_PG_VERSION=$(psql -X -qAt -d postgres -c "SHOW server_version")
-export SWB_PGBENCH_VERSION=$(pgbench --version)
+swb_build
+export BIN
+swb_setup_query_exporter "query-exporter and psycopg" "'psycopg', m.version('psycopg')"
+SWB_PG_VERSION=$(psql -X -qAt -d postgres -c "SHOW server_version")
+SWB_PGBENCH_VERSION=$(pgbench --version)
+export SWB_PG_VERSION SWB_PGBENCH_VERSION
 
 # --- the driver (python3 stdlib; SQL through psql) -------------------------------------------
 cat >"$TMP/driver.py" <<'PY'
-import json, math, os, re, signal, socket, statistics, subprocess, sys, time
-import urllib.error, urllib.request
+import os, re, statistics, subprocess, sys, time
 
-MiB = 1024 * 1024
-ENV = os.environ
+import swb
+from swb import (CHILDREN, ENV, MiB, exit_on_signals, get, log, log_tail, mark, new_poll_ms, poll_cells,
+                 print_poll_table, print_poll_target, print_reported, qe_failed, scrape, spawn, start_stallwatch,
+                 stop, stop_all, sw_reported, total, wait_source_up, write_qe_config)
+
 TMP = ENV["TMP"]
 DB = ENV["DB"]
-CHILDREN = []
-
-
-def log(*a):
-    print(*a, file=sys.stderr, flush=True)
 
 
 def env_int(name):
@@ -189,144 +129,12 @@ def dsn():
     return f"postgresql://{ENV['PGUSER']}@{ENV['PGHOST']}:{ENV['PGPORT']}/{DB}"
 
 
-# ------------------------------------------------------------------ processes ----
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn(name, argv, **kw):
-    out = open(f"{TMP}/{name}.log", "ab")
-    p = subprocess.Popen(argv, stdout=kw.pop("stdout", out), stderr=out, **kw)
-    p.bench_name = name
-    CHILDREN.append(p)
-    with open(f"{TMP}/pids", "a") as f:
-        f.write(f"{p.pid}\n")
-    return p
-
-
-def stop(p):
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    if p in CHILDREN:
-        CHILDREN.remove(p)
-
-
-def log_tail(name, n=5):
-    try:
-        lines = open(f"{TMP}/{name}.log", errors="replace").read().strip().splitlines()
-        return " | ".join(lines[-n:])
-    except OSError:
-        return "(no log)"
-
-
-def proc_status(pid):
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM"):
-                out[k] = int(v.split()[0]) * 1024
-    return out
-
-
-def read_sched(pid):
-    """ns of CPU per live thread (/proc/PID/task/*/schedstat)."""
-    out = {}
-    base = f"/proc/{pid}/task"
-    for tid in os.listdir(base):
-        try:
-            with open(f"{base}/{tid}/schedstat") as f:
-                out[int(tid)] = int(f.read().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return out
-
-
-class Cpu:
-    """CPU of one process over a window, summed over its threads."""
-
-    def __init__(self, pid):
-        self.pid, self.t0 = pid, time.monotonic()
-        self.base = read_sched(pid)
-        self.last = dict(self.base)
-
-    def poll(self):
-        try:
-            for tid, ns in read_sched(self.pid).items():
-                self.base.setdefault(tid, 0)
-                self.last[tid] = ns
-        except FileNotFoundError:
-            pass
-
-    def finish(self):
-        self.poll()
-        wall = time.monotonic() - self.t0
-        return 100.0 * sum(self.last[t] - self.base[t] for t in self.last) / 1e9 / wall
-
-
 def psql(sql, db=None, capture=False):
     r = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", db or DB, "-At", "-c", sql],
                        capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"psql failed: {sql[:200]}...: {r.stderr.strip()}")
     return r.stdout.strip() if capture else None
-
-
-# -------------------------------------------------------------------- metrics ----
-def scrape(port, timeout=5.0):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
-        text = r.read().decode("utf-8", "replace")
-    samples = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        name, labels = head, {}
-        if "{" in head:
-            name, _, rest = head.partition("{")
-            labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', rest))
-        try:
-            samples.append((name, labels, float(value)))
-        except ValueError:
-            pass
-    return samples
-
-
-def get(samples, name, **labels):
-    for n, l, v in samples:
-        if n == name and all(l.get(k) == v2 for k, v2 in labels.items()):
-            return v
-    return None
-
-
-def total(samples, name, **labels):
-    return sum(v for n, l, v in samples if n == name and all(l.get(k) == v2 for k, v2 in labels.items()))
-
-
-def wait_http(p, port, deadline_s=30):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        if p.poll() is not None:
-            raise RuntimeError(f"{p.bench_name} exited with {p.returncode} during start-up: {log_tail(p.bench_name)}")
-        try:
-            return scrape(port, timeout=1.0)
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{p.bench_name} did not answer /metrics on port {port} within {deadline_s} s")
-        time.sleep(0.1)
-
-
-def pct(values, q):
-    s = sorted(values)
-    return s[max(0, math.ceil(q * len(s)) - 1)]
 
 
 # ------------------------------------------------------------------ the table ----
@@ -384,65 +192,16 @@ def db_facts():
 
 
 # ----------------------------------------------------------------- stallwatch ----
-def start_stallwatch(tag):
-    port = free_port()
-    data = f"{TMP}/sw-data-{tag}"
-    os.makedirs(data, exist_ok=True)
-    cfg = f"{TMP}/stallwatch-{tag}.toml"
-    with open(cfg, "w") as f:
-        f.write('[freeze]\nreferences = []\n\n[[source]]\nname = "digest"\nkind = "queue_table"\n'
-                f'preset = "digest-tasks"\nurl = "{dsn()}"\npoll = "1s"\n')
-    p = spawn(f"stallwatch-{tag}", [ENV["BIN"], "run", "--config", cfg, "--listen", f"127.0.0.1:{port}",
-                                    "--data-dir", data])
-    wait_http(p, port)
-    return p, port
-
-
-def wait_source_up(p, port, deadline_s=30):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        s = scrape(port)
-        if get(s, "stallwatch_source_up", source="digest") == 1.0:
-            return s
-        if p.poll() is not None:
-            raise RuntimeError(f"stallwatch exited: {log_tail(p.bench_name)}")
-        time.sleep(0.1)
-    raise RuntimeError(f"stallwatch source 'digest' not up within {deadline_s} s: {log_tail(p.bench_name)}")
+def sw_config():
+    return ('[freeze]\nreferences = []\n\n[[source]]\nname = "digest"\nkind = "queue_table"\n'
+            f'preset = "digest-tasks"\nurl = "{dsn()}"\npoll = "1s"\n')
 
 
 def measure_stallwatch(polls, skip):
-    p, port = start_stallwatch("part1")
-    try:
-        wait_source_up(p, port)
-        values, last, cpu, s = [], None, None, []
-        deadline = time.monotonic() + (polls + skip) * 3 + 30
-        while len(values) < skip + polls:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"stallwatch gave only {len(values)} polls: {log_tail(p.bench_name)}")
-            s = scrape(port)
-            v = get(s, "stallwatch_source_poll_duration_seconds", source="digest")
-            if v is not None and v != last:
-                values.append(v)
-                last = v
-                if len(values) == skip:
-                    cpu = Cpu(p.pid)
-            if cpu:
-                cpu.poll()
-            time.sleep(0.5)
-        cpu_pct = cpu.finish() if cpu else float("nan")
-        st = proc_status(p.pid)
-        kept = [v * 1e3 for v in values[skip:]]
-        depth = {l.get("status"): v for n, l, v in s if n == "stallwatch_queue_depth" and l.get("source") == "digest"}
-        return {
-            "tool": "stallwatch", "polls": kept, "median": statistics.median(kept), "p95": pct(kept, 0.95),
-            "rss": st["VmRSS"], "hwm": st["VmHWM"], "cpu_pct": cpu_pct,
-            "saw": f"queue_depth={depth} stuck_jobs={get(s, 'stallwatch_stuck_jobs', source='digest')}"
-                   f" dead_letters={get(s, 'stallwatch_dead_letters', source='digest')}"
-                   f" source_up={get(s, 'stallwatch_source_up', source='digest')}"
-                   f" errors={total(s, 'stallwatch_source_errors_total', source='digest'):.0f}",
-        }
-    finally:
-        stop(p)
+    r, s = swb.measure_stallwatch("part1", sw_config(), "digest", polls, skip)
+    depth = {l.get("status"): v for n, l, v in s if n == "stallwatch_queue_depth" and l.get("source") == "digest"}
+    r["saw"] = f"queue_depth={depth} stuck_jobs={get(s, 'stallwatch_stuck_jobs', source='digest')} " + sw_reported(s, "digest")
+    return r
 
 
 # ------------------------------------------------------------- query-exporter ----
@@ -481,113 +240,19 @@ QE_SQL = {
 
 
 def qe_config():
-    out = ["databases:", "  digest:", f"    dsn: {dsn()}", "metrics:"]
-    for name, (kind, labels) in QE_METRICS.items():
-        out += [f"  {name}:", f"    type: {kind}"]
-        if labels:
-            out.append(f"    labels: [{', '.join(labels)}]")
-    out.append("queries:")
-    for qname, (metrics, sql) in QE_SQL.items():
-        out += [f"  {qname}:", "    interval: 1", "    databases: [digest]",
-                f"    metrics: [{', '.join(metrics.split())}]", f"    sql: {json.dumps(sql)}"]
-    path = f"{TMP}/query-exporter.yaml"
-    with open(path, "w") as f:
-        f.write("\n".join(out) + "\n")
-    return path
+    return write_qe_config(f"{TMP}/query-exporter.yaml", "digest", dsn(), QE_METRICS, QE_SQL)
 
 
 def measure_qe(polls, skip):
-    cfg = qe_config()
-    port = free_port()
-    p = spawn("query-exporter", [ENV["SWB_QE_BIN"], "--config", cfg, "-H", "127.0.0.1", "-p", str(port),
-                                 "-L", "warning"])
-    try:
-        wait_http(p, port)
-        lat = {q: [] for q in QE_SQL}
-        last = {q: (0.0, 0.0) for q in QE_SQL}
-        cpu, s = None, []
-        deadline = time.monotonic() + (polls + skip) * 3 + 30
-        while min(len(v) for v in lat.values()) < skip + polls:
-            if p.poll() is not None:
-                raise RuntimeError(f"query-exporter exited with {p.returncode}: {log_tail(p.bench_name)}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"query-exporter gave only {[len(v) for v in lat.values()]} executions per query; "
-                                   f"queries_total={[(l, v) for n, l, v in s if n == 'queries_total']}: "
-                                   f"{log_tail(p.bench_name)}")
-            s = scrape(port)
-            for q in QE_SQL:
-                c = get(s, "query_latency_count", database="digest", query=q)
-                sm = get(s, "query_latency_sum", database="digest", query=q)
-                if c is None or sm is None:
-                    continue
-                dc, ds = c - last[q][0], sm - last[q][1]
-                if dc > 0:
-                    lat[q].extend([ds / dc] * int(dc))
-                    last[q] = (c, sm)
-            if cpu is None and min(len(v) for v in lat.values()) >= skip:
-                cpu = Cpu(p.pid)
-            if cpu:
-                cpu.poll()
-            time.sleep(0.5)
-        cpu_pct = cpu.finish() if cpu else float("nan")
-        st = proc_status(p.pid)
-        rounds = [sum(lat[q][i] for q in QE_SQL) * 1e3 for i in range(skip, skip + polls)]
-        failed = {l.get("query"): v for n, l, v in s if n == "queries_total" and l.get("status") != "success"}
-        return {
-            "tool": "query-exporter", "polls": rounds, "median": statistics.median(rounds), "p95": pct(rounds, 0.95),
-            "rss": st["VmRSS"], "hwm": st["VmHWM"], "cpu_pct": cpu_pct,
-            "per_query": {q: statistics.median(lat[q][skip:skip + polls]) * 1e3 for q in QE_SQL},
-            "saw": f"digest_queue_depth={[(l.get('status'), v) for n, l, v in s if n == 'digest_queue_depth']}"
-                   f" digest_stuck_tasks={get(s, 'digest_stuck_tasks')}"
-                   f" digest_dead_letters={get(s, 'digest_dead_letters')} failed_queries={failed or 0}",
-        }
-    finally:
-        stop(p)
+    r, s = swb.measure_qe("query-exporter", "query-exporter", qe_config(), "digest", QE_SQL, polls, skip)
+    r["saw"] = (f"digest_queue_depth={[(l.get('status'), v) for n, l, v in s if n == 'digest_queue_depth']}"
+                f" digest_stuck_tasks={get(s, 'digest_stuck_tasks')}"
+                f" digest_dead_letters={get(s, 'digest_dead_letters')} failed_queries={qe_failed(s) or 0}")
+    return r
 
 
-QE_E2E = r"""
-import asyncio, json, sys, time
-from pathlib import Path
-from query_exporter.config import load_config
-from query_exporter.db import Database
-
-async def main(cfg_path, polls, skip, gap, out_path):
-    cfg = load_config([Path(cfg_path)])
-    db = Database("digest", cfg.databases["digest"])
-    executions = [ex for q in cfg.queries.values() for ex in q.executions]
-    out = []
-    try:
-        for _ in range(skip + polls):
-            t = time.perf_counter()
-            for ex in executions:
-                await db.execute(ex)
-            out.append((time.perf_counter() - t) * 1e3)
-            await asyncio.sleep(gap)
-    finally:
-        db.close()
-    with open(out_path, "w") as f:
-        json.dump(out[skip:], f)
-
-asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]))
-"""
-
-
-def measure_qe_e2e(polls, skip, gap=0.25):
-    cfg = qe_config()
-    script, out = f"{TMP}/qe_e2e.py", f"{TMP}/qe-e2e.json"
-    with open(script, "w") as f:
-        f.write(QE_E2E)
-    python = os.path.join(os.path.dirname(ENV["SWB_QE_BIN"]), "python")
-    p = spawn("qe-e2e", [python, script, cfg, str(polls), str(skip), str(gap), out])
-    try:
-        rc = p.wait(timeout=(polls + skip) * (gap + 2) + 30)
-    finally:
-        stop(p)
-    if rc != 0:
-        raise RuntimeError(f"exited with {rc}: {log_tail(p.bench_name)}")
-    vals = json.load(open(out))
-    return {"tool": "query-exporter (e2e)", "polls": vals, "median": statistics.median(vals),
-            "p95": pct(vals, 0.95), "rss": None, "hwm": None, "cpu_pct": None}
+def measure_qe_e2e(polls, skip):
+    return swb.measure_qe_e2e("query-exporter (e2e)", "qe-e2e", qe_config(), "digest", polls, skip)
 
 
 def part1(facts):
@@ -597,16 +262,8 @@ def part1(facts):
     results.append(measure_stallwatch(polls, skip))
     unavailable = ENV.get("SWB_QE_UNAVAILABLE", "")
     if not unavailable:
-        log(f"part 1: query-exporter, {skip}+{polls} polls ...")
-        try:
-            results.append(measure_qe(polls, skip))
-        except Exception as e:
-            notes.append(f"query-exporter could not be measured: {e}")
-        log(f"part 1: query-exporter code path timed end to end, {skip}+{polls} polls ...")
-        try:
-            results.append(measure_qe_e2e(polls, skip))
-        except Exception as e:
-            notes.append(f"query-exporter end-to-end timing could not be measured: {e}")
+        swb.measure_qe_both(results, notes, "", lambda: measure_qe(polls, skip), lambda: measure_qe_e2e(polls, skip),
+                            polls, skip)
     print_part1(facts, results, unavailable, notes, polls, skip)
 
 
@@ -621,41 +278,13 @@ def print_part1(facts, results, unavailable, notes, polls, skip):
     if ENV.get("SWB_QE_VERSION"):
         print(f"query-exporter {ENV['SWB_QE_VERSION']}")
     print()
-    hdr = (f"{'tool':<22}{'median ms':>10}{'p95 ms':>8}{'min ms':>8}{'max ms':>8}{'RSS MiB':>8}{'peak MiB':>9}"
-           f"{'CPU %':>7}{'/sw median':>11}{'/sw p95':>8}{'/sw RSS':>8}")
-    print(hdr)
-    print("-" * len(hdr))
-    sw = results[0]
-    f1 = lambda v, spec: "-" if v is None else format(v, spec)
-    for r in results:
-        line = (f"{r['tool']:<22}{r['median']:>10.2f}{r['p95']:>8.2f}{min(r['polls']):>8.2f}{max(r['polls']):>8.2f}"
-                f"{f1(r['rss'] and r['rss'] / MiB, '.1f'):>8}{f1(r['hwm'] and r['hwm'] / MiB, '.1f'):>9}"
-                f"{f1(r['cpu_pct'], '.2f'):>7}")
-        if r is not sw:
-            line += (f"{r['median'] / sw['median']:>11.1f}{r['p95'] / sw['p95']:>8.1f}"
-                     f"{f1(r['rss'] and r['rss'] / sw['rss'], '.1f'):>8}")
-        print(line)
+    print_poll_table(results, ".2f")
     print("(/sw = the tool's figure divided by stallwatch's; CPU % = process CPU over the window, one core = 100;")
     print(" the (e2e) row times query-exporter's Database.execute() per query end to end in a harness process)")
     print()
-    for r in (r for r in results if "saw" in r):
-        print(f"{r['tool']} reported: {r['saw']}")
-        if "per_query" in r:
-            print("  per-query median ms (query_latency): " +
-                  ", ".join(f"{q} {v:.2f}" for q, v in r["per_query"].items()))
-    if len(results) > 1:
-        print("query-exporter SQL (one query each, interval 1 s; poll = sum of their latencies):")
-        for q, (_, sql) in QE_SQL.items():
-            print(f"  {q:<9}{sql}")
-    if unavailable:
-        print(f"query-exporter NOT measured: {unavailable}")
-    for n in notes:
-        print(n)
-    print()
-    print("targets:")
-    mark = lambda ok: "met    " if ok else "NOT met"
-    print(f"  {mark(sw['median'] <= 50 and sw['p95'] <= 50)}  stallwatch <= 50 ms per poll "
-          f"(median {sw['median']:.2f} ms, p95 {sw['p95']:.2f} ms)")
+    print_reported(results, QE_SQL)
+    sw = results[0]
+    print_poll_target(sw, unavailable, notes)
     for r in results[1:]:
         rss = f", RSS {r['rss'] / sw['rss']:.1f}x stallwatch's" if r["rss"] else ""
         print(f"  ratio    {r['tool']} / stallwatch per poll: median {r['median'] / sw['median']:.2f}x, "
@@ -669,8 +298,8 @@ def pgbench_run(with_sw, label):
     sw = None
     try:
         if with_sw:
-            sw, port = start_stallwatch(label)
-            wait_source_up(sw, port)
+            sw, port = start_stallwatch(label, sw_config())
+            wait_source_up(sw, port, "digest")
             s0 = scrape(port)
         log(f"part 2: {label}: pgbench {ENV['PGBENCH_SECONDS']} s, stallwatch {'polling' if with_sw else 'off'} ...")
         w = spawn(f"pgbench-{label}", ["pgbench", "-n", "-c", ENV["PGBENCH_CLIENTS"], "-j", ENV["PGBENCH_JOBS"],
@@ -680,10 +309,7 @@ def pgbench_run(with_sw, label):
             last = get(s0, "stallwatch_source_poll_duration_seconds", source="digest")
         while w.poll() is None:
             if sw:
-                v = get(scrape(port), "stallwatch_source_poll_duration_seconds", source="digest")
-                if v is not None and v != last:
-                    polls.append(v * 1e3)
-                    last = v
+                last = new_poll_ms(scrape(port), "digest", polls, last)
             time.sleep(0.5)
         out = w.stdout.read().decode()
         CHILDREN.remove(w)
@@ -727,23 +353,19 @@ def part2():
         line = f"{'polling' if with_sw else 'off':<11}" + "".join(f"{r['tps']:>11.0f}" for r in rs)
         line += f"{means[with_sw]:>10.0f}{statistics.mean(r['lat_ms'] for r in rs):>8.2f}"
         if with_sw:
-            polls = [p for r in rs for p in r["polls"]]
-            line += (f"{len(polls):>9}{statistics.median(polls) if polls else float('nan'):>10.2f}"
-                     f"{max(polls) if polls else float('nan'):>10.2f}{sum(r['sw_errors'] for r in rs):>10.0f}")
+            line += poll_cells([p for r in rs for p in r["polls"]], sum(r["sw_errors"] for r in rs))
         print(line)
     off, on = means[False], means[True]
-    drop = 100 * (off - on) / off
-    noise = max(100 * (max(r["tps"] for r in res[w]) - min(r["tps"] for r in res[w])) / means[w] for w in (False, True))
+    drop, noise = swb.drop_and_noise([r["tps"] for r in res[False]], [r["tps"] for r in res[True]])
     print()
-    print(f"  {'met    ' if drop <= 2 else 'NOT met'}  TPS drop with stallwatch polling {drop:+.1f} % (target <= 2 %): "
+    print(f"  {mark(drop <= 2)}  TPS drop with stallwatch polling {drop:+.1f} % (target <= 2 %): "
           f"{off:.0f} -> {on:.0f} tps; run-to-run noise up to {noise:.1f} %")
     sys.stdout.flush()
 
 
 # ----------------------------------------------------------------------- main ----
 def main():
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: sys.exit(143))
+    exit_on_signals()
     log(f"creating database {DB} with {env_int('ROWS'):,} digest_tasks ...")
     make_db()
     facts = db_facts()
@@ -753,19 +375,14 @@ def main():
         if ENV.get("SKIP_PART2") != "1":
             part2()
     finally:
-        for p in list(CHILDREN):
-            stop(p)
+        stop_all()
 
 
 if __name__ == "__main__":
     main()
 PY
 
-python3 "$TMP/driver.py" &
-DRIVER_PID=$!
-wait "$DRIVER_PID"
-DRIVER_PID=""
+swb_run_python "$TMP/driver.py"
 
-T_END=$(date +%s.%N)
 echo
-python3 -c "print(f'total run time {$T_END - $T_START:.0f} s (of which release build {$BUILD_SECONDS} s)')"
+echo "total run time $(swb_seconds_since "$SWB_T_START") s (of which release build $SWB_BUILD_SECONDS s)"

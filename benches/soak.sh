@@ -21,56 +21,25 @@
 # WARMUP_SECONDS (600), CARGO_TARGET_DIR (target; the release build goes there),
 # KEEP_TMP (0: delete the temp dir with the demo's log at exit).
 set -euo pipefail
-
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+swb_init stallwatch-soak
+SWB_STOP_GRACE_S=10 # the demo is the app, its worker and the sidecar in one process
 
 SOAK_SECONDS=${SOAK_SECONDS:-7200}
 SAMPLE_SECONDS=${SAMPLE_SECONDS:-60}
 SCRAPE_SECONDS=${SCRAPE_SECONDS:-15}
 WARMUP_SECONDS=${WARMUP_SECONDS:-600}
-KEEP_TMP=${KEEP_TMP:-0}
-TARGET=${CARGO_TARGET_DIR:-target}
 
-TMP=$(mktemp -d -t stallwatch-soak.XXXXXX)
-DEMO_PID=
-SCRAPER_PID=
+swb_build
 
-cleanup() {
-    trap - EXIT INT TERM
-    [ -n "$SCRAPER_PID" ] && kill "$SCRAPER_PID" 2>/dev/null || true
-    if [ -n "$DEMO_PID" ]; then
-        kill -TERM "$DEMO_PID" 2>/dev/null || true
-        for _ in $(seq 100); do
-            kill -0 "$DEMO_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$DEMO_PID" 2>/dev/null || true
-    fi
-    if [ "$KEEP_TMP" = 1 ]; then
-        echo "logs kept in $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-}
-trap cleanup EXIT INT TERM
-
-echo "building the release binary ..."
-cargo build --release --quiet --bin stallwatch
-BIN="$TARGET/release/stallwatch"
-
-# A port the OS says is free now.
-PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+PORT=$(swb_free_ports 1)
 URL="http://127.0.0.1:$PORT"
 
 # TMPDIR: the demo puts its app in the temp dir; keep it inside ours.
-TMPDIR="$TMP" "$BIN" demo --listen "127.0.0.1:$PORT" >"$TMP/demo.log" 2>&1 &
-DEMO_PID=$!
-for _ in $(seq 300); do
-    curl -fsS "$URL/readyz" >/dev/null 2>&1 && break
-    kill -0 "$DEMO_PID" 2>/dev/null || { echo "the demo exited:"; cat "$TMP/demo.log"; exit 1; }
-    sleep 0.1
-done
-curl -fsS "$URL/readyz" >/dev/null || { echo "the demo never became ready"; cat "$TMP/demo.log"; exit 1; }
+swb_spawn "$TMP/demo.log" env TMPDIR="$TMP" "$BIN" demo --listen "127.0.0.1:$PORT"
+DEMO_PID=$SWB_LAST_PID
+swb_wait_ready "$URL/readyz" "$DEMO_PID" "the demo" "$TMP/demo.log"
 
 # Prometheus's request: OpenMetrics or text, gzip.
 (
@@ -80,7 +49,7 @@ curl -fsS "$URL/readyz" >/dev/null || { echo "the demo never became ready"; cat 
             "$URL/metrics" -o /dev/null || true
     done
 ) &
-SCRAPER_PID=$!
+SWB_PIDS+=("$!")
 
 workflows_seen() {
     # Completed steps the DBOS source has timed, summed over step names: grows with the
@@ -108,7 +77,7 @@ while :; do
     [ "$ELAPSED" -ge "$SOAK_SECONDS" ] && break
     NEXT=$(((ELAPSED / SAMPLE_SECONDS + 1) * SAMPLE_SECONDS))
     sleep $((NEXT - ELAPSED))
-    kill -0 "$DEMO_PID" 2>/dev/null || { echo "the demo died:"; tail -20 "$TMP/demo.log"; exit 1; }
+    swb_running "$DEMO_PID" || { echo "the demo died:"; tail -20 "$TMP/demo.log"; exit 1; }
     sample "$(($(date +%s) - START))"
 done
 

@@ -67,9 +67,9 @@
 # WRITER_BUSY_MS (5000), WRITER_MODES ("wal delete"), SKIP_QUERY_EXPORTER (0),
 # SKIP_PART1 (0), SKIP_PART2 (0), KEEP_TMP (0: delete the temp dir with logs/configs).
 set -euo pipefail
-
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-REPO=$(pwd)
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+swb_init stallwatch-sources-bench
 
 export ROWS=${ROWS:-1000000}
 export PENDING=${PENDING:-1000}
@@ -85,238 +85,33 @@ export WRITER_MODES=${WRITER_MODES:-"wal delete"}
 export SKIP_QUERY_EXPORTER=${SKIP_QUERY_EXPORTER:-0}
 export SKIP_PART1=${SKIP_PART1:-0}
 export SKIP_PART2=${SKIP_PART2:-0}
-KEEP_TMP=${KEEP_TMP:-0}
 
-T_START=$(date +%s.%N)
 mkdir -p "$REPO/target/bench"
-TMP=$(mktemp -d -t stallwatch-sources-bench.XXXXXX)
 export TMP REPO
-PIDS_FILE="$TMP/pids"   # every process the driver starts, one pid a line
-: >"$PIDS_FILE"
-DRIVER_PID=""
 
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local pids=()
-    [[ -n "$DRIVER_PID" ]] && pids+=("$DRIVER_PID")
-    if [[ -s "$PIDS_FILE" ]]; then
-        mapfile -t -O "${#pids[@]}" pids <"$PIDS_FILE"
-    fi
-    local pid
-    for pid in "${pids[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${pids[@]}"; do
-        for _ in $(seq 30); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-    done
-    [[ -n "$DRIVER_PID" ]] && wait "$DRIVER_PID" 2>/dev/null || true
+# At exit: part 2's scratch copy of the test DB.
+swb_on_exit() {
     rm -f "$REPO"/target/bench/writer.db "$REPO"/target/bench/writer.db-*
-    if [[ "$KEEP_TMP" == 1 ]]; then
-        echo "logs and configs kept in $TMP" >&2
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
-# --- build -----------------------------------------------------------------------------
-echo "building release binary ..." >&2
-T_BUILD=$(date +%s.%N)
-cargo build --release --quiet
-export BUILD_SECONDS=$(python3 -c "print(f'{$(date +%s.%N) - $T_BUILD:.0f}')")
-export BIN="$REPO/target/release/stallwatch"
-
-# --- query-exporter in a venv (PyPI) ---------------------------------------------------------
-VENV="$REPO/target/bench-venv"
-export SWB_QE_BIN="$VENV/bin/query-exporter"
-export SWB_QE_UNAVAILABLE=""
-if [[ "$SKIP_QUERY_EXPORTER" == 1 ]]; then
-    SWB_QE_UNAVAILABLE="skipped (SKIP_QUERY_EXPORTER=1)"
-else
-    echo "installing query-exporter into $VENV (benches/requirements.txt) ..." >&2
-    if [[ ! -x "$VENV/bin/python" ]] && ! python3 -m venv "$VENV" >"$TMP/venv.log" 2>&1; then
-        SWB_QE_UNAVAILABLE="python3 -m venv $VENV failed: $(tail -n 3 "$TMP/venv.log" | tr '\n' ' ')"
-    elif ! "$VENV/bin/pip" install --quiet --disable-pip-version-check -r benches/requirements.txt >"$TMP/pip.log" 2>&1; then
-        SWB_QE_UNAVAILABLE="pip install -r benches/requirements.txt failed: $(grep -E 'ERROR|error' "$TMP/pip.log" | head -n 3 | tr '\n' ' ')"
-    elif [[ ! -x "$SWB_QE_BIN" ]]; then
-        SWB_QE_UNAVAILABLE="pip installed query-exporter but $SWB_QE_BIN is missing"
-    fi
-    [[ -n "$SWB_QE_UNAVAILABLE" ]] && echo "query-exporter unavailable: $SWB_QE_UNAVAILABLE" >&2
-fi
-export SWB_QE_VERSION=""
-[[ -z "$SWB_QE_UNAVAILABLE" ]] && SWB_QE_VERSION=$("$VENV/bin/python" -c \
-    "import importlib.metadata as m; print(m.version('query-exporter'), 'SQLAlchemy', m.version('sqlalchemy'), 'sqlite', __import__('sqlite3').sqlite_version)" 2>/dev/null || true)
+swb_build
+export BIN
+swb_setup_query_exporter "query-exporter" "'sqlite', __import__('sqlite3').sqlite_version"
 
 # --- the driver (python3 stdlib) ------------------------------------------------------------
 cat >"$TMP/driver.py" <<'PY'
-import array, json, math, os, random, shutil, signal, socket, sqlite3, statistics, subprocess, sys, time
-import urllib.error, urllib.request
+import array, json, os, shutil, sqlite3, statistics, subprocess, sys, time
 
-MiB = 1024 * 1024
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-ENV = os.environ
+import swb
+from swb import (CHILDREN, ENV, MiB, Cpu, exit_on_signals, get, log, log_tail, mark, new_poll_ms, pct, poll_cells,
+                 print_poll_table, print_poll_target, print_reported, qe_failed, scrape, spawn, start_stallwatch,
+                 stop, stop_all, sw_reported, total, wait_source_up, write_qe_config)
+
 TMP = ENV.get("TMP", "/tmp")
-CHILDREN = []
-
-
-def log(*a):
-    print(*a, file=sys.stderr, flush=True)
 
 
 def env_int(name, default):
     return int(ENV.get(name, default))
-
-
-# ---------------------------------------------------------------- processes ----
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn(name, argv, **kw):
-    out = open(f"{TMP}/{name}.log", "ab")
-    p = subprocess.Popen(argv, stdout=kw.pop("stdout", out), stderr=out, **kw)
-    p.bench_name = name
-    CHILDREN.append(p)
-    with open(f"{TMP}/pids", "a") as f:
-        f.write(f"{p.pid}\n")
-    return p
-
-
-def stop(p):
-    if p.poll() is None:
-        p.terminate()
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-    if p in CHILDREN:
-        CHILDREN.remove(p)
-
-
-def log_tail(name, n=5):
-    try:
-        lines = open(f"{TMP}/{name}.log", errors="replace").read().strip().splitlines()
-        return " | ".join(lines[-n:])
-    except OSError:
-        return "(no log)"
-
-
-def proc_status(pid):
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            if k in ("VmRSS", "VmHWM"):
-                out[k] = int(v.split()[0]) * 1024
-    return out
-
-
-def cpu_ticks(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        rest = f.read().rsplit(")", 1)[1].split()
-    return int(rest[11]) + int(rest[12])
-
-
-def read_sched(pid):
-    """ns of CPU per live thread (/proc/PID/task/*/schedstat)."""
-    out = {}
-    base = f"/proc/{pid}/task"
-    for tid in os.listdir(base):
-        try:
-            with open(f"{base}/{tid}/schedstat") as f:
-                out[int(tid)] = int(f.read().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            pass  # the thread exited between listdir and open
-    return out
-
-
-class Cpu:
-    """CPU of one process over a window, summed over its threads; poll() now and then so
-    that threads exiting inside the window keep the time they used up to their last poll."""
-
-    def __init__(self, pid):
-        self.pid, self.t0 = pid, time.monotonic()
-        self.base = read_sched(pid)
-        self.last = dict(self.base)
-
-    def poll(self):
-        try:
-            for tid, ns in read_sched(self.pid).items():
-                self.base.setdefault(tid, 0)
-                self.last[tid] = ns
-        except FileNotFoundError:
-            pass
-
-    def finish(self):
-        self.poll()
-        wall = time.monotonic() - self.t0
-        return 100.0 * sum(self.last[t] - self.base[t] for t in self.last) / 1e9 / wall
-
-
-# ------------------------------------------------------------------- metrics ----
-def scrape(port, timeout=5.0):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
-        text = r.read().decode("utf-8", "replace")
-    samples = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        if "{" in head:
-            name, _, rest = head.partition("{")
-            labels = {}
-            for part in rest.rstrip("}").split('",'):
-                if "=" in part:
-                    k, _, v = part.partition("=")
-                    labels[k.strip()] = v.strip().strip('"')
-        else:
-            name, labels = head, {}
-        try:
-            samples.append((name, labels, float(value)))
-        except ValueError:
-            pass
-    return samples
-
-
-def get(samples, name, **labels):
-    for n, l, v in samples:
-        if n == name and all(l.get(k) == v2 for k, v2 in labels.items()):
-            return v
-    return None
-
-
-def total(samples, name, **labels):
-    return sum(v for n, l, v in samples if n == name and all(l.get(k) == v2 for k, v2 in labels.items()))
-
-
-def wait_http(p, port, deadline_s=30):
-    deadline = time.monotonic() + deadline_s
-    while True:
-        if p.poll() is not None:
-            raise RuntimeError(f"{p.bench_name} exited with {p.returncode} during start-up: {log_tail(p.bench_name)}")
-        try:
-            return scrape(port, timeout=1.0)
-        except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{p.bench_name} did not answer /metrics on port {port} within {deadline_s} s")
-        time.sleep(0.1)
-
-
-def pct(values, q):
-    s = sorted(values)
-    return s[max(0, math.ceil(q * len(s)) - 1)]
 
 
 # --------------------------------------------------------------- the test DB ----
@@ -382,64 +177,16 @@ def warm(path):
 
 
 # ---------------------------------------------------------------- stallwatch ----
-def start_stallwatch(db, tag):
-    port = free_port()
-    data = f"{TMP}/sw-data-{tag}"
-    os.makedirs(data, exist_ok=True)
-    cfg = f"{TMP}/stallwatch-{tag}.toml"
-    with open(cfg, "w") as f:
-        f.write('[[source]]\nname = "lab"\nkind = "queue_table"\npreset = "lab-jobs"\n'
-                f'url = "sqlite://{db}"\npoll = "1s"\n')
-    p = spawn(f"stallwatch-{tag}", [ENV["BIN"], "run", "--config", cfg, "--listen", f"127.0.0.1:{port}",
-                                    "--data-dir", data])
-    wait_http(p, port)
-    return p, port
-
-
-def wait_source_up(p, port, deadline_s=30):
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        s = scrape(port)
-        if get(s, "stallwatch_source_up", source="lab") == 1.0:
-            return s
-        if p.poll() is not None:
-            raise RuntimeError(f"stallwatch exited: {log_tail(p.bench_name)}")
-        time.sleep(0.1)
-    raise RuntimeError(f"stallwatch source 'lab' not up within {deadline_s} s: {log_tail(p.bench_name)}")
+def sw_config(db):
+    return ('[[source]]\nname = "lab"\nkind = "queue_table"\npreset = "lab-jobs"\n'
+            f'url = "sqlite://{db}"\npoll = "1s"\n')
 
 
 def measure_stallwatch(db, polls, skip):
-    p, port = start_stallwatch(db, "part1")
-    try:
-        wait_source_up(p, port)
-        values, last, cpu, s = [], None, None, []
-        deadline = time.monotonic() + (polls + skip) * 3 + 30
-        while len(values) < skip + polls:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"stallwatch gave only {len(values)} polls: {log_tail(p.bench_name)}")
-            s = scrape(port)
-            v = get(s, "stallwatch_source_poll_duration_seconds", source="lab")
-            if v is not None and v != last:
-                values.append(v)
-                last = v
-                if len(values) == skip:
-                    cpu = Cpu(p.pid)
-            if cpu:
-                cpu.poll()
-            time.sleep(0.5)
-        cpu_pct = cpu.finish() if cpu else float("nan")
-        st = proc_status(p.pid)
-        kept = [v * 1e3 for v in values[skip:]]
-        return {
-            "tool": "stallwatch", "polls": kept, "median": statistics.median(kept), "p95": pct(kept, 0.95),
-            "rss": st["VmRSS"], "hwm": st["VmHWM"], "cpu_pct": cpu_pct,
-            "saw": f"queue_depth{{status=pending}}={get(s, 'stallwatch_queue_depth', source='lab', status='pending')}"
-                   f" dead_letters={get(s, 'stallwatch_dead_letters', source='lab')}"
-                   f" source_up={get(s, 'stallwatch_source_up', source='lab')}"
-                   f" errors={total(s, 'stallwatch_source_errors_total', source='lab'):.0f}",
-        }
-    finally:
-        stop(p)
+    r, s = swb.measure_stallwatch("part1", sw_config(db), "lab", polls, skip)
+    r["saw"] = (f"queue_depth{{status=pending}}={get(s, 'stallwatch_queue_depth', source='lab', status='pending')} "
+                + sw_reported(s, "lab"))
+    return r
 
 
 # ------------------------------------------------------------ query-exporter ----
@@ -475,127 +222,25 @@ def qe_queries(naive):
     }
 
 
-def qe_config(db, queries):
-    out = ["databases:", "  lab:", f"    dsn: sqlite:///{db}", "metrics:"]
-    for name, (kind, labels) in QE_METRICS.items():
-        out += [f"  {name}:", f"    type: {kind}"]
-        if labels:
-            out.append(f"    labels: [{', '.join(labels)}]")
-    out.append("queries:")
-    for qname, (metrics, sql) in queries.items():
-        out += [f"  {qname}:", "    interval: 1", "    databases: [lab]",
-                f"    metrics: [{', '.join(metrics.split())}]", f"    sql: {json.dumps(sql)}"]
-    return "\n".join(out) + "\n"
+def qe_config(db, naive):
+    tag = "naive" if naive else "equiv"
+    return write_qe_config(f"{TMP}/query-exporter-{tag}.yaml", "lab", f"sqlite:///{db}", QE_METRICS, qe_queries(naive))
 
 
 def measure_qe(db, naive, polls, skip):
     tag = "naive" if naive else "equiv"
-    queries = qe_queries(naive)
-    cfg = f"{TMP}/query-exporter-{tag}.yaml"
-    with open(cfg, "w") as f:
-        f.write(qe_config(db, queries))
-    port = free_port()
-    p = spawn(f"query-exporter-{tag}", [ENV["SWB_QE_BIN"], "--config", cfg, "-H", "127.0.0.1", "-p", str(port),
-                                         "-L", "warning"])
-    try:
-        wait_http(p, port)
-        lat = {q: [] for q in queries}
-        last = {q: (0.0, 0.0) for q in queries}
-        cpu, s = None, []
-        deadline = time.monotonic() + (polls + skip) * 3 + 30
-        while min(len(v) for v in lat.values()) < skip + polls:
-            if p.poll() is not None:
-                raise RuntimeError(f"query-exporter exited with {p.returncode}: {log_tail(p.bench_name)}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"query-exporter gave only {[len(v) for v in lat.values()]} executions per query; "
-                                   f"queries_total={[(l, v) for n, l, v in s if n == 'queries_total']}: "
-                                   f"{log_tail(p.bench_name)}")
-            s = scrape(port)
-            for q in queries:
-                c = get(s, "query_latency_count", database="lab", query=q)
-                sm = get(s, "query_latency_sum", database="lab", query=q)
-                if c is None or sm is None:
-                    continue
-                dc, ds = c - last[q][0], sm - last[q][1]
-                if dc > 0:
-                    lat[q].extend([ds / dc] * int(dc))  # dc is 1 unless a scrape was late
-                    last[q] = (c, sm)
-            if cpu is None and min(len(v) for v in lat.values()) >= skip:
-                cpu = Cpu(p.pid)
-            if cpu:
-                cpu.poll()
-            time.sleep(0.5)
-        cpu_pct = cpu.finish() if cpu else float("nan")
-        st = proc_status(p.pid)
-        rounds = [sum(lat[q][i] for q in queries) * 1e3 for i in range(skip, skip + polls)]
-        per_query = {q: statistics.median(lat[q][skip:skip + polls]) * 1e3 for q in queries}
-        failed = {l.get("query"): v for n, l, v in s if n == "queries_total" and l.get("status") != "success"}
-        return {
-            "tool": "qe naive" if naive else "query-exporter", "polls": rounds,
-            "median": statistics.median(rounds), "p95": pct(rounds, 0.95),
-            "rss": st["VmRSS"], "hwm": st["VmHWM"], "cpu_pct": cpu_pct, "per_query": per_query,
-            "saw": f"lab_queue_depth={[(l.get('status'), v) for n, l, v in s if n == 'lab_queue_depth']}"
-                   f" lab_dead_letters={get(s, 'lab_dead_letters')}"
-                   f" failed_queries={failed or 0}",
-            "sql": {q: sql for q, (_, sql) in queries.items()},
-        }
-    finally:
-        stop(p)
+    r, s = swb.measure_qe("qe naive" if naive else "query-exporter", f"query-exporter-{tag}", qe_config(db, naive),
+                          "lab", qe_queries(naive), polls, skip)
+    r["saw"] = (f"lab_queue_depth={[(l.get('status'), v) for n, l, v in s if n == 'lab_queue_depth']}"
+                f" lab_dead_letters={get(s, 'lab_dead_letters')}"
+                f" failed_queries={qe_failed(s) or 0}")
+    return r
 
 
-# query-exporter's own code path, timed end to end in its venv: load_config() on the same
-# YAML, then for each poll `await Database.execute(execution)` for every query in turn
-# (pool checkout, SQLAlchemy text() execution, fetching all rows, turning them into metric
-# results) — what its scheduler runs per query, minus the prometheus_client update. One
-# pool connection and one worker thread, as in the exporter (its default pool size 1).
-QE_E2E = r"""
-import asyncio, json, sys, time
-from pathlib import Path
-from query_exporter.config import load_config
-from query_exporter.db import Database
-
-async def main(cfg_path, polls, skip, gap, out_path):
-    cfg = load_config([Path(cfg_path)])
-    db = Database("lab", cfg.databases["lab"])
-    executions = [ex for q in cfg.queries.values() for ex in q.executions]
-    out = []
-    try:
-        for _ in range(skip + polls):
-            t = time.perf_counter()
-            for ex in executions:
-                await db.execute(ex)
-            out.append((time.perf_counter() - t) * 1e3)
-            await asyncio.sleep(gap)
-    finally:
-        db.close()
-    with open(out_path, "w") as f:
-        json.dump(out[skip:], f)
-
-asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5]))
-"""
-
-
-def measure_qe_e2e(db, naive, polls, skip, gap=0.25):
+def measure_qe_e2e(db, naive, polls, skip):
     tag = "naive" if naive else "equiv"
-    cfg = f"{TMP}/query-exporter-{tag}.yaml"
-    with open(cfg, "w") as f:
-        f.write(qe_config(db, qe_queries(naive)))
-    script, out = f"{TMP}/qe_e2e.py", f"{TMP}/qe-e2e-{tag}.json"
-    with open(script, "w") as f:
-        f.write(QE_E2E)
-    python = os.path.join(os.path.dirname(ENV["SWB_QE_BIN"]), "python")
-    p = spawn(f"qe-e2e-{tag}", [python, script, cfg, str(polls), str(skip), str(gap), out])
-    try:
-        rc = p.wait(timeout=(polls + skip) * (gap + 2) + 30)
-    except subprocess.TimeoutExpired:
-        raise RuntimeError("timed out")
-    finally:
-        stop(p)
-    if rc != 0:
-        raise RuntimeError(f"exited with {rc}: {log_tail(p.bench_name)}")
-    vals = json.load(open(out))
-    return {"tool": "qe naive (e2e)" if naive else "query-exporter (e2e)", "polls": vals,
-            "median": statistics.median(vals), "p95": pct(vals, 0.95), "rss": None, "hwm": None, "cpu_pct": None}
+    return swb.measure_qe_e2e("qe naive (e2e)" if naive else "query-exporter (e2e)", f"qe-e2e-{tag}",
+                              qe_config(db, naive), "lab", polls, skip)
 
 
 def part1(db, facts):
@@ -607,17 +252,9 @@ def part1(db, facts):
     unavailable = ENV.get("SWB_QE_UNAVAILABLE", "")
     if not unavailable:
         for naive in (False, True):
-            what = "naive depth" if naive else "equivalent queries"
-            log(f"part 1: query-exporter ({what}), {skip}+{polls} polls ...")
-            try:
-                results.append(measure_qe(db, naive, polls, skip))
-            except Exception as e:  # report, keep going
-                qe_notes.append(f"query-exporter ({what}) could not be measured: {e}")
-            log(f"part 1: query-exporter code path timed end to end ({what}), {skip}+{polls} polls ...")
-            try:
-                results.append(measure_qe_e2e(db, naive, polls, skip))
-            except Exception as e:
-                qe_notes.append(f"query-exporter end-to-end timing ({what}) could not be measured: {e}")
+            swb.measure_qe_both(results, qe_notes, "naive depth" if naive else "equivalent queries",
+                                lambda: measure_qe(db, naive, polls, skip),
+                                lambda: measure_qe_e2e(db, naive, polls, skip), polls, skip)
     print_part1(facts, results, unavailable, qe_notes, polls, skip)
 
 
@@ -632,48 +269,21 @@ def print_part1(facts, results, unavailable, qe_notes, polls, skip):
     if ENV.get("SWB_QE_VERSION"):
         print(f"query-exporter {ENV['SWB_QE_VERSION']}")
     print()
-    hdr = (f"{'tool':<22}{'median ms':>10}{'p95 ms':>8}{'min ms':>8}{'max ms':>8}{'RSS MiB':>8}{'peak MiB':>9}"
-           f"{'CPU %':>7}{'/sw median':>11}{'/sw p95':>8}{'/sw RSS':>8}")
-    print(hdr)
-    print("-" * len(hdr))
-    sw = results[0]
-    f1 = lambda v, spec: "-" if v is None else format(v, spec)
-    for r in results:
-        line = (f"{r['tool']:<22}{r['median']:>10.2f}{r['p95']:>8.2f}{min(r['polls']):>8.2f}{max(r['polls']):>8.2f}"
-                f"{f1(r['rss'] and r['rss'] / MiB, '.1f'):>8}{f1(r['hwm'] and r['hwm'] / MiB, '.1f'):>9}"
-                f"{f1(r['cpu_pct'], '.3f'):>7}")
-        if r is not sw:
-            line += (f"{r['median'] / sw['median']:>11.1f}{r['p95'] / sw['p95']:>8.1f}"
-                     f"{f1(r['rss'] and r['rss'] / sw['rss'], '.1f'):>8}")
-        print(line)
+    print_poll_table(results, ".3f")
     print("(/sw = the tool's figure divided by stallwatch's; CPU % = process CPU over the window, one core = 100,")
     print(" from /proc/PID/task/*/schedstat; it includes 2 /metrics scrapes per second and, for stallwatch, its freeze")
     print(" ticks; (e2e) rows time query-exporter's Database.execute() per query end to end in a harness process,")
     print(" polls 0.25 s apart, so they have no RSS/CPU of the exporter)")
     print()
-    for r in (r for r in results if "saw" in r):
-        print(f"{r['tool']} reported: {r['saw']}")
-        if "per_query" in r:
-            print("  per-query median ms (query_latency): " +
-                  ", ".join(f"{q} {v:.2f}" for q, v in r["per_query"].items()))
+    print_reported(results, qe_queries(False))
     if len(results) > 1:
-        print("query-exporter SQL (one query each, interval 1 s; poll = sum of their latencies):")
-        for q, (_, sql) in qe_queries(False).items():
-            print(f"  {q:<9}{sql}")
         if any(r["tool"].startswith("qe naive") for r in results):
             print(f"  naive row: depth is `{QE_DEPTH_NAIVE}`, the others as above")
         print("query-exporter rows = its query_latency histogram (cursor.execute() time: first row of each statement;")
         print("  excludes pool checkout, fetching further rows, metric updates) — a lower bound of its real poll;")
         print("  the (e2e) rows add those (all but the metric update).")
-    if unavailable:
-        print(f"query-exporter NOT measured: {unavailable}")
-    for n in qe_notes:
-        print(n)
-    print()
-    print("targets:")
-    mark = lambda ok: "met    " if ok else "NOT met"
-    print(f"  {mark(sw['median'] <= 50 and sw['p95'] <= 50)}  stallwatch <= 50 ms per poll "
-          f"(median {sw['median']:.2f} ms, p95 {sw['p95']:.2f} ms)")
+    sw = results[0]
+    print_poll_target(sw, unavailable, qe_notes)
     qe = next((r for r in results if r["tool"] == "query-exporter"), None)
     if qe:
         print(f"  {mark(qe['median'] / sw['median'] >= 5)}  stallwatch >= 5x faster per poll than query-exporter "
@@ -771,8 +381,8 @@ def writer_run(cache, mode, with_sw, seconds, warmup, sync, busy_ms, label):
     sw = None
     try:
         if with_sw:
-            sw, port = start_stallwatch(work, label)
-            wait_source_up(sw, port)
+            sw, port = start_stallwatch(label, sw_config(work))
+            wait_source_up(sw, port, "lab")
             s0 = scrape(port)
         log(f"part 2: {label}: writer {warmup:g}+{seconds:g} s, journal_mode={mode}, "
             f"stallwatch {'polling' if with_sw else 'off'} ...")
@@ -786,11 +396,7 @@ def writer_run(cache, mode, with_sw, seconds, warmup, sync, busy_ms, label):
             except OSError:
                 pass
             if sw:
-                s = scrape(port)
-                v = get(s, "stallwatch_source_poll_duration_seconds", source="lab")
-                if v is not None and v != last:
-                    polls.append(v * 1e3)
-                    last = v
+                last = new_poll_ms(scrape(port), "lab", polls, last)
                 if cpu is None:
                     cpu = Cpu(sw.pid)
                 cpu.poll()
@@ -808,7 +414,7 @@ def writer_run(cache, mode, with_sw, seconds, warmup, sync, busy_ms, label):
             r.update({"sw_polls": polls, "sw_locked": err(s1, "locked") - err(s0, "locked"),
                       "sw_errors": total(s1, "stallwatch_source_errors_total", source="lab")
                       - total(s0, "stallwatch_source_errors_total", source="lab"),
-                      "sw_cpu": cpu.finish() if cpu else float("nan"),
+                      "sw_cpu": cpu.finish()["cpu_pct_sched"] if cpu else float("nan"),
                       "sw_depth": get(s1, "stallwatch_queue_depth", source="lab", status="pending")})
         return r
     finally:
@@ -859,9 +465,7 @@ def print_part2(runs, modes, seconds, warmup, sync, busy_ms, repeats):
                      f"{statistics.mean(r['p50_ms'] for r in rs):>8.3f}{statistics.mean(r['p99_ms'] for r in rs):>8.2f}"
                      f"{max(r['max_ms'] for r in rs):>8.1f}{max(r['wal_max'] for r in rs) / MiB:>12.1f}")
             if with_sw:
-                polls = [p for r in rs for p in r["sw_polls"]]
-                line += (f"{len(polls):>9}{statistics.median(polls) if polls else float('nan'):>10.2f}"
-                         f"{max(polls) if polls else float('nan'):>10.2f}{sum(r['sw_locked'] for r in rs):>10.0f}")
+                line += poll_cells([p for r in rs for p in r["sw_polls"]], sum(r["sw_locked"] for r in rs))
             print(line)
     print("(w/s = committed write transactions per second; per-s sd% = spread of 1-second throughput buckets;")
     print(" wr CPU% / runq% = the writer's time on a CPU / waiting for one (other load on the machine), % of wall;")
@@ -871,19 +475,15 @@ def print_part2(runs, modes, seconds, warmup, sync, busy_ms, repeats):
     print("throughput drop with stallwatch polling (mean of runs; noise = spread between the repeated runs of one config):")
     for mode in modes:
         off, on = means[(mode, False)], means[(mode, True)]
-        drop = 100 * (off - on) / off
-        noise = max(100 * (max(r["rate"] for r in runs[(mode, w)]) - min(r["rate"] for r in runs[(mode, w)]))
-                    / means[(mode, w)] for w in (False, True))
-        mark = "met    " if drop <= 2 else "NOT met"
-        print(f"  {mark}  {mode:<7} drop {drop:+.1f} % (target <= 2 %): {off:.0f} -> {on:.0f} w/s; "
+        drop, noise = swb.drop_and_noise([r["rate"] for r in runs[(mode, False)]], [r["rate"] for r in runs[(mode, True)]])
+        print(f"  {mark(drop <= 2)}  {mode:<7} drop {drop:+.1f} % (target <= 2 %): {off:.0f} -> {on:.0f} w/s; "
               f"run-to-run noise up to {noise:.1f} %")
     sys.stdout.flush()
 
 
 # -------------------------------------------------------------------- main ----
 def main():
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: sys.exit(143))
+    exit_on_signals()
     rows, pending, dead = env_int("ROWS", 1000000), env_int("PENDING", 1000), env_int("DEAD", 500)
     cache = os.path.join(ENV["REPO"], "target", "bench", f"lab-jobs-{rows}r-{pending}p-{dead}d-v1.db")
     if not os.path.exists(cache):
@@ -896,8 +496,7 @@ def main():
         if ENV.get("SKIP_PART2") != "1":
             part2(cache)
     finally:
-        for p in list(CHILDREN):
-            stop(p)
+        stop_all()
 
 
 if __name__ == "__main__":
@@ -907,11 +506,7 @@ if __name__ == "__main__":
         main()
 PY
 
-python3 "$TMP/driver.py" &
-DRIVER_PID=$!
-wait "$DRIVER_PID"
-DRIVER_PID=""
+swb_run_python "$TMP/driver.py"
 
-T_END=$(date +%s.%N)
 echo
-python3 -c "print(f'total run time {$T_END - $T_START:.0f} s (of which release build {$BUILD_SECONDS} s)')"
+echo "total run time $(swb_seconds_since "$SWB_T_START") s (of which release build $SWB_BUILD_SECONDS s)"
