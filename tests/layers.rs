@@ -417,9 +417,7 @@ fn imports(files: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String
         .map(|f| (module_of(f), f.clone()))
         .collect();
     let resolve = |segs: &[String]| -> Option<&String> {
-        (0..=segs.len())
-            .rev()
-            .find_map(|n| modules.get(&segs[..n].to_vec()))
+        (0..=segs.len()).rev().find_map(|n| modules.get(&segs[..n]))
     };
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (file, text) in files {

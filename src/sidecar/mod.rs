@@ -22,10 +22,11 @@ use crate::config::source::Location;
 use crate::config::{Config, ReferenceSpec};
 use crate::freeze::downtime::{self, Heartbeat};
 use crate::freeze::references::{self, discover};
+use crate::freeze::FreezeEvent;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
-use crate::otlp::{Otlp, Setup as OtlpSetup};
-use crate::persist::{Writer, HEARTBEAT_INTERVAL};
+use crate::otlp::{Otlp, Setup as OtlpSetup, SourceTraces};
+use crate::persist::{EventSink, Writer, HEARTBEAT_INTERVAL};
 use crate::state::{StateDb, StateError, StateReader};
 use crate::status::{DowntimeStatus, LiveStatus, ReferenceStatus, SharedStatus, SourceStatus};
 use crate::supervise::{self, App, Ending, Outcome};
@@ -90,47 +91,99 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("building the runtime")
 }
 
+/// The sidecar's whole run, step by step; each step's order is part of its meaning (see
+/// the module comment).
 async fn serve(
     mut config: Config,
     started: ClockReading,
     child: Option<App>,
 ) -> Result<Option<Outcome>, StartError> {
-    // No references in the file: use the ones this machine has (RTC, host PTP clocks).
-    // Logged once the start can no longer be refused: a refusal is one line on stderr.
-    let discovered = discover::use_discovered(&mut config.freeze, Path::new(discover::SYSFS_ROOT))
-        .map(|found| {
-            found
-                .iter()
-                .map(ReferenceSpec::name)
-                .collect::<Vec<String>>()
-        });
+    let discovered = discover_references(&mut config);
     let db = StateDb::open(&config.data_dir)?;
-    // Bind before recording anything: a start refused for a taken port must not log the
-    // downtime, nor replace the last heartbeat (the next start would see a phantom restart).
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listener = bind(config.listen).await?;
+    let boot_id = read_boot_id()?;
+    let names = reference_names(&config);
+    let (metrics, app_exits) = start_metrics(&config, &names, &db)?;
+    let status = live_status(&config, &names, &boot_id, started, &db);
+    let startup_freezes =
+        close_previous_run(&db, started, &boot_id, &metrics, &status, &app_exits)?;
+    let reader = StateReader::open(db.path())?;
+    let workers = Workers::start(
+        &config,
+        db,
+        boot_id,
+        started,
+        &metrics,
+        &status,
+        startup_freezes,
+    )?;
+    log_running(&config, &names, discovered);
+    let http = Http::start(listener, reader, &config, metrics, status);
+    let (signal, outcome) = wait_for_the_end(child.as_ref()).await;
+    tracing::info!(signal, "stopping");
+    workers.stop(http).await;
+    record_app_exit(&config, outcome.as_ref());
+    tracing::info!("stopped; last heartbeat written");
+    Ok(outcome)
+}
+
+// ---- start-up steps -------------------------------------------------------------------
+
+/// No references in the file: use the ones this machine has (RTC, host PTP clocks). Their
+/// names are logged once the start can no longer be refused (a refusal is one line).
+fn discover_references(config: &mut Config) -> Option<Vec<String>> {
+    discover::use_discovered(&mut config.freeze, Path::new(discover::SYSFS_ROOT))
+        .map(|found| found.iter().map(ReferenceSpec::name).collect())
+}
+
+/// Binds before recording anything: a start refused for a taken port must not log the
+/// downtime, nor replace the last heartbeat (the next start would see a phantom restart).
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| StartError::Listen {
-            addr: config.listen,
+            addr,
             reason: e.to_string().to_lowercase(),
-        })?;
-    let boot_id = clock::boot_id().map_err(|e| StartError::BootId {
+        })
+}
+
+fn read_boot_id() -> Result<String, StartError> {
+    clock::boot_id().map_err(|e| StartError::BootId {
         reason: e.to_string(),
-    })?;
-    // Configured references, then each Postgres source's server clock.
-    let names: Vec<String> = config
+    })
+}
+
+/// Configured references, then each Postgres source's server clock.
+fn reference_names(config: &Config) -> Vec<String> {
+    let clocks = config
+        .sources
+        .iter()
+        .filter(|s| matches!(s.location, Location::Postgres(_)))
+        .map(|s| database_clock_name(&s.name));
+    config
         .freeze
         .references
         .iter()
         .map(ReferenceSpec::name)
-        .chain(
-            config
-                .sources
-                .iter()
-                .filter(|s| matches!(s.location, Location::Postgres(_)))
-                .map(|s| database_clock_name(&s.name)),
-        )
-        .collect();
-    let metrics = Arc::new(Metrics::new(&names));
+        .chain(clocks)
+        .collect()
+}
+
+/// The app's exits recorded in the state DB (`stallwatch run -- CMD`).
+struct AppExits {
+    count: u64,
+    last_ns: Option<i64>,
+}
+
+/// The registry, with what the state DB already knows: the last freeze and the app's
+/// restarts (counted from the DB, so the counter survives the sidecar's own restarts —
+/// each app exit ends the sidecar's run too).
+fn start_metrics(
+    config: &Config,
+    names: &[String],
+    db: &StateDb,
+) -> Result<(Arc<Metrics>, AppExits), StartError> {
+    let metrics = Arc::new(Metrics::new(names));
     // Each source's folded episodes start at 0, so increase() sees the first fold.
     for source in &config.sources {
         metrics
@@ -140,14 +193,22 @@ async fn serve(
     if let Some(ns) = db.last_freeze_started_ns()? {
         metrics.last_freeze_timestamp_seconds.set(ns as f64 / 1e9);
     }
-    // App restarts are counted from the state DB, so the counter survives the sidecar's
-    // own restarts (each app exit ends the sidecar's run too).
-    let (app_exits, last_app_exit_ns) = db.fact_count(crate::state::FACT_APP_EXIT)?;
-    metrics.app_restarts_total.inc_by(app_exits);
+    let (count, last_ns) = db.fact_count(crate::state::FACT_APP_EXIT)?;
+    metrics.app_restarts_total.inc_by(count);
+    Ok((metrics, AppExits { count, last_ns }))
+}
 
+/// The live snapshot behind `/api/v1/status`, as it stands before the first tick.
+fn live_status(
+    config: &Config,
+    names: &[String],
+    boot_id: &str,
+    started: ClockReading,
+    db: &StateDb,
+) -> SharedStatus {
     let status = SharedStatus::new(LiveStatus {
         version: env!("CARGO_PKG_VERSION"),
-        boot_id: boot_id.clone(),
+        boot_id: boot_id.to_string(),
         pid: std::process::id(),
         started_at_unix_ns: started.real_ns,
         data_dir: config.data_dir.display().to_string(),
@@ -171,17 +232,29 @@ async fn serve(
             .collect(),
         ..Default::default()
     });
-
     // A new state DB over a lost one: said on stderr by the open, shown all run long.
     status.lock().state_db_notice = db.notice().map(str::to_string);
-    // The gap since the previous run, before the first heartbeat of this one replaces it.
+    status
+}
+
+/// Classifies the gap since the previous run before the first heartbeat of this one
+/// replaces it, records a freeze it proves, ends the previous watch session as the gap
+/// says and begins this one. Returns the freezes found, for the alert engine.
+fn close_previous_run(
+    db: &StateDb,
+    started: ClockReading,
+    boot_id: &str,
+    metrics: &Metrics,
+    status: &SharedStatus,
+    app_exits: &AppExits,
+) -> Result<Vec<FreezeEvent>, StartError> {
     let mut startup_freezes = Vec::new();
     let mut previous_ended = None;
     if let Some(last) = db.last_heartbeat()? {
         let gap = downtime::classify(
             &last,
             started,
-            &boot_id,
+            boot_id,
             HEARTBEAT_INTERVAL.as_nanos() as i64,
         );
         let seconds = gap.duration_ns as f64 / 1e9;
@@ -196,9 +269,13 @@ async fn serve(
         );
         // The app's exit stopped the last run (its fact is written after the clean
         // heartbeat): the downtime is the app's restart, not a freeze.
-        if last.clean && last_app_exit_ns.is_some_and(|at| at >= last.clocks.real_ns) {
+        if last.clean
+            && app_exits
+                .last_ns
+                .is_some_and(|at| at >= last.clocks.real_ns)
+        {
             tracing::info!(
-                app_restarts = app_exits,
+                app_restarts = app_exits.count,
                 "the last run ended with its app's exit: this start is an app restart"
             );
         }
@@ -214,113 +291,236 @@ async fn serve(
             status.lock().events_recorded += 1;
         }
     }
-    // This run's watch session, which its heartbeats then follow; the previous one ends
-    // as the gap was classified.
     db.begin_session(started.real_ns, previous_ended)?;
     db.write_heartbeat(&Heartbeat {
         clocks: clock::read_clocks(),
-        boot_id: boot_id.clone(),
+        boot_id: boot_id.to_string(),
         clean: false,
     })?;
+    Ok(startup_freezes)
+}
 
-    let reader = StateReader::open(db.path())?;
-    let source_readers = config
-        .sources
-        .iter()
-        .map(|_| StateReader::open(db.path()))
-        .collect::<Result<Vec<_>, _>>()?;
+/// Every thread and task of a running sidecar, in the order they are stopped.
+struct Workers {
+    stop: Arc<AtomicBool>,
+    source_stop: Arc<StopSignal>,
+    network_tasks: Vec<tokio::task::JoinHandle<()>>,
+    tick: std::thread::JoinHandle<()>,
+    sources: Vec<(String, std::thread::JoinHandle<()>)>,
+    otlp: Option<Otlp>,
+    alerts: AlertEngine,
+    writer: Writer,
+}
 
-    let db_path = db.path().to_path_buf();
-    let (writer, sink) = Writer::spawn(db, boot_id, metrics.clone(), status.clone());
-    let (announce, announced) = tokio::sync::mpsc::channel(FREEZE_QUEUE);
-    let alerts = AlertEngine::spawn(
-        config.alerts.clone(),
-        &db_path,
-        metrics.clone(),
-        status.clone(),
-        announced,
-        startup_freezes,
-    )
-    .map_err(|e| StartError::Outbox {
-        path: db_path.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sample_tx, sample_rx) = sync_channel::<NetworkSample>(NETWORK_SAMPLE_QUEUE);
-    let mut slots = Vec::new();
-    let mut network_tasks = Vec::new();
-    for (index, spec) in config.freeze.references.iter().enumerate() {
-        match references::open_local(spec) {
-            Some(reader) => slots.push((spec.name(), RefSlot::Local(reader))),
-            None => {
-                slots.push((spec.name(), RefSlot::Network));
-                network_tasks.push(tokio::spawn(poll_network_reference(
-                    spec.clone(),
-                    index,
-                    config.freeze.reference_interval,
-                    sample_tx.clone(),
-                    metrics.clone(),
-                )));
-            }
+impl Workers {
+    /// The state writer (it takes the DB), the alert engine, the reference readers, the
+    /// OTLP exporter, a thread per source and the tick thread, in that order.
+    fn start(
+        config: &Config,
+        db: StateDb,
+        boot_id: String,
+        started: ClockReading,
+        metrics: &Arc<Metrics>,
+        status: &SharedStatus,
+        startup_freezes: Vec<FreezeEvent>,
+    ) -> Result<Workers, StartError> {
+        let source_readers = config
+            .sources
+            .iter()
+            .map(|_| StateReader::open(db.path()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let db_path = db.path().to_path_buf();
+        let (writer, sink) = Writer::spawn(db, boot_id, metrics.clone(), status.clone());
+        let (announce, announced) = tokio::sync::mpsc::channel(FREEZE_QUEUE);
+        let alerts = AlertEngine::spawn(
+            config.alerts.clone(),
+            &db_path,
+            metrics.clone(),
+            status.clone(),
+            announced,
+            startup_freezes,
+        )
+        .map_err(|e| StartError::Outbox {
+            path: db_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let (sample_tx, sample_rx) = sync_channel::<NetworkSample>(NETWORK_SAMPLE_QUEUE);
+        let (mut slots, network_tasks) = start_references(config, &sample_tx, metrics);
+        let detector = detector_config(config);
+        let settle_ns = detector.merge_window_ns + SETTLE_MARGIN_NS;
+        let (otlp, traces) = start_otlp(config, &db_path, metrics, settle_ns, started)?;
+        let source_stop = Arc::new(StopSignal::default());
+        let sources = spawn_sources(SourceThreads {
+            config,
+            readers: source_readers,
+            traces,
+            slots: &mut slots,
+            samples: &sample_tx,
+            metrics,
+            status,
+            sink: &sink,
+            stop: &source_stop,
+            settle_ns,
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let tick = Runner {
+            config: config.freeze.clone(),
+            detector,
+            references: slots,
+            network_samples: sample_rx,
+            metrics: metrics.clone(),
+            status: status.clone(),
+            events: sink,
+            announce,
+            stop: stop.clone(),
         }
+        .spawn();
+        Ok(Workers {
+            stop,
+            source_stop,
+            network_tasks,
+            tick,
+            sources,
+            otlp,
+            alerts,
+            writer,
+        })
     }
-    let detector = detector_config(&config);
-    let settle_ns = detector.merge_window_ns + SETTLE_MARGIN_NS;
-    let source_stop = Arc::new(StopSignal::default());
-    let (otlp, mut source_traces) = match &config.otlp {
-        Some(otlp) => {
-            let (exporter, traces) = Otlp::spawn(OtlpSetup {
-                config: otlp.clone(),
-                state_db: &db_path,
-                metrics: metrics.clone(),
-                sources: &config.sources,
-                settle_ns,
-                run_started_ns: started.real_ns,
-            })?;
-            (Some(exporter), traces.into_iter().map(Some).collect())
+
+    /// Two phases: stop taking work (HTTP drain, stop flags, reference tasks aborted),
+    /// then drain, each with a deadline; the writer's clean heartbeat is the last write.
+    async fn stop(self, http: Http) {
+        let sources_deadline = std::time::Instant::now() + SOURCE_STOP_DEADLINE;
+        let _ = http.drain.send(());
+        self.stop.store(true, Ordering::Relaxed);
+        self.source_stop.stop();
+        for task in self.network_tasks {
+            task.abort();
         }
-        None => (None, Vec::new()),
+        if tokio::time::timeout(HTTP_DRAIN, http.server).await.is_err() {
+            tracing::warn!("HTTP connections still open after the drain deadline; closing them");
+        }
+        let Workers {
+            tick,
+            sources,
+            otlp,
+            alerts,
+            writer,
+            ..
+        } = self;
+        tokio::task::spawn_blocking(move || {
+            let _ = tick.join();
+            join_sources(sources, sources_deadline);
+            // After the sources: their last finished workflows are in its queue.
+            if let Some(otlp) = otlp {
+                otlp.stop();
+            }
+            alerts.stop();
+            writer.stop();
+        })
+        .await
+        .expect("joining the worker threads");
+    }
+}
+
+/// The OTLP exporter when `[otlp]` is set, and each source's handle into it.
+fn start_otlp(
+    config: &Config,
+    db_path: &Path,
+    metrics: &Arc<Metrics>,
+    settle_ns: i64,
+    started: ClockReading,
+) -> Result<(Option<Otlp>, Vec<SourceTraces>), StartError> {
+    let Some(otlp) = &config.otlp else {
+        return Ok((None, Vec::new()));
     };
-    let source_threads: Vec<_> = config
+    let (exporter, traces) = Otlp::spawn(OtlpSetup {
+        config: otlp.clone(),
+        state_db: db_path,
+        metrics: metrics.clone(),
+        sources: &config.sources,
+        settle_ns,
+        run_started_ns: started.real_ns,
+    })?;
+    Ok((Some(exporter), traces))
+}
+
+/// What the source threads are started with.
+struct SourceThreads<'a> {
+    config: &'a Config,
+    readers: Vec<StateReader>,
+    traces: Vec<SourceTraces>,
+    slots: &'a mut Vec<(String, RefSlot)>,
+    samples: &'a std::sync::mpsc::SyncSender<NetworkSample>,
+    metrics: &'a Arc<Metrics>,
+    status: &'a SharedStatus,
+    sink: &'a EventSink,
+    stop: &'a Arc<StopSignal>,
+    settle_ns: i64,
+}
+
+/// A thread per source, by source name. A Postgres source's server clock becomes a
+/// reference slot the tick thread reads the samples of.
+fn spawn_sources(t: SourceThreads<'_>) -> Vec<(String, std::thread::JoinHandle<()>)> {
+    let mut traces: Vec<Option<SourceTraces>> = t.traces.into_iter().map(Some).collect();
+    t.config
         .sources
         .iter()
-        .zip(source_readers)
+        .zip(t.readers)
         .enumerate()
         .map(|(index, (source, freezes))| {
             let clock = matches!(source.location, Location::Postgres(_)).then(|| {
-                slots.push((database_clock_name(&source.name), RefSlot::Network));
-                (slots.len() - 1, sample_tx.clone())
+                t.slots
+                    .push((database_clock_name(&source.name), RefSlot::Network));
+                (t.slots.len() - 1, t.samples.clone())
             });
             let thread = SourceRunner {
                 clock,
                 config: source.clone(),
                 index,
                 source: crate::sources::build::open(source),
-                metrics: metrics.clone(),
-                status: status.clone(),
-                sink: sink.clone(),
+                metrics: t.metrics.clone(),
+                status: t.status.clone(),
+                sink: t.sink.clone(),
                 freezes,
-                stop: source_stop.clone(),
-                settle_ns,
-                traces: source_traces.get_mut(index).and_then(Option::take),
+                stop: t.stop.clone(),
+                settle_ns: t.settle_ns,
+                traces: traces.get_mut(index).and_then(Option::take),
             }
             .spawn();
             (source.name.clone(), thread)
         })
-        .collect();
-    let tick = Runner {
-        config: config.freeze.clone(),
-        detector,
-        references: slots,
-        network_samples: sample_rx,
-        metrics: metrics.clone(),
-        status: status.clone(),
-        events: sink,
-        announce,
-        stop: stop.clone(),
-    }
-    .spawn();
+        .collect()
+}
 
+/// A slot per configured reference for the tick thread: a local clock it reads itself,
+/// or a network one an async task polls and sends samples of.
+fn start_references(
+    config: &Config,
+    samples: &std::sync::mpsc::SyncSender<NetworkSample>,
+    metrics: &Arc<Metrics>,
+) -> (Vec<(String, RefSlot)>, Vec<tokio::task::JoinHandle<()>>) {
+    let mut slots = Vec::new();
+    let mut tasks = Vec::new();
+    for (index, spec) in config.freeze.references.iter().enumerate() {
+        match references::open_local(spec) {
+            Some(reader) => slots.push((spec.name(), RefSlot::Local(reader))),
+            None => {
+                slots.push((spec.name(), RefSlot::Network));
+                tasks.push(tokio::spawn(poll_network_reference(
+                    spec.clone(),
+                    index,
+                    config.freeze.reference_interval,
+                    samples.clone(),
+                    metrics.clone(),
+                )));
+            }
+        }
+    }
+    (slots, tasks)
+}
+
+fn log_running(config: &Config, names: &[String], discovered: Option<Vec<String>>) {
     tracing::info!(
         listen = %config.listen,
         data_dir = %config.data_dir.display(),
@@ -333,73 +533,72 @@ async fn serve(
     if let Some(found) = discovered {
         tracing::info!(references = ?found, "no references configured; using the ones discovered on this machine");
     }
+}
 
-    let app = http::router(AppState {
-        metrics: metrics.clone(),
-        status: status.clone(),
-        reader: Arc::new(Mutex::new(reader)),
-        tick_ns: config.freeze.tick.as_nanos() as i64,
-    });
-    let nofile = http::nofile_limit();
-    let limit = http::connection_limit(nofile, config.sources.len());
-    tracing::info!(
-        connection_limit = limit,
-        nofile,
-        "HTTP connections limited to a share of the open-file limit"
-    );
-    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(http::serve(listener, app, limit, metrics, status, async {
-        let _ = drain_rx.await;
-    }));
+/// The HTTP server, serving until `drain` is sent.
+struct Http {
+    server: tokio::task::JoinHandle<()>,
+    drain: tokio::sync::oneshot::Sender<()>,
+}
 
-    let (signal, outcome) = match &child {
+impl Http {
+    fn start(
+        listener: tokio::net::TcpListener,
+        reader: StateReader,
+        config: &Config,
+        metrics: Arc<Metrics>,
+        status: SharedStatus,
+    ) -> Http {
+        let app = http::router(AppState {
+            metrics: metrics.clone(),
+            status: status.clone(),
+            reader: Arc::new(Mutex::new(reader)),
+            tick_ns: config.freeze.tick.as_nanos() as i64,
+        });
+        let nofile = http::nofile_limit();
+        let limit = http::connection_limit(nofile, config.sources.len());
+        tracing::info!(
+            connection_limit = limit,
+            nofile,
+            "HTTP connections limited to a share of the open-file limit"
+        );
+        let (drain, drained) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(http::serve(listener, app, limit, metrics, status, async {
+            let _ = drained.await;
+        }));
+        Http { server, drain }
+    }
+}
+
+// ---- the end ------------------------------------------------------------------------
+
+/// SIGTERM or SIGINT, or with a supervised app, the app's end (which forwards those).
+async fn wait_for_the_end(child: Option<&App>) -> (String, Option<Outcome>) {
+    match child {
         None => (stop_signal().await.to_string(), None),
         Some(child) => {
             let outcome = supervise::supervise(child).await;
             (outcome.reason.clone(), Some(outcome))
         }
+    }
+}
+
+/// An app that ended on its own is an app restart: recorded after the writer's clean
+/// heartbeat, so the next start reads the order — clean stop, then the app's exit.
+fn record_app_exit(config: &Config, outcome: Option<&Outcome>) {
+    let Some(outcome) = outcome.filter(|o| o.ending == Ending::AppExit) else {
+        return;
     };
-    tracing::info!(signal, "stopping");
-    let sources_deadline = std::time::Instant::now() + SOURCE_STOP_DEADLINE;
-    // Phase 1: stop taking work.
-    let _ = drain_tx.send(());
-    stop.store(true, Ordering::Relaxed);
-    source_stop.stop();
-    for task in network_tasks {
-        task.abort();
+    let recorded = StateDb::open(&config.data_dir).and_then(|db| {
+        db.insert_fact(
+            crate::state::FACT_APP_EXIT,
+            clock::real_ns(),
+            &outcome.status.describe(),
+        )
+    });
+    if let Err(e) = recorded {
+        tracing::warn!(error = %e, "cannot record the app's exit in the state database");
     }
-    // Phase 2: drain, each with a deadline.
-    if tokio::time::timeout(HTTP_DRAIN, server).await.is_err() {
-        tracing::warn!("HTTP connections still open after the drain deadline; closing them");
-    }
-    tokio::task::spawn_blocking(move || {
-        let _ = tick.join();
-        join_sources(source_threads, sources_deadline);
-        // After the sources: their last finished workflows are in its queue.
-        if let Some(otlp) = otlp {
-            otlp.stop();
-        }
-        alerts.stop();
-        writer.stop();
-    })
-    .await
-    .expect("joining the worker threads");
-    // After the writer's clean heartbeat, so the next start reads the order: clean stop,
-    // then the app's exit.
-    if let Some(outcome) = outcome.as_ref().filter(|o| o.ending == Ending::AppExit) {
-        let recorded = StateDb::open(&config.data_dir).and_then(|db| {
-            db.insert_fact(
-                crate::state::FACT_APP_EXIT,
-                clock::real_ns(),
-                &outcome.status.describe(),
-            )
-        });
-        if let Err(e) = recorded {
-            tracing::warn!(error = %e, "cannot record the app's exit in the state database");
-        }
-    }
-    tracing::info!("stopped; last heartbeat written");
-    Ok(outcome)
 }
 
 /// Joins the source threads (by source name) that finish by `deadline`; the others are
