@@ -441,7 +441,7 @@ APP="$TMP/app"
 mkdir -p "$APP"
 DBOS_PY=$(bash "$REPO/scripts/dbos-venv.sh")
 { for i in 1 2 3; do echo "run w$i free"; done; sleep 6; echo quit; } |
-    "$DBOS_PY" "$REPO/tests/dbos/app.py" --db "$APP/dbos.sqlite" >"$TMP/dbos-app.log" 2>&1
+    "$DBOS_PY" "$REPO/tests/dbos/app.py" reply --db "$APP/dbos.sqlite" >"$TMP/dbos-app.log" 2>&1
 python3 - "$APP" <<'PY'
 import json, sqlite3, sys, time
 app = sys.argv[1]

@@ -53,16 +53,10 @@ const LOG_TAIL_LINES: usize = 60;
 
 /// Rules not under test, off so that every request a test sees is one it caused: a
 /// `restart` freeze after the kill -9 test's restart, or a stall of this process on a
-/// busy machine, must not add a notification.
-const QUIET_RULES: &str = "
-[[rule]]
-rule = \"freeze\"
-enabled = false
-
-[[rule]]
-rule = \"wall_clock_step\"
-enabled = false
-";
+/// busy machine, must not add a notification. `source_down` is what these tests raise.
+fn quiet_rules() -> String {
+    common::quiet_rules_except("source_down")
+}
 
 // ---- configuration ----------------------------------------------------------------------
 
@@ -335,7 +329,7 @@ fn a_webhook_answering_503_three_times_gets_one_notification_in_four_attempts() 
             &webhook_channel(&receiver.url("/hook")),
             &jobs_source(&db),
             SOURCE_DOWN_RULE,
-            QUIET_RULES,
+            &quiet_rules(),
         ]),
     );
 
@@ -473,7 +467,7 @@ fn retry_after_3_holds_the_retry_back_3_seconds() {
             &webhook_channel(&receiver.url("/hook")),
             &jobs_source(&db),
             SOURCE_DOWN_RULE,
-            QUIET_RULES,
+            &quiet_rules(),
         ]),
     );
 
@@ -536,7 +530,7 @@ fn a_receiver_down_two_minutes_gets_all_100_notifications_once_back() {
             &webhook_channel(&receiver.url("/hook")),
             &jobs_source(&db),
             STUCK_JOBS_RULE,
-            QUIET_RULES,
+            &quiet_rules(),
         ]),
     );
     let started = Instant::now();
@@ -701,7 +695,7 @@ fn kill_9_with_notifications_pending_loses_none() {
         &webhook_channel(&receiver.url("/hook")),
         &jobs_source(&db),
         STUCK_JOBS_RULE,
-        QUIET_RULES,
+        &quiet_rules(),
     ]);
     let mut sidecar = Sidecar::start_with(&state, &config);
 
@@ -898,7 +892,7 @@ fn alertmanager_routes_the_firing_then_the_resolved_alert() {
             ),
             &jobs_source(&db),
             SOURCE_DOWN_RULE,
-            QUIET_RULES,
+            &quiet_rules(),
         ]),
     );
 

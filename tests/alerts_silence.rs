@@ -416,20 +416,11 @@ fn a_planned_stop_under_a_freeze_silence_is_recorded_and_not_delivered() {
     let receiver = Receiver::start();
     let state = state_dir(dir.path());
     // The freeze rule on, from 1 s: the downtime of the restart below is a `restart` freeze.
-    let rules = "
-[[rule]]
-rule = \"freeze\"
-threshold = \"1s\"
-
-[[rule]]
-rule = \"wall_clock_step\"
-enabled = false
-
-[[rule]]
-rule = \"source_down\"
-enabled = false
-";
-    let launch = config(&receiver, &db, rules);
+    let rules = format!(
+        "\n[[rule]]\nrule = \"freeze\"\nthreshold = \"1s\"\n\n{}",
+        common::quiet_rules_except("freeze")
+    );
+    let launch = config(&receiver, &db, &rules);
     let mut sidecar = Sidecar::start_with(&state, &launch);
     // What a preStop hook runs before the deploy stops the machine.
     let id = add(

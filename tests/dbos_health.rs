@@ -1,6 +1,6 @@
 //! Issue 9, real DBOS: DBOS health beyond step gaps. A DBOS app from PyPI
-//! (`tests/dbos/health_app.py`, in the venv `scripts/dbos-venv.sh` makes) writes its SQLite
-//! system database while the sidecar watches it as a `dbos` source.
+//! (`tests/dbos/app.py` in mode `health`, in the venv `scripts/dbos-venv.sh` makes) writes
+//! its SQLite system database while the sidecar watches it as a `dbos` source.
 //!
 //! - A workflow stopped (SIGSTOP) for 6 s inside a `DBOS.recv` with a 2 s timeout: while the
 //!   process is still stopped and the deadline has passed by more than `gap_min`, a live
@@ -31,17 +31,14 @@ mod common;
 use common::receiver::{Received, Receiver as WebhookReceiver};
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::dbos::{App, Journal, Mode, SystemDb};
 use common::{assert_near, poll_until, process_state, Launch, Sidecar};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::Deserialize;
-use tempfile::{NamedTempFile, TempDir};
+use tempfile::TempDir;
 
 /// The source name in the sidecar's config.
 const SOURCE: &str = "app";
@@ -74,8 +71,6 @@ const RECOVERY_ALERT_THRESHOLD: i64 = 3;
 /// Workflows enqueued behind the blocking one.
 const WAITING: usize = 3;
 
-/// Python start-up plus `DBOS.launch()` (migrations on a fresh DB): about 2 s here.
-const APP_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A workflow step or phase of the app, including a queue dequeue (polled every 0.2 s)
 /// and, after a restart, the recovery dequeue (DBOS's internal queue polls every 1 s).
 const PHASE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -85,8 +80,6 @@ const METRICS_TIMEOUT: Duration = Duration::from_secs(20);
 const EPISODE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the kernel may take to report the process as stopped.
 const STOPPED_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long `quit` may take (DBOS joins its threads).
-const APP_EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 
 // ---- (a) a wait overrun, visible while it is happening ------------------------------------
 
@@ -759,30 +752,6 @@ fn db_statuses(db: &Path) -> Vec<(String, String)> {
 
 // ---- setup: venv, app, sidecar ------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy)]
-enum Journal {
-    Wal,
-    /// Left to DBOS: SQLite's rollback journal (`delete`).
-    Default,
-}
-
-impl Journal {
-    fn arg(self) -> &'static str {
-        match self {
-            Journal::Wal => "wal",
-            Journal::Default => "default",
-        }
-    }
-
-    /// What `PRAGMA journal_mode` says for it.
-    fn mode(self) -> &'static str {
-        match self {
-            Journal::Wal => "wal",
-            Journal::Default => "delete",
-        }
-    }
-}
-
 /// A temp dir, the path of a DBOS system DB in it, and a sidecar watching that DB.
 struct Setup {
     // Field order is drop order: the sidecar goes before its directory.
@@ -816,7 +785,7 @@ impl Setup {
              threshold = {RECOVERY_ALERT_THRESHOLD}\n",
             hook.url("/hook")
         ));
-        let app = App::start(dbos_python(), &db, journal, dir.path());
+        let app = App::start(Mode::Health, SystemDb::Sqlite(&db, journal), dir.path());
         let sidecar = Sidecar::start_with(
             &dir.path().join("data"),
             &Launch {
@@ -848,213 +817,10 @@ impl Setup {
 
     /// Starts the app again on the same DB (DBOS recovers what a killed run left PENDING).
     fn start_app(&self, journal: Journal) -> App {
-        App::start(dbos_python(), &self.db, journal, self.dir.path())
-    }
-}
-
-/// The python of the venv with the pinned dbos, made once per test binary by
-/// `scripts/dbos-venv.sh`. A venv that cannot be made fails the test.
-fn dbos_python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new("bash")
-            .arg(root.join("scripts/dbos-venv.sh"))
-            .current_dir(root)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run scripts/dbos-venv.sh: {e}"));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "scripts/dbos-venv.sh failed ({}); the real-DBOS tests need Python 3 with venv \
-             and pip, and PyPI (or a wheel cache) for dbos:\n{}{}",
-            out.status,
-            stdout,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let python = PathBuf::from(stdout.trim());
-        assert!(
-            python.is_file(),
-            "scripts/dbos-venv.sh printed {python:?}, which is not a file"
-        );
-        python
-    })
-}
-
-/// `tests/dbos/health_app.py`, driven over stdin; its stdout lines arrive on a channel.
-struct App {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    /// Lines read but not yet claimed by [`App::expect`], as words.
-    backlog: Vec<Vec<String>>,
-    stderr: NamedTempFile,
-    exited: bool,
-}
-
-impl App {
-    fn start(python: &Path, db: &Path, journal: Journal, cwd: &Path) -> App {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dbos/health_app.py");
-        let stderr = NamedTempFile::new().expect("temp file for the app's stderr");
-        let mut child = Command::new(python)
-            .arg(&script)
-            .arg("--db")
-            .arg(db)
-            .arg("--journal")
-            .arg(journal.arg())
-            .current_dir(cwd)
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr.reopen().expect("reopen"))
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {} {}: {e}",
-                    python.display(),
-                    script.display()
-                )
-            });
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut app = App {
-            stdin: child.stdin.take(),
-            child,
-            lines,
-            backlog: Vec::new(),
-            stderr,
-            exited: false,
-        };
-        let ready = app.expect(&["READY"], APP_READY_TIMEOUT);
-        let want = format!("journal_mode={}", journal.mode());
-        assert_eq!(ready.get(1), Some(&want), "the app's system DB: {ready:?}");
-        app
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    #[track_caller]
-    fn command(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("the app's stdin is open");
-        if let Err(e) = writeln!(stdin, "{line}").and_then(|()| stdin.flush()) {
-            panic!("writing {line:?} to the app: {e}\n{}", self.stderr_text());
-        }
-    }
-
-    /// Starts (or enqueues) a workflow with the command `verb LABEL ARGS…`; returns its id.
-    #[track_caller]
-    fn run(&mut self, verb: &str, label: &str, args: &[&str]) -> String {
-        let mut line = format!("{verb} {label}");
-        for a in args {
-            line.push(' ');
-            line.push_str(a);
-        }
-        self.command(&line);
-        let started = self.expect(&["STARTED", label], PHASE_TIMEOUT);
-        started[2].clone()
-    }
-
-    /// `PHASE phase label workflow_id epoch`, as words.
-    #[track_caller]
-    fn expect_phase(&mut self, phase: &str, label: &str) -> Vec<String> {
-        self.expect(&["PHASE", phase, label], PHASE_TIMEOUT)
-    }
-
-    /// Takes the first stdout line (already read or still to come) that starts with the
-    /// words `prefix`, and returns its words. Lines that do not match stay for later.
-    #[track_caller]
-    fn expect(&mut self, prefix: &[&str], timeout: Duration) -> Vec<String> {
-        let matches = |words: &[String]| {
-            words.len() >= prefix.len() && words.iter().zip(prefix).all(|(w, p)| w == p)
-        };
-        if let Some(i) = self.backlog.iter().position(|w| matches(w)) {
-            return self.backlog.remove(i);
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    assert!(
-                        !line.starts_with("ERROR"),
-                        "the app said {line:?}\n{}",
-                        self.stderr_text()
-                    );
-                    let words: Vec<String> = line.split_whitespace().map(String::from).collect();
-                    if matches(&words) {
-                        return words;
-                    }
-                    self.backlog.push(words);
-                }
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "the app did not print {prefix:?} within {timeout:?}; unclaimed lines: \
-                     {:?}\nstderr:\n{}",
-                    self.backlog,
-                    self.stderr_text()
-                ),
-                Err(RecvTimeoutError::Disconnected) => panic!(
-                    "the app exited ({:?}) before printing {prefix:?}; unclaimed lines: {:?}\n\
-                     stderr:\n{}",
-                    self.child.try_wait(),
-                    self.backlog,
-                    self.stderr_text()
-                ),
-            }
-        }
-    }
-
-    /// SIGKILL, as a crash: DBOS gets no chance to clean up.
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.exited = true;
-    }
-
-    /// Asks DBOS to shut down and waits for a clean exit.
-    #[track_caller]
-    fn quit(mut self) {
-        self.command("quit");
-        drop(self.stdin.take());
-        let status = common::wait_with_timeout(&mut self.child, APP_EXIT_TIMEOUT);
-        self.exited = true;
-        match status {
-            Some(s) if s.success() => {}
-            other => panic!(
-                "the app did not exit cleanly after quit: {other:?}\n{}",
-                self.stderr_text()
-            ),
-        }
-    }
-
-    fn stderr_text(&self) -> String {
-        fs::read_to_string(self.stderr.path()).unwrap_or_default()
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        if !self.exited {
-            // SIGKILL also ends a stopped process.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "---- DBOS app (pid {}) stderr ----\n{}",
-                self.child.id(),
-                self.stderr_text()
-            );
-        }
+        App::start(
+            Mode::Health,
+            SystemDb::Sqlite(&self.db, journal),
+            self.dir.path(),
+        )
     }
 }

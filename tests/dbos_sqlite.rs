@@ -1,7 +1,7 @@
-//! Issue 4, real DBOS: a DBOS app from PyPI (`tests/dbos/app.py`, in the venv that
-//! `scripts/dbos-venv.sh` makes) writes its SQLite system database while the sidecar
-//! watches it as a `dbos` source. Its workflow runs `parse` → `DBOS.recv` (2 s timeout)
-//! → `generate` → `send`.
+//! Issue 4, real DBOS: a DBOS app from PyPI (`tests/dbos/app.py` in mode `reply`, in the
+//! venv that `scripts/dbos-venv.sh` makes) writes its SQLite system database while the
+//! sidecar watches it as a `dbos` source. Its workflow runs `parse` → `DBOS.recv` (2 s
+//! timeout) → `generate` → `send`.
 //!
 //! - Normal runs: `stallwatch_step_duration_seconds` per step equals what DBOS recorded
 //!   in `operation_outputs` (read here with rusqlite), the 2 s recv wait is not a gap,
@@ -29,19 +29,18 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::OnceLock;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::cgroup::TestCgroup;
+use common::dbos::{App, Hold, Journal, Mode, SystemDb};
 use common::faketime::FakeClock;
 use common::{assert_near, poll_until, process_state, Launch, Metrics, Sidecar};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::Deserialize;
-use tempfile::{NamedTempFile, TempDir};
+use tempfile::TempDir;
 
 /// How long the app is stopped between `generate` and `send` (issue 4).
 const STOP: Duration = Duration::from_secs(8);
@@ -58,8 +57,6 @@ const NORMAL_RUNS: usize = 2;
 /// The source's poll interval and shortest recorded gap, as issue 4's config has them.
 const POLL: &str = "500ms";
 const GAP_MIN: &str = "2s";
-/// Python start-up plus `DBOS.launch()` (migrations on a fresh DB): about 2 s here.
-const APP_READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// One workflow takes about 2.3 s (the recv times out after 2 s).
 const WORKFLOW_TIMEOUT: Duration = Duration::from_secs(30);
 /// Until the sidecar's metrics show rows DBOS has written: a few 500 ms polls.
@@ -71,9 +68,7 @@ const EPISODE_TIMEOUT: Duration = Duration::from_secs(20);
 const SECOND_EPISODE_WATCH: Duration = Duration::from_secs(2);
 /// How long the kernel may take to report the process (or cgroup) as stopped.
 const STOPPED_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long `quit` may take (DBOS joins its threads).
-const APP_EXIT_TIMEOUT: Duration = Duration::from_secs(20);
-/// The app's default recv timeout (`RECV_TIMEOUT_SECONDS` in app.py).
+/// The app's default recv timeout (`REPLY_RECV_TIMEOUT_SECONDS` in app.py).
 const RECV_SECONDS: f64 = 2.0;
 /// How far into the recv's wait the test stops the app (wait-overrun test).
 const STOP_INTO_WAIT: Duration = Duration::from_millis(500);
@@ -129,7 +124,7 @@ fn wal_app_and_sidecar_frozen_together_is_a_freeze_gap() {
     // frozen process could not even be killed.
     let mut pids = app.pids_with_descendants();
     pids.push(sidecar.pid());
-    let cgroup = FreezerCgroup::create(&pids).unwrap_or_else(|e| {
+    let cgroup = TestCgroup::freezer_holding("dbos", &pids).unwrap_or_else(|e| {
         panic!(
             "cannot put the DBOS app and stallwatch in a freezable cgroup: {e}. This test \
              needs root and either the cgroup v1 freezer (/sys/fs/cgroup/freezer) or cgroup \
@@ -1055,22 +1050,6 @@ fn db_gaps(rows: &[Row]) -> Vec<f64> {
 
 // ---- setup: venv, app, sidecar --------------------------------------------------------
 
-#[derive(Debug, Clone, Copy)]
-enum Journal {
-    Wal,
-    /// Rollback-journal mode, which DBOS leaves a new SQLite DB in.
-    Delete,
-}
-
-impl Journal {
-    fn as_str(self) -> &'static str {
-        match self {
-            Journal::Wal => "wal",
-            Journal::Delete => "delete",
-        }
-    }
-}
-
 /// A temp dir with a running DBOS app and a sidecar watching its system DB.
 struct Setup {
     // Field order is drop order: the sidecar and app go before their directory.
@@ -1092,9 +1071,13 @@ impl Setup {
 
     /// App and sidecar both under `env` (a libfaketime clock in `dir`), as on one machine.
     fn build(journal: Journal, extra: &str, dir: TempDir, env: Vec<(String, String)>) -> Setup {
-        let python = dbos_python();
         let db = dir.path().join("dbos.sqlite");
-        let app = App::start_with_env(python, &db, journal, dir.path(), &env);
+        let app = App::start_with_env(
+            Mode::Reply,
+            SystemDb::Sqlite(&db, journal),
+            dir.path(),
+            &env,
+        );
         let config = format!(
             "[[source]]\nname = \"{SOURCE}\"\nkind = \"dbos\"\nurl = \"sqlite://{}\"\n\
              poll = \"{POLL}\"\ngap_min = \"{GAP_MIN}\"\n{extra}",
@@ -1110,7 +1093,7 @@ impl Setup {
         // The source is up and reports the journal mode the app runs in.
         let info = format!(
             "stallwatch_source_info{{journal_mode=\"{}\",kind=\"dbos\",source=\"{SOURCE}\"}}",
-            journal.as_str()
+            journal.mode()
         );
         poll_until("the dbos source to be up", METRICS_TIMEOUT, || {
             let m = sidecar.metrics();
@@ -1128,384 +1111,6 @@ impl Setup {
             db,
             dir,
         }
-    }
-}
-
-/// The python of the venv with the pinned dbos, made once per test binary by
-/// `scripts/dbos-venv.sh`. A venv that cannot be made fails the test.
-fn dbos_python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new("bash")
-            .arg(root.join("scripts/dbos-venv.sh"))
-            .current_dir(root)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run scripts/dbos-venv.sh: {e}"));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "scripts/dbos-venv.sh failed ({}); the real-DBOS tests need Python 3 with venv \
-             and pip, and PyPI (or a wheel cache) for dbos:\n{}{}",
-            out.status,
-            stdout,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let python = PathBuf::from(stdout.trim());
-        assert!(
-            python.is_file(),
-            "scripts/dbos-venv.sh printed {python:?}, which is not a file"
-        );
-        python
-    })
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hold {
-    No,
-    AfterGenerate,
-    /// Between `parse` and `DBOS.recv`: the founding incident's gap.
-    AfterParse,
-}
-
-/// `tests/dbos/app.py`, driven over stdin; its stdout lines arrive on a channel.
-struct App {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    /// Lines read but not yet claimed by [`App::expect`], as words.
-    backlog: Vec<Vec<String>>,
-    stderr: NamedTempFile,
-    exited: bool,
-}
-
-impl App {
-    /// Starts the app with extra environment (a libfaketime clock, or none).
-    fn start_with_env(
-        python: &Path,
-        db: &Path,
-        journal: Journal,
-        cwd: &Path,
-        env: &[(String, String)],
-    ) -> App {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dbos/app.py");
-        let stderr = NamedTempFile::new().expect("temp file for the app's stderr");
-        let mut child = Command::new(python)
-            .arg(&script)
-            .arg("--db")
-            .arg(db)
-            .arg("--journal")
-            .arg(journal.as_str())
-            .current_dir(cwd)
-            .env("PYTHONUNBUFFERED", "1")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr.reopen().expect("reopen"))
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {} {}: {e}",
-                    python.display(),
-                    script.display()
-                )
-            });
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut app = App {
-            stdin: child.stdin.take(),
-            child,
-            lines,
-            backlog: Vec::new(),
-            stderr,
-            exited: false,
-        };
-        let ready = app.expect(&["READY"], APP_READY_TIMEOUT);
-        let want = format!("journal_mode={}", journal.as_str());
-        assert_eq!(ready.get(1), Some(&want), "the app's system DB: {ready:?}");
-        app
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// The app and every process descended from it (DBOS 3.4 starts none, but a freezer
-    /// must hold them all).
-    fn pids_with_descendants(&self) -> Vec<i32> {
-        let mut parents: Vec<(i32, i32)> = Vec::new();
-        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse().ok());
-            if let Some(ppid) = ppid {
-                parents.push((pid, ppid));
-            }
-        }
-        let mut family = vec![self.pid()];
-        let mut i = 0;
-        while i < family.len() {
-            let parent = family[i];
-            family.extend(
-                parents
-                    .iter()
-                    .filter(|(_, pp)| *pp == parent)
-                    .map(|(p, _)| *p),
-            );
-            i += 1;
-        }
-        family
-    }
-
-    #[track_caller]
-    fn command(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("the app's stdin is open");
-        if let Err(e) = writeln!(stdin, "{line}").and_then(|()| stdin.flush()) {
-            panic!("writing {line:?} to the app: {e}\n{}", self.stderr_text());
-        }
-    }
-
-    /// Starts a workflow; returns its id.
-    #[track_caller]
-    fn start_workflow(&mut self, label: &str, hold: Hold) -> String {
-        self.start_workflow_with(label, hold, None)
-    }
-
-    /// Starts a workflow whose recv waits `recv_seconds` (default: the app's 2 s).
-    #[track_caller]
-    fn start_workflow_with(
-        &mut self,
-        label: &str,
-        hold: Hold,
-        recv_seconds: Option<f64>,
-    ) -> String {
-        let how = match hold {
-            Hold::No => "free",
-            Hold::AfterGenerate => "hold",
-            Hold::AfterParse => "hold-parse",
-        };
-        let recv = recv_seconds.map_or(String::new(), |s| format!(" {s}"));
-        self.command(&format!("run {label} {how}{recv}"));
-        let started = self.expect(&["STARTED", label], WORKFLOW_TIMEOUT);
-        started[2].clone()
-    }
-
-    #[track_caller]
-    fn expect_phase(&mut self, phase: &str, label: &str) -> Vec<String> {
-        self.expect(&["PHASE", phase, label], WORKFLOW_TIMEOUT)
-    }
-
-    /// Takes the first stdout line (already read or still to come) that starts with the
-    /// words `prefix`, and returns its words. Lines that do not match stay for later
-    /// calls: concurrent workflows print in any order.
-    #[track_caller]
-    fn expect(&mut self, prefix: &[&str], timeout: Duration) -> Vec<String> {
-        let matches = |words: &[String]| {
-            words.len() >= prefix.len() && words.iter().zip(prefix).all(|(w, p)| w == p)
-        };
-        if let Some(i) = self.backlog.iter().position(|w| matches(w)) {
-            return self.backlog.remove(i);
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    assert!(
-                        !line.starts_with("ERROR"),
-                        "the app said {line:?}\n{}",
-                        self.stderr_text()
-                    );
-                    let words: Vec<String> = line.split_whitespace().map(String::from).collect();
-                    if matches(&words) {
-                        return words;
-                    }
-                    self.backlog.push(words);
-                }
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "the app did not print {prefix:?} within {timeout:?}; unclaimed lines: \
-                     {:?}\nstderr:\n{}",
-                    self.backlog,
-                    self.stderr_text()
-                ),
-                Err(RecvTimeoutError::Disconnected) => panic!(
-                    "the app exited ({:?}) before printing {prefix:?}; unclaimed lines: {:?}\n\
-                     stderr:\n{}",
-                    self.child.try_wait(),
-                    self.backlog,
-                    self.stderr_text()
-                ),
-            }
-        }
-    }
-
-    /// Asks DBOS to shut down and waits for a clean exit.
-    #[track_caller]
-    fn quit(mut self) {
-        self.command("quit");
-        drop(self.stdin.take());
-        let status = common::wait_with_timeout(&mut self.child, APP_EXIT_TIMEOUT);
-        self.exited = true;
-        match status {
-            Some(s) if s.success() => {}
-            other => panic!(
-                "the app did not exit cleanly after quit: {other:?}\n{}",
-                self.stderr_text()
-            ),
-        }
-    }
-
-    fn stderr_text(&self) -> String {
-        fs::read_to_string(self.stderr.path()).unwrap_or_default()
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        if !self.exited {
-            // SIGKILL also ends a stopped process; a frozen one dies once thawed.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "---- DBOS app (pid {}) stderr ----\n{}",
-                self.child.id(),
-                self.stderr_text()
-            );
-        }
-    }
-}
-
-// ---- a freezer cgroup holding several processes ---------------------------------------
-
-/// Which cgroup interface freezes the processes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Version {
-    /// `freezer.state` ← `FROZEN` / `THAWED`.
-    V1,
-    /// `cgroup.freeze` ← `1` / `0`; `cgroup.events` says `frozen 1`.
-    V2,
-}
-
-/// A cgroup made for one test. Dropping it thaws it, moves its processes back to the
-/// hierarchy's root and removes it, even when the test failed.
-struct FreezerCgroup {
-    version: Version,
-    root: PathBuf,
-    dir: PathBuf,
-}
-
-impl FreezerCgroup {
-    /// Makes a cgroup holding `pids`: the v1 freezer when mounted, else v2;
-    /// `STALLWATCH_TEST_CGROUP=v1|v2` forces one.
-    fn create(pids: &[i32]) -> Result<FreezerCgroup, String> {
-        let (v1, v2) = cgroup_mounts();
-        let forced = std::env::var("STALLWATCH_TEST_CGROUP").ok();
-        let (version, root) = match (forced.as_deref(), v1, v2) {
-            (Some("v2"), _, Some(root)) | (None, None, Some(root)) => (Version::V2, root),
-            (Some("v1") | None, Some(root), _) => (Version::V1, root),
-            (forced, v1, v2) => {
-                return Err(format!(
-                    "no usable cgroup hierarchy (forced: {forced:?}, v1 freezer mount: {v1:?}, \
-                     v2 mount: {v2:?})"
-                ))
-            }
-        };
-        let dir = root.join(format!("stallwatch-dbos-test-{}", std::process::id()));
-        fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        let cgroup = FreezerCgroup { version, root, dir };
-        for pid in pids {
-            fs::write(cgroup.dir.join("cgroup.procs"), pid.to_string())
-                .map_err(|e| format!("cannot move pid {pid} into {}: {e}", cgroup.dir.display()))?;
-        }
-        let members = fs::read_to_string(cgroup.dir.join("cgroup.procs")).unwrap_or_default();
-        let missing: Vec<&i32> = pids
-            .iter()
-            .filter(|p| !members.lines().any(|l| l.trim() == p.to_string()))
-            .collect();
-        if !missing.is_empty() {
-            return Err(format!(
-                "pids {missing:?} are not in {} after moving them (cgroup.procs: {members:?})",
-                cgroup.dir.display()
-            ));
-        }
-        Ok(cgroup)
-    }
-
-    fn set_frozen(&self, frozen: bool) -> io::Result<()> {
-        let (file, value) = match (self.version, frozen) {
-            (Version::V1, true) => ("freezer.state", "FROZEN"),
-            (Version::V1, false) => ("freezer.state", "THAWED"),
-            (Version::V2, true) => ("cgroup.freeze", "1"),
-            (Version::V2, false) => ("cgroup.freeze", "0"),
-        };
-        fs::write(self.dir.join(file), value)
-    }
-
-    fn is_frozen(&self) -> bool {
-        let read = |f: &str| fs::read_to_string(self.dir.join(f)).unwrap_or_default();
-        match self.version {
-            Version::V1 => read("freezer.state").trim() == "FROZEN",
-            Version::V2 => read("cgroup.events")
-                .lines()
-                .any(|l| l.trim() == "frozen 1"),
-        }
-    }
-}
-
-/// Where the cgroup hierarchies are mounted: (v1 freezer, v2 unified), from /proc/self/mounts.
-fn cgroup_mounts() -> (Option<PathBuf>, Option<PathBuf>) {
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let (mut v1, mut v2) = (None, None);
-    for line in mounts.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let [_, mount_point, fs_type, options, ..] = fields[..] else {
-            continue;
-        };
-        if fs_type == "cgroup" && options.split(',').any(|o| o == "freezer") {
-            v1.get_or_insert_with(|| PathBuf::from(mount_point));
-        } else if fs_type == "cgroup2" {
-            v2.get_or_insert_with(|| PathBuf::from(mount_point));
-        }
-    }
-    (v1, v2)
-}
-
-impl Drop for FreezerCgroup {
-    fn drop(&mut self) {
-        let _ = self.set_frozen(false);
-        // Removal fails while processes remain; they may take a moment to thaw.
-        for _ in 0..50 {
-            let members = fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default();
-            for pid in members.lines().map(str::trim).filter(|l| !l.is_empty()) {
-                let _ = fs::write(self.root.join("cgroup.procs"), pid);
-            }
-            if fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!(
-            "warning: could not remove test cgroup {}",
-            self.dir.display()
-        );
     }
 }
 
@@ -1527,7 +1132,7 @@ fn a_freeze_is_one_notification_that_lists_the_stuck_job_and_the_stalled_workflo
         )
         .unwrap();
     let db = dir.path().join("dbos.sqlite");
-    let mut app = App::start_with_env(dbos_python(), &db, Journal::Wal, dir.path(), &[]);
+    let mut app = App::start(Mode::Reply, SystemDb::Sqlite(&db, Journal::Wal), dir.path());
     // The worker, told to, claims a job and works on it for 26 s without renewing its 5 s
     // lease: claimed just before the freeze, its lease runs out while frozen.
     let mut worker = Command::new("python3")
@@ -1550,7 +1155,7 @@ fn a_freeze_is_one_notification_that_lists_the_stuck_job_and_the_stalled_workflo
     let mut worker_out = BufReader::new(worker.stdout.take().unwrap());
     let mut pids = app.pids_with_descendants();
     pids.push(worker.id() as i32);
-    let cgroup = FreezerCgroup::create(&pids).unwrap_or_else(|e| {
+    let cgroup = TestCgroup::freezer_holding("dbos", &pids).unwrap_or_else(|e| {
         panic!("cannot put the app, the worker and stallwatch in a freezable cgroup: {e}")
     });
     // The sidecar starts inside the cgroup, as it would in the app's container: it reads
@@ -1576,7 +1181,7 @@ fn a_freeze_is_one_notification_that_lists_the_stuck_job_and_the_stalled_workflo
             config: Some(config),
             env: Vec::new(),
         },
-        &[cgroup.dir.join("cgroup.procs")],
+        &[cgroup.procs()],
     );
     poll_until("the sources to be up", METRICS_TIMEOUT, || {
         let m = sidecar.metrics();

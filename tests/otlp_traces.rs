@@ -1,6 +1,6 @@
-//! Issue 8, item 5: OTLP traces. A real DBOS app from PyPI (`tests/dbos/trace_app.py`, in
-//! the venv `scripts/dbos-venv.sh` makes) runs `fetch → crunch → DBOS.recv → store` on a
-//! SQLite system DB while the sidecar watches it as a `dbos` source and exports traces to
+//! Issue 8, item 5: OTLP traces. A real DBOS app from PyPI (`tests/dbos/app.py` in mode
+//! `trace`, in the venv `scripts/dbos-venv.sh` makes) runs `fetch → crunch → DBOS.recv →
+//! store` on a SQLite system DB while the sidecar watches it as a `dbos` source and exports traces to
 //! a small OTLP/HTTP collector in this test, which decodes every request with the official
 //! `opentelemetry-proto` types.
 //!
@@ -26,23 +26,22 @@
 mod common;
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::dbos::{App, Journal, Mode, SystemDb};
 use common::{assert_near, free_port, poll_until, process_state, run_to_exit, Launch, Sidecar};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use rusqlite::{Connection, OpenFlags};
-use tempfile::{NamedTempFile, TempDir};
+use tempfile::TempDir;
 
 /// The source name in the sidecar's config.
 const SOURCE: &str = "app";
@@ -62,10 +61,6 @@ const FREEZE_TOLERANCE_SECONDS: f64 = 0.2;
 /// The token in `otlp.headers`; it must reach the collector and never the log.
 const TOKEN: &str = "Bearer otlp-test-token-7f3a";
 const SERVICE: &str = "stallwatch-test";
-/// Python start-up plus `DBOS.launch()` on a fresh DB.
-const APP_READY_TIMEOUT: Duration = Duration::from_secs(60);
-const WORKFLOW_TIMEOUT: Duration = Duration::from_secs(30);
-const APP_EXIT_TIMEOUT: Duration = Duration::from_secs(20);
 const SOURCE_UP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Until a trace arrives: two quiet polls, the 4 s settle, a 1 s batch delay, and slack.
 const TRACE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -92,7 +87,7 @@ fn a_freeze_during_a_step_shows_inside_the_workflow_trace() {
     let sidecar = &setup.sidecar;
 
     let label = "frozen";
-    let workflow_id = app.start_workflow(label, CRUNCH_SECONDS, true);
+    let workflow_id = app.start_ingest(label, CRUNCH_SECONDS, true);
     app.expect_phase("crunch-start", label);
     std::thread::sleep(STOP_INTO_CRUNCH);
     let stopped = stop_for(sidecar, STOP);
@@ -252,7 +247,7 @@ fn a_down_collector_keeps_the_sidecar_serving_and_gets_the_trace_when_back() {
     let sidecar = &setup.sidecar;
 
     let label = "quick";
-    let workflow_id = app.start_workflow(label, 0.2, false);
+    let workflow_id = app.start_ingest(label, 0.2, false);
     app.expect_phase("done", label);
     poll_until(
         "the exporter to report the collector down",
@@ -797,7 +792,7 @@ impl Setup {
     fn new(endpoint: &str) -> (Setup, App) {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("dbos.sqlite");
-        let app = App::start(&db, dir.path());
+        let app = App::start(Mode::Trace, SystemDb::Sqlite(&db, Journal::Wal), dir.path());
         let config = format!(
             "[[source]]\nname = \"{SOURCE}\"\nkind = \"dbos\"\nurl = \"sqlite://{}\"\n\
              poll = \"{POLL}\"\ngap_min = \"{GAP_MIN_SECONDS}s\"\n\n\
@@ -829,172 +824,5 @@ impl Setup {
             },
             app,
         )
-    }
-}
-
-/// The python of the venv with the pinned dbos, made once per test binary by
-/// `scripts/dbos-venv.sh`. A venv that cannot be made fails the test.
-fn dbos_python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new("bash")
-            .arg(root.join("scripts/dbos-venv.sh"))
-            .current_dir(root)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run scripts/dbos-venv.sh: {e}"));
-        assert!(
-            out.status.success(),
-            "scripts/dbos-venv.sh failed ({}); the real-DBOS tests need Python 3 with venv \
-             and pip, and PyPI (or a wheel cache) for dbos:\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
-}
-
-/// `tests/dbos/trace_app.py`, driven over stdin; its stdout lines arrive on a channel.
-struct App {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    /// Lines read but not yet claimed, as words.
-    backlog: Vec<Vec<String>>,
-    stderr: NamedTempFile,
-    exited: bool,
-}
-
-impl App {
-    fn start(db: &Path, cwd: &Path) -> App {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dbos/trace_app.py");
-        let stderr = NamedTempFile::new().expect("temp file for the app's stderr");
-        let mut child = Command::new(dbos_python())
-            .arg(&script)
-            .arg("--db")
-            .arg(db)
-            .current_dir(cwd)
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr.reopen().expect("reopen"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", script.display()));
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut app = App {
-            stdin: child.stdin.take(),
-            child,
-            lines,
-            backlog: Vec::new(),
-            stderr,
-            exited: false,
-        };
-        app.expect(&["READY"], APP_READY_TIMEOUT);
-        app
-    }
-
-    #[track_caller]
-    fn command(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("the app's stdin is open");
-        if let Err(e) = writeln!(stdin, "{line}").and_then(|()| stdin.flush()) {
-            panic!("writing {line:?} to the app: {e}\n{}", self.stderr_text());
-        }
-    }
-
-    /// Starts a workflow whose `crunch` takes `crunch_seconds`; returns its id.
-    #[track_caller]
-    fn start_workflow(&mut self, label: &str, crunch_seconds: f64, hold: bool) -> String {
-        let how = if hold { "hold" } else { "free" };
-        self.command(&format!("run {label} {crunch_seconds} {how}"));
-        self.expect(&["STARTED", label], WORKFLOW_TIMEOUT)[2].clone()
-    }
-
-    #[track_caller]
-    fn expect_phase(&mut self, phase: &str, label: &str) -> Vec<String> {
-        self.expect(&["PHASE", phase, label], WORKFLOW_TIMEOUT)
-    }
-
-    /// Takes the first stdout line (already read or still to come) starting with the
-    /// words `prefix`; other lines stay for later calls.
-    #[track_caller]
-    fn expect(&mut self, prefix: &[&str], timeout: Duration) -> Vec<String> {
-        let matches = |words: &[String]| {
-            words.len() >= prefix.len() && words.iter().zip(prefix).all(|(w, p)| w == p)
-        };
-        if let Some(i) = self.backlog.iter().position(|w| matches(w)) {
-            return self.backlog.remove(i);
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    assert!(
-                        !line.starts_with("ERROR"),
-                        "the app said {line:?}\n{}",
-                        self.stderr_text()
-                    );
-                    let words: Vec<String> = line.split_whitespace().map(String::from).collect();
-                    if matches(&words) {
-                        return words;
-                    }
-                    self.backlog.push(words);
-                }
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "the app did not print {prefix:?} within {timeout:?}; unclaimed: {:?}\n{}",
-                    self.backlog,
-                    self.stderr_text()
-                ),
-                Err(RecvTimeoutError::Disconnected) => panic!(
-                    "the app exited ({:?}) before printing {prefix:?}\n{}",
-                    self.child.try_wait(),
-                    self.stderr_text()
-                ),
-            }
-        }
-    }
-
-    /// Asks DBOS to shut down and waits for a clean exit.
-    #[track_caller]
-    fn quit(mut self) {
-        self.command("quit");
-        drop(self.stdin.take());
-        let status = common::wait_with_timeout(&mut self.child, APP_EXIT_TIMEOUT);
-        self.exited = true;
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "the app did not exit cleanly after quit: {status:?}\n{}",
-            self.stderr_text()
-        );
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        if !self.exited {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "---- DBOS app (pid {}) stderr ----\n{}",
-                self.child.id(),
-                self.stderr_text()
-            );
-        }
     }
 }

@@ -51,14 +51,14 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::dbos::{App, Hold, Mode, SystemDb};
 use common::pgdb::{admin, TestDb, PG_HOST, PG_PORT};
 use common::{assert_near, free_port, poll_until, process_state, Launch, Sidecar};
 use postgres::{Client, NoTls};
@@ -630,58 +630,17 @@ const PER_ROW_TOLERANCE_SECONDS: f64 = 0.001;
 /// A normal gap between two steps is milliseconds; the 2 s recv wait must not count.
 const NORMAL_GAP_MAX_SECONDS: f64 = 0.5;
 
-/// A DBOS app with its system database on Postgres: `parse` → `DBOS.recv` (2 s, times
-/// out) → `generate` → `send`, `N` workflows at once after a `go` on stdin. (The SQLite
-/// app in tests/dbos/app.py takes only a file path.)
-const DBOS_APP: &str = r#"
-import sys, time
-from dbos import DBOS
-
-@DBOS.step()
-def parse(label):
-    time.sleep(0.05)
-    return label
-
-@DBOS.step()
-def generate(label):
-    time.sleep(0.12)
-    return label
-
-@DBOS.step()
-def send(label):
-    time.sleep(0.03)
-    return label
-
-@DBOS.workflow()
-def reply(label):
-    parse(label)
-    DBOS.recv("debounce", timeout_seconds=2)
-    generate(label)
-    send(label)
-    return label
-
-url, runs = sys.argv[1], int(sys.argv[2])
-DBOS(config={"name": "stallwatch-test", "system_database_url": url})
-DBOS.launch()
-print("READY", flush=True)
-if sys.stdin.readline().strip() != "go":
-    raise SystemExit("expected go")
-handles = [DBOS.start_workflow(reply, f"w{i}") for i in range(runs)]
-for h in handles:
-    h.get_result()
-    print("DONE", h.get_workflow_id(), flush=True)
-DBOS.destroy()
-"#;
+/// Until each workflow's `done`: about 2.3 s (its recv times out after 2 s), more while
+/// the Postgres server is busy with other tests.
+const DBOS_DONE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[test]
 fn dbos_on_postgres_step_durations_match_operation_outputs() {
-    let python = dbos_python();
     let db = TestDb::create("dbos");
     let dir = TempDir::new().unwrap();
-    let script = dir.path().join("pg_app.py");
-    std::fs::write(&script, DBOS_APP).unwrap();
-    let mut app = DbosApp::start(python, &script, &db.url(), dir.path());
-    app.expect("READY", Duration::from_secs(90));
+    // The `reply` app: `parse` → `DBOS.recv` (2 s, times out) → `generate` → `send`, with
+    // its system database on Postgres; `DBOS_RUNS` workflows at once.
+    let mut app = App::start(Mode::Reply, SystemDb::Postgres(&db.url()), dir.path());
 
     let config = format!(
         "{FREEZE}[[source]]\nname = \"dbos\"\nkind = \"dbos\"\nurl = {}\npoll = \"500ms\"\ngap_min = \"2s\"\n",
@@ -690,11 +649,14 @@ fn dbos_on_postgres_step_durations_match_operation_outputs() {
     let sidecar = start(dir.path(), &config, &[]);
     wait_up(&sidecar, "dbos");
 
-    app.go();
-    for _ in 0..DBOS_RUNS {
-        app.expect("DONE", Duration::from_secs(60));
+    let labels: Vec<String> = (0..DBOS_RUNS).map(|i| format!("w{i}")).collect();
+    for label in &labels {
+        app.start_workflow(label, Hold::No);
     }
-    app.wait_exit(Duration::from_secs(30));
+    for label in &labels {
+        app.expect(&["PHASE", "done", label], DBOS_DONE_TIMEOUT);
+    }
+    app.quit();
 
     let rows = dbos_rows(&db);
     let steps = poll_until(
@@ -872,106 +834,6 @@ fn dbos_gaps(rows: &[DbosRow]) -> Vec<f64> {
         }
     }
     gaps
-}
-
-/// The python of the venv with the pinned dbos, from `scripts/dbos-venv.sh`.
-fn dbos_python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new("bash")
-            .arg(root.join("scripts/dbos-venv.sh"))
-            .current_dir(root)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run scripts/dbos-venv.sh: {e}"));
-        assert!(
-            out.status.success(),
-            "scripts/dbos-venv.sh failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
-}
-
-struct DbosApp {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    stderr: NamedTempFile,
-    exited: bool,
-}
-
-impl DbosApp {
-    fn start(python: &Path, script: &Path, url: &str, cwd: &Path) -> DbosApp {
-        let stderr = NamedTempFile::new().unwrap();
-        let mut child = Command::new(python)
-            .arg(script)
-            .arg(url)
-            .arg(DBOS_RUNS.to_string())
-            .current_dir(cwd)
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(stderr.reopen().unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", python.display()));
-        let lines = line_channel(child.stdout.take().unwrap());
-        DbosApp {
-            stdin: child.stdin.take(),
-            child,
-            lines,
-            stderr,
-            exited: false,
-        }
-    }
-
-    fn stderr_text(&self) -> String {
-        std::fs::read_to_string(self.stderr.path()).unwrap_or_default()
-    }
-
-    #[track_caller]
-    fn expect(&mut self, word: &str, timeout: Duration) -> String {
-        match self.lines.recv_timeout(timeout) {
-            Ok(line) if line.split_whitespace().next() == Some(word) => line,
-            Ok(line) => panic!("the DBOS app said {line:?}, expected {word}"),
-            Err(e) => panic!(
-                "the DBOS app did not say {word} ({e:?}); stderr:\n{}",
-                self.stderr_text()
-            ),
-        }
-    }
-
-    fn go(&mut self) {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "go").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    #[track_caller]
-    fn wait_exit(&mut self, timeout: Duration) {
-        let status = common::wait_with_timeout(&mut self.child, timeout);
-        self.exited = status.is_some();
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "the DBOS app did not exit cleanly: {status:?}\n{}",
-            self.stderr_text()
-        );
-    }
-}
-
-impl Drop for DbosApp {
-    fn drop(&mut self) {
-        if !self.exited {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("---- DBOS app stderr ----\n{}", self.stderr_text());
-        }
-    }
 }
 
 // ---- 3. heartbeat pool ----------------------------------------------------------------

@@ -19,21 +19,21 @@
 //!   `operation_outputs`, a file that is not SQLite, a missing file, a Postgres database
 //!   without schema `dbos`, a bad --gap-min: one line on stderr, exit 2, no panic.
 //! - `real_dbos_app_stopped_between_steps_is_one_gap`: a real DBOS app (PyPI `dbos`,
-//!   `tests/dbos/app.py` in the venv `scripts/dbos-venv.sh` makes) SIGSTOPped for 5 s
-//!   between `generate` and `send`: `--gap-min 3s` finds that one gap, as long as the stop,
-//!   and `--gap-min 1s` still finds only it (the 2 s recv waits are not gaps).
+//!   `tests/dbos/app.py` in mode `reply`, in the venv `scripts/dbos-venv.sh` makes)
+//!   SIGSTOPped for 5 s between `generate` and `send`: `--gap-min 3s` finds that one gap,
+//!   as long as the stop, and `--gap-min 1s` still finds only it (the 2 s recv waits are
+//!   not gaps).
 //!
 //! Nothing is skipped: without Postgres on 127.0.0.1:5432 or the DBOS venv the tests that
 //! need them fail, saying what is missing.
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::dbos::{App, Hold, Journal, Mode, SystemDb};
 use common::dbos_schema;
 use common::pgdb::TestDb;
 use common::{poll_until, process_state, run_to_exit, Finished};
@@ -587,144 +587,23 @@ fn not_a_dbos_database_is_one_sentence_and_exit_2() {
 
 /// How long the app is stopped between `generate` and `send`.
 const STOP: Duration = Duration::from_secs(5);
-/// Python start-up plus `DBOS.launch()` on a fresh DB.
-const APP_READY_TIMEOUT: Duration = Duration::from_secs(60);
-/// One workflow takes about 2.3 s (its recv times out after 2 s).
-const WORKFLOW_TIMEOUT: Duration = Duration::from_secs(30);
 /// What DBOS's own timestamps may add to the stop: the step starts within milliseconds
 /// of the resume, and the stop itself is measured from this process.
 const STOP_TOLERANCE_SECONDS: f64 = 0.5;
 
-/// The python of the venv with the pinned dbos (`scripts/dbos-venv.sh`).
-fn dbos_python() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("bash")
-        .arg(root.join("scripts/dbos-venv.sh"))
-        .current_dir(root)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run scripts/dbos-venv.sh: {e}"));
-    assert!(
-        out.status.success(),
-        "scripts/dbos-venv.sh failed ({}); this test needs Python 3 with venv and pip, and PyPI \
-         (or a wheel cache) for dbos:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
-/// `tests/dbos/app.py` driven over stdin (`run LABEL hold|free`, `go LABEL`, `quit`).
-struct App {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    backlog: Vec<Vec<String>>,
-}
-
-impl App {
-    fn start(python: &Path, db: &Path, cwd: &Path) -> App {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dbos/app.py");
-        let mut child = Command::new(python)
-            .arg(&script)
-            .arg("--db")
-            .arg(db)
-            .arg("--journal")
-            .arg("wal")
-            .current_dir(cwd)
-            .env("PYTHONUNBUFFERED", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", script.display()));
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut app = App {
-            stdin: child.stdin.take(),
-            child,
-            lines,
-            backlog: Vec::new(),
-        };
-        app.expect(&["READY"], APP_READY_TIMEOUT);
-        app
-    }
-
-    fn command(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{line}")
-            .and_then(|()| stdin.flush())
-            .unwrap();
-    }
-
-    /// The first line (already read or to come) starting with the words `prefix`.
-    fn expect(&mut self, prefix: &[&str], timeout: Duration) -> Vec<String> {
-        let matches =
-            |w: &[String]| w.len() >= prefix.len() && w.iter().zip(prefix).all(|(a, b)| a == b);
-        if let Some(i) = self.backlog.iter().position(|w| matches(w)) {
-            return self.backlog.remove(i);
-        }
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = self.lines.recv_timeout(left).unwrap_or_else(|e| {
-                panic!(
-                    "the app did not print {prefix:?} ({e}); unclaimed: {:?}",
-                    self.backlog
-                )
-            });
-            assert!(!line.starts_with("ERROR"), "the app said {line:?}");
-            let words: Vec<String> = line.split_whitespace().map(String::from).collect();
-            if matches(&words) {
-                return words;
-            }
-            self.backlog.push(words);
-        }
-    }
-
-    fn quit(mut self) {
-        self.command("quit");
-        drop(self.stdin.take());
-        let status = common::wait_with_timeout(&mut self.child, Duration::from_secs(20));
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "the app did not exit cleanly: {status:?}"
-        );
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
 #[test]
 fn real_dbos_app_stopped_between_steps_is_one_gap() {
-    let python = dbos_python();
     let dir = TempDir::new().unwrap();
     let db = dir.path().join("dbos.sqlite");
-    let mut app = App::start(&python, &db, dir.path());
+    let mut app = App::start(Mode::Reply, SystemDb::Sqlite(&db, Journal::Wal), dir.path());
     // Two ordinary runs: each has a 2 s recv wait that must not count as a gap.
     for label in ["plain1", "plain2"] {
-        app.command(&format!("run {label} free"));
-        app.expect(&["STARTED", label], WORKFLOW_TIMEOUT);
-        app.expect(&["PHASE", "done", label], WORKFLOW_TIMEOUT);
+        app.start_workflow(label, Hold::No);
+        app.expect_phase("done", label);
     }
-    app.command("run stopped hold");
-    let workflow_id = app.expect(&["STARTED", "stopped"], WORKFLOW_TIMEOUT)[2].clone();
-    app.expect(&["PHASE", "generate-done", "stopped"], WORKFLOW_TIMEOUT);
-    let pid = app.child.id() as i32;
+    let workflow_id = app.start_workflow("stopped", Hold::AfterGenerate);
+    app.expect_phase("generate-done", "stopped");
+    let pid = app.pid();
     common::signal(pid, libc::SIGSTOP);
     let t0 = Instant::now();
     poll_until(
@@ -739,7 +618,7 @@ fn real_dbos_app_stopped_between_steps_is_one_gap() {
     std::thread::sleep(STOP.saturating_sub(t0.elapsed()));
     common::signal(pid, libc::SIGCONT);
     let stopped = t0.elapsed().as_secs_f64();
-    app.expect(&["PHASE", "done", "stopped"], WORKFLOW_TIMEOUT);
+    app.expect_phase("done", "stopped");
     app.quit();
 
     let source = format!("sqlite://{}", db.display());

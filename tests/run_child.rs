@@ -7,12 +7,12 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::dbos;
 use common::{bin, free_port, http_get, poll_until, process_state, signal, Metrics, Sidecar};
 use tempfile::NamedTempFile;
 
@@ -417,26 +417,6 @@ fn as_pid_1_of_a_pid_namespace_it_reaps_and_passes_sigterm_on() {
 
 // ---- a real DBOS app ------------------------------------------------------------------
 
-/// The python of the venv with the pinned dbos (`scripts/dbos-venv.sh`, made once).
-fn dbos_python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new("bash")
-            .arg(root.join("scripts/dbos-venv.sh"))
-            .current_dir(root)
-            .stdin(Stdio::null())
-            .output()
-            .expect("running scripts/dbos-venv.sh");
-        assert!(
-            out.status.success(),
-            "scripts/dbos-venv.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
-}
-
 #[test]
 fn a_dbos_app_run_as_the_child_is_watched_and_its_kill_is_an_app_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -451,9 +431,8 @@ fn a_dbos_app_run_as_the_child_is_watched_and_its_kill_is_an_app_restart() {
     )
     .unwrap();
     let data = dir.path().join("data");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dbos/app.py");
-    let python = dbos_python().to_string_lossy().into_owned();
-    let script = script.to_string_lossy().into_owned();
+    let python = dbos::python().to_string_lossy().into_owned();
+    let script = dbos::script().to_string_lossy().into_owned();
     let db_arg = db.to_string_lossy().into_owned();
     let mut run = Run::start(
         &data,
@@ -462,7 +441,7 @@ fn a_dbos_app_run_as_the_child_is_watched_and_its_kill_is_an_app_restart() {
             piped: true,
             ..PLAIN
         },
-        &[&python, &script, "--db", &db_arg],
+        &[&python, &script, dbos::Mode::Reply.arg(), "--db", &db_arg],
     );
     run.wait_ready();
     run.expect_line("READY", RUN_TIMEOUT);

@@ -95,6 +95,15 @@ impl TestCgroup {
         }
     }
 
+    /// A freezable cgroup ([`TestCgroup::freezer`]) holding `pids`, each checked in.
+    pub fn freezer_holding(tag: &str, pids: &[i32]) -> Result<TestCgroup, String> {
+        let cgroup = TestCgroup::freezer(tag)?;
+        for &pid in pids {
+            cgroup.add(pid)?;
+        }
+        Ok(cgroup)
+    }
+
     /// Its `cgroup.procs`: writing a pid (or `0`, the writer itself) moves that process in.
     pub fn procs(&self) -> PathBuf {
         self.dir.join("cgroup.procs")

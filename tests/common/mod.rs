@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod cgroup;
+pub mod dbos;
 pub mod dbos_schema;
 pub mod faketime;
 pub mod pgdb;
@@ -29,7 +30,6 @@ use tempfile::NamedTempFile;
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connect, read and write timeout of one HTTP request to the sidecar.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause between two looks at a condition being polled for.
 /// `[[rule]]` tables that keep the sidecar's own health out of an alert test: freezes and
 /// clock steps of a loaded CI machine, a source's down time. Only the rules the test is
 /// about page.
@@ -47,6 +47,22 @@ rule = \"source_down\"
 enabled = false
 ";
 
+/// [`QUIET_RULES`] without the table of `rule`, for a test about that rule (which gives
+/// its own table for it).
+pub fn quiet_rules_except(rule: &str) -> String {
+    let own = format!("rule = \"{rule}\"\n");
+    let kept: Vec<&str> = QUIET_RULES
+        .split("\n\n")
+        .filter(|table| !table.contains(&own))
+        .collect();
+    assert!(
+        kept.len() < QUIET_RULES.split("\n\n").count(),
+        "QUIET_RULES has no table for rule {rule:?}"
+    );
+    format!("{}\n", kept.join("\n\n").trim_end())
+}
+
+/// Pause between two looks at a condition being polled for.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a command that should fail at once (bad config) may run before the test
 /// calls it hung and kills it.
