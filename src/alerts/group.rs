@@ -12,46 +12,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
-use super::{Message, NotificationKind};
+use super::{Group, Item, Message, NotificationKind};
 use crate::config::alerts::{RuleConfig, GROUP_BY_ALL};
 
 /// Members named in a group's message; the rest are counted.
 pub const NAMED: usize = 5;
 /// Members whose details a stored group row keeps (for the message and the API).
 pub const KEPT: usize = 20;
-
-/// What one stored group row carries besides its message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Group {
-    /// Channel-free identity of the group: `dead_letters{source=demo-jobs}`.
-    pub key: String,
-    /// Notifications in it.
-    pub members: u64,
-    /// Events they stand for (a dead-letter notification can stand for several).
-    pub count: u64,
-    pub firing: u64,
-    pub resolved: u64,
-    /// Alerts a freeze in this group caused, folded in instead of paging alone.
-    pub consequences: u64,
-    /// The first [`KEPT`] members.
-    pub items: Vec<Item>,
-    /// The group's first notification as it would read alone.
-    pub first: Box<Message>,
-}
-
-/// One member of a group.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Item {
-    pub fingerprint: String,
-    pub kind: NotificationKind,
-    /// Its own first line, without the host prefix.
-    pub title: String,
-    pub count: u64,
-    #[serde(default)]
-    pub consequence: bool,
-}
 
 /// The labels a rule's notifications are grouped by.
 pub fn labels(rule: &RuleConfig, labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {

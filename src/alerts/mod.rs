@@ -78,9 +78,40 @@ pub struct Message {
     pub count: u64,
     /// Set on a row that carries a group of notifications (`group.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<group::Group>,
+    pub group: Option<Group>,
 }
 
 fn one() -> u64 {
     1
+}
+
+/// What one stored group row carries besides its message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    /// Channel-free identity of the group: `dead_letters{source=demo-jobs}`.
+    pub key: String,
+    /// Notifications in it.
+    pub members: u64,
+    /// Events they stand for (a dead-letter notification can stand for several).
+    pub count: u64,
+    pub firing: u64,
+    pub resolved: u64,
+    /// Alerts a freeze in this group caused, folded in instead of paging alone.
+    pub consequences: u64,
+    /// The first [`group::KEPT`] members.
+    pub items: Vec<Item>,
+    /// The group's first notification as it would read alone.
+    pub first: Box<Message>,
+}
+
+/// One member of a group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    pub fingerprint: String,
+    pub kind: NotificationKind,
+    /// Its own first line, without the host prefix.
+    pub title: String,
+    pub count: u64,
+    #[serde(default)]
+    pub consequence: bool,
 }

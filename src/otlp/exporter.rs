@@ -24,7 +24,6 @@ use super::proto::{
 };
 use super::traces::Traces;
 use super::workflows::CompletedWorkflow;
-use super::DROP_QUEUE;
 use crate::backoff::{classify, parse_retry_after, retry_delay, Verdict};
 use crate::clock::real_ns;
 use crate::config::otlp::OtlpConfig;
@@ -381,6 +380,9 @@ fn rejected_spans(body: &[u8]) -> u64 {
         .and_then(|r| r.partial_success)
         .map_or(0, |p| p.rejected_spans.max(0) as u64)
 }
+
+/// The `queue` label of `stallwatch_dropped_total` for spans that were never exported.
+pub const DROP_QUEUE: &str = "otlp_spans";
 
 /// A transport error as one line, without the URL (it may carry credentials).
 fn describe(e: &reqwest::Error) -> String {

@@ -43,10 +43,9 @@ use crate::config::SourceConfig;
 use crate::metrics::Metrics;
 use crate::sources::Observation;
 use crate::state::{StateError, StateReader};
+use exporter::DROP_QUEUE;
 use workflows::{CompletedWorkflow, WorkflowBuffer, COMPLETION_POLLS};
 
-/// The `queue` label of `stallwatch_dropped_total` for spans that were never exported.
-pub const DROP_QUEUE: &str = "otlp_spans";
 /// Finished workflows on their way from the source threads to the exporter.
 pub const WORKFLOW_QUEUE: usize = 1_000;
 /// How long a stop waits for the exporter's last batch before leaving it behind:

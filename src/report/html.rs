@@ -13,7 +13,7 @@ use super::history::{EpisodeRow, FreezeRow};
 use super::render::{
     alert_rows, kind_cells, no_data_sentence, notification_rows, NO_ALERT_HISTORY,
 };
-use super::ReportData;
+use super::results::ReportData;
 use crate::freeze::FreezeKind;
 use crate::time::{day_label, human, rfc3339, Window, DAY_NS};
 

@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 
 use super::analyze::{Day, GapStats};
 use super::history::{AlertHistory, EpisodeRow, FreezeRow, KindTotal};
+use super::results::{AnalyzeResult, ReportData, Side, StartFrom, VerifyResult};
 use super::verify::Reason;
-use super::{AnalyzeResult, ReportData, Side, StartFrom, VerifyResult};
 use crate::coverage::{Session, Watched, ENDED_RUNNING};
 use crate::signals::steps::{Gap, GapKind, MAX_TRACKED_WORKFLOWS};
 use crate::time::{day_label, human, rfc3339, rfc3339_millis, Window};

@@ -23,7 +23,7 @@ use crate::freeze::detector::{Detector, DetectorConfig, Wake};
 use crate::freeze::evidence::HostEvidence;
 use crate::freeze::forward_step::StepVerdict;
 use crate::freeze::reference::{RefOutcome, RefSample};
-use crate::freeze::references::LocalReference;
+use crate::freeze::references::local::LocalReference;
 use crate::freeze::visibility::{self, Sight};
 use crate::metrics::Metrics;
 use crate::persist::EventSink;

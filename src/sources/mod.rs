@@ -42,6 +42,14 @@ pub struct DeadLetters {
     pub new: u64,
 }
 
+/// One value of one row of a `sql` source: which value column, the row's label values, the number.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub column: String,
+    pub labels: Vec<String>,
+    pub value: f64,
+}
+
 /// Everything one poll of one source saw. Empty vectors mean "this source has none".
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observation {
@@ -65,7 +73,7 @@ pub struct Observation {
     /// (`source_errors_total{kind="oversize_line"}`).
     pub oversize_lines: u64,
     /// Values of an operator's query, for `sql` sources.
-    pub samples: Vec<sql::Sample>,
+    pub samples: Vec<Sample>,
     /// Values of an operator's query that were not numbers (counted and skipped).
     pub bad_values: u64,
     /// Reads that hit [`MAX_ROWS_PER_POLL`] with more to read: what they counted is a

@@ -7,15 +7,7 @@
 
 use super::db::Database;
 use super::session::Query;
-use super::{ErrorKind, Observation, Source, SourceError, MAX_ROWS_PER_POLL};
-
-/// One value of one row: which value column, the row's label values, the number.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    pub column: String,
-    pub labels: Vec<String>,
-    pub value: f64,
-}
+use super::{ErrorKind, Observation, Sample, Source, SourceError, MAX_ROWS_PER_POLL};
 
 pub struct SqlSource {
     db: Database,

@@ -5,6 +5,7 @@
 //! live in the alert engine, so no channel repeats them.
 
 pub mod alertmanager;
+pub mod build;
 pub mod discord;
 pub mod ntfy;
 pub mod pagerduty;
@@ -19,7 +20,6 @@ use base64::Engine as _;
 
 use super::{Message, NotificationKind, Severity};
 use crate::clock::NANOS_PER_SEC;
-use crate::config::channel::{ChannelConfig, ChannelDetail};
 
 /// An HTTP request ready to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -57,51 +57,6 @@ pub trait Channel: Send + Sync {
     /// alert as itself.
     fn groups(&self) -> bool {
         true
-    }
-}
-
-/// The channel a validated `[[channel]]` table describes.
-pub fn build(config: &ChannelConfig) -> Box<dyn Channel> {
-    let name = config.name.clone();
-    let url = config.url.clone();
-    match &config.detail {
-        ChannelDetail::Webhook { secret } => {
-            Box::new(webhook::Webhook::new(name, url, secret.clone()))
-        }
-        ChannelDetail::Ntfy {
-            token,
-            priority,
-            tags,
-        } => Box::new(ntfy::Ntfy::new(
-            name,
-            url,
-            token.clone(),
-            *priority,
-            tags.clone(),
-        )),
-        ChannelDetail::Slack => Box::new(slack::Slack::new(name, url)),
-        ChannelDetail::Discord => Box::new(discord::Discord::new(name, url)),
-        ChannelDetail::Telegram { token, chat_id } => Box::new(telegram::Telegram::new(
-            name,
-            url,
-            token.clone(),
-            chat_id.clone(),
-        )),
-        ChannelDetail::Pushover {
-            token,
-            user,
-            priority,
-        } => Box::new(pushover::Pushover::new(
-            name,
-            url,
-            token.clone(),
-            user.clone(),
-            *priority,
-        )),
-        ChannelDetail::Pagerduty { routing_key } => {
-            Box::new(pagerduty::Pagerduty::new(name, url, routing_key.clone()))
-        }
-        ChannelDetail::Alertmanager => Box::new(alertmanager::Alertmanager::new(name, url)),
     }
 }
 
@@ -320,6 +275,7 @@ pub(crate) mod testing {
     use std::collections::BTreeMap;
 
     use super::*;
+    use crate::config::channel::ChannelConfig;
     use crate::config::channel::{validate, RawChannel};
 
     /// 2025-11-20T15:11:15Z.
@@ -383,7 +339,7 @@ pub(crate) mod testing {
     }
 
     pub fn channel(toml_body: &str) -> Box<dyn Channel> {
-        build(&config(toml_body))
+        build::channel(&config(toml_body))
     }
 
     pub fn header<'a>(r: &'a Request, name: &str) -> Option<&'a str> {
@@ -544,7 +500,7 @@ mod tests {
         ];
         for (body, wanted) in cases {
             let c = config(body);
-            let ch = build(&c);
+            let ch = build::channel(&c);
             let secrets = ch.secrets();
             assert!(
                 secrets.contains(&c.url),

@@ -8,17 +8,14 @@
 
 pub mod discover;
 pub mod http_date;
+pub mod local;
 pub mod ptp;
 pub mod rtc;
 pub mod sntp;
 
 use crate::config::ReferenceSpec;
 use crate::freeze::reference::RefSample;
-
-/// A reference read synchronously on the tick thread (microseconds, no network).
-pub trait LocalReference: Send {
-    fn read(&mut self) -> Result<RefSample, String>;
-}
+pub use local::LocalReference;
 
 /// Opens the local reader for a spec, or `None` if the spec is a network reference.
 pub fn open_local(spec: &ReferenceSpec) -> Option<Box<dyn LocalReference>> {

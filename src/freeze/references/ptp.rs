@@ -5,7 +5,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 
-use super::LocalReference;
+use super::local::LocalReference;
 use crate::clock::{gettime_clockid, mono_ns};
 use crate::freeze::reference::RefSample;
 

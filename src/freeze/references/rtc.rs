@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use super::LocalReference;
+use super::local::LocalReference;
 use crate::clock::{mono_ns, NANOS_PER_SEC};
 use crate::freeze::reference::RefSample;
 
