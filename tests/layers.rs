@@ -526,7 +526,7 @@ fn imports(files: &BTreeMap<String, String>) -> BTreeMap<String, BTreeSet<String
             paths.extend(expand_use(&tree).into_iter().map(|p| (start, p)));
             at = start + semi;
         }
-        paths.extend(inline_paths(&code).into_iter());
+        paths.extend(inline_paths(&code));
         for (pos, path) in paths {
             let path: String = path.chars().filter(|c| !c.is_whitespace()).collect();
             let segs: Vec<String> = path

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use prost::Message;
 
 use super::proto::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse, InstrumentationScope, KeyValue,
-    Resource, ResourceSpans, ScopeSpans, Span,
+    Attribute, ExportTraceServiceRequest, ExportTraceServiceResponse, InstrumentationScope,
+    KeyValue, Resource, ResourceSpans, ScopeSpans, Span,
 };
 use super::traces::Traces;
 use super::workflows::CompletedWorkflow;
@@ -265,14 +265,18 @@ impl Exporter {
                         KeyValue::string("service.name", self.config.service_name.as_str()),
                         KeyValue::string("service.version", env!("CARGO_PKG_VERSION")),
                     ],
+                    ..Resource::default()
                 }),
                 scope_spans: vec![ScopeSpans {
                     scope: Some(InstrumentationScope {
                         name: "stallwatch".into(),
                         version: env!("CARGO_PKG_VERSION").into(),
+                        ..InstrumentationScope::default()
                     }),
                     spans,
+                    ..ScopeSpans::default()
                 }],
+                ..ResourceSpans::default()
             }],
         }
         .encode_to_vec()

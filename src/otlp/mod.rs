@@ -18,11 +18,11 @@
 //! retry policy and runtime glue (`opentelemetry`, `opentelemetry_sdk`,
 //! `opentelemetry-otlp`, `tracing-opentelemetry`: four crates that move in lockstep,
 //! with a breaking release every few months). What an export needs is one protobuf
-//! message, POSTed: [`proto`] declares the dozen OTLP messages with `prost` (the only
-//! new runtime dependency), and the exporter POSTs them with the `reqwest` client the
+//! message, POSTed: [`proto`] re-exports the official `opentelemetry-proto` messages
+//! (generated `prost` structs), and the exporter POSTs them with the `reqwest` client the
 //! sidecar already has, under the sidecar's own rules (bounded queue, drop and count,
 //! full-jitter backoff shared with the alert channels). The integration test decodes
-//! what is sent with the official `opentelemetry-proto` types.
+//! what is sent with the same types.
 
 pub mod exporter;
 pub mod proto;

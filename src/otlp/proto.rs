@@ -1,161 +1,65 @@
-//! The OTLP/HTTP trace wire format: the subset of `opentelemetry/proto` v1 messages an
-//! export request needs, as `prost` structs.
+//! The OTLP/HTTP trace wire format: the official `opentelemetry-proto` messages
+//! (`opentelemetry/proto` v1, generated with `prost`), re-exported under the names the
+//! rest of [`crate::otlp`] uses, and the attribute constructors its span builders share.
 //!
-//! Field numbers and types are copied from `opentelemetry/proto/trace/v1/trace.proto`,
-//! `common/v1/common.proto`, `resource/v1/resource.proto` and
-//! `collector/trace/v1/trace_service.proto` (stable since OTLP 1.0). Fields this exporter
-//! never sets (events, links, trace state, dropped counts, key-value lists, bytes
-//! values) are left out: protobuf readers treat an absent field as its default. `tests/otlp_traces.rs`
-//! decodes what the sidecar sends with the official `opentelemetry-proto` types, so a
-//! wrong number here fails a test.
+//! Fields this exporter never sets (events, links, trace state, status, dropped counts,
+//! schema URLs) stay at their defaults, which protobuf leaves off the wire. Owns nothing
+//! else: no transport, no batching (that is [`super::exporter`]).
 
-/// `ExportTraceServiceRequest`: the body of `POST /v1/traces`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ExportTraceServiceRequest {
-    #[prost(message, repeated, tag = "1")]
-    pub resource_spans: Vec<ResourceSpans>,
-}
-
-/// `ExportTraceServiceResponse`: a 200 answer, possibly a partial success.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ExportTraceServiceResponse {
-    #[prost(message, optional, tag = "1")]
-    pub partial_success: Option<ExportTracePartialSuccess>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ExportTracePartialSuccess {
-    #[prost(int64, tag = "1")]
-    pub rejected_spans: i64,
-    #[prost(string, tag = "2")]
-    pub error_message: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ResourceSpans {
-    #[prost(message, optional, tag = "1")]
-    pub resource: Option<Resource>,
-    #[prost(message, repeated, tag = "2")]
-    pub scope_spans: Vec<ScopeSpans>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Resource {
-    #[prost(message, repeated, tag = "1")]
-    pub attributes: Vec<KeyValue>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ScopeSpans {
-    #[prost(message, optional, tag = "1")]
-    pub scope: Option<InstrumentationScope>,
-    #[prost(message, repeated, tag = "2")]
-    pub spans: Vec<Span>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct InstrumentationScope {
-    #[prost(string, tag = "1")]
-    pub name: String,
-    #[prost(string, tag = "2")]
-    pub version: String,
-}
+pub use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+pub use opentelemetry_proto::tonic::common::v1::any_value::Value;
+pub use opentelemetry_proto::tonic::common::v1::{
+    AnyValue, ArrayValue, InstrumentationScope, KeyValue,
+};
+pub use opentelemetry_proto::tonic::resource::v1::Resource;
+pub use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
 /// `SPAN_KIND_INTERNAL`: every span here is an operation inside the app or the machine.
-pub const SPAN_KIND_INTERNAL: i32 = 1;
-/// `SPAN_FLAGS_TRACE_FLAGS_MASK` bit 0: sampled.
+pub const SPAN_KIND_INTERNAL: i32 =
+    opentelemetry_proto::tonic::trace::v1::span::SpanKind::Internal as i32;
+/// Bit 0 of `SPAN_FLAGS_TRACE_FLAGS_MASK` (the W3C trace flags): sampled.
 pub const SPAN_FLAGS_SAMPLED: u32 = 1;
 
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct Span {
-    /// 16 bytes.
-    #[prost(bytes = "vec", tag = "1")]
-    pub trace_id: Vec<u8>,
-    /// 8 bytes.
-    #[prost(bytes = "vec", tag = "2")]
-    pub span_id: Vec<u8>,
-    /// 8 bytes, or empty for a root span.
-    #[prost(bytes = "vec", tag = "4")]
-    pub parent_span_id: Vec<u8>,
-    #[prost(string, tag = "5")]
-    pub name: String,
-    #[prost(int32, tag = "6")]
-    pub kind: i32,
-    #[prost(fixed64, tag = "7")]
-    pub start_time_unix_nano: u64,
-    #[prost(fixed64, tag = "8")]
-    pub end_time_unix_nano: u64,
-    #[prost(message, repeated, tag = "9")]
-    pub attributes: Vec<KeyValue>,
-    #[prost(fixed32, tag = "16")]
-    pub flags: u32,
-}
+/// Constructors for the attributes spans carry: `KeyValue::string("k", "v")` with this
+/// trait in scope.
+pub trait Attribute: Sized {
+    fn new(key: &str, value: Value) -> Self;
 
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct KeyValue {
-    #[prost(string, tag = "1")]
-    pub key: String,
-    #[prost(message, optional, tag = "2")]
-    pub value: Option<AnyValue>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct AnyValue {
-    #[prost(oneof = "Value", tags = "1, 2, 3, 4, 5")]
-    pub value: Option<Value>,
-}
-
-#[derive(Clone, PartialEq, prost::Oneof)]
-pub enum Value {
-    #[prost(string, tag = "1")]
-    String(String),
-    #[prost(bool, tag = "2")]
-    Bool(bool),
-    #[prost(int64, tag = "3")]
-    Int(i64),
-    #[prost(double, tag = "4")]
-    Double(f64),
-    #[prost(message, tag = "5")]
-    Array(ArrayValue),
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct ArrayValue {
-    #[prost(message, repeated, tag = "1")]
-    pub values: Vec<AnyValue>,
-}
-
-impl KeyValue {
-    pub fn new(key: &str, value: Value) -> KeyValue {
-        KeyValue {
-            key: key.to_string(),
-            value: Some(AnyValue { value: Some(value) }),
-        }
+    fn string(key: &str, value: impl Into<String>) -> Self {
+        Self::new(key, Value::StringValue(value.into()))
     }
 
-    pub fn string(key: &str, value: impl Into<String>) -> KeyValue {
-        KeyValue::new(key, Value::String(value.into()))
+    fn int(key: &str, value: i64) -> Self {
+        Self::new(key, Value::IntValue(value))
     }
 
-    pub fn int(key: &str, value: i64) -> KeyValue {
-        KeyValue::new(key, Value::Int(value))
+    fn double(key: &str, value: f64) -> Self {
+        Self::new(key, Value::DoubleValue(value))
     }
 
-    pub fn double(key: &str, value: f64) -> KeyValue {
-        KeyValue::new(key, Value::Double(value))
+    fn bool(key: &str, value: bool) -> Self {
+        Self::new(key, Value::BoolValue(value))
     }
 
-    pub fn bool(key: &str, value: bool) -> KeyValue {
-        KeyValue::new(key, Value::Bool(value))
-    }
-
-    pub fn strings(key: &str, values: impl IntoIterator<Item = String>) -> KeyValue {
+    fn strings(key: &str, values: impl IntoIterator<Item = String>) -> Self {
         let values = values
             .into_iter()
             .map(|v| AnyValue {
-                value: Some(Value::String(v)),
+                value: Some(Value::StringValue(v)),
             })
             .collect();
-        KeyValue::new(key, Value::Array(ArrayValue { values }))
+        Self::new(key, Value::ArrayValue(ArrayValue { values }))
+    }
+}
+
+impl Attribute for KeyValue {
+    fn new(key: &str, value: Value) -> KeyValue {
+        KeyValue {
+            key: key.to_string(),
+            value: Some(AnyValue { value: Some(value) }),
+            ..KeyValue::default()
+        }
     }
 }

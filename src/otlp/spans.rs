@@ -25,7 +25,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::proto::{KeyValue, Span, SPAN_FLAGS_SAMPLED, SPAN_KIND_INTERNAL};
+use super::proto::{Attribute, KeyValue, Span, SPAN_FLAGS_SAMPLED, SPAN_KIND_INTERNAL};
 use super::workflows::CompletedWorkflow;
 use crate::signals::attribution::{attribute, FreezeSpan};
 use crate::signals::steps::{is_intended_wait, GapKind, GapTracker};
@@ -108,6 +108,7 @@ fn span(
         end_time_unix_nano: unix_nanos(end_ns.max(start_ns)),
         attributes,
         flags: SPAN_FLAGS_SAMPLED,
+        ..Span::default()
     }
 }
 
@@ -374,7 +375,10 @@ mod tests {
             (110 * MS as u64, 6_110 * MS as u64)
         );
         let gap = &spans[4];
-        assert_eq!(attr(gap, "gap.cause"), Some(&Value::String("stall".into())));
+        assert_eq!(
+            attr(gap, "gap.cause"),
+            Some(&Value::StringValue("stall".into()))
+        );
         assert_eq!(
             (gap.start_time_unix_nano, gap.end_time_unix_nano),
             (6_110 * MS as u64, 9_200 * MS as u64)
@@ -382,11 +386,11 @@ mod tests {
         let f = &spans[5];
         assert_eq!(
             attr(f, "freeze.kind"),
-            Some(&Value::String("process_stall".into()))
+            Some(&Value::StringValue("process_stall".into()))
         );
         assert_eq!(
             attr(f, "freeze.duration_seconds"),
-            Some(&Value::Double(3.0))
+            Some(&Value::DoubleValue(3.0))
         );
         // Built twice, the same ids.
         assert_eq!(workflow_trace(&w, &freezes, 2 * S), spans);
@@ -406,11 +410,14 @@ mod tests {
         assert_eq!(gaps.len(), 1, "the recv is a wait, not a gap");
         assert_eq!(
             attr(gaps[0], "gap.cause"),
-            Some(&Value::String("freeze".into()))
+            Some(&Value::StringValue("freeze".into()))
         );
-        assert_eq!(attr(gaps[0], "freeze.id"), Some(&Value::Int(3)));
+        assert_eq!(attr(gaps[0], "freeze.id"), Some(&Value::IntValue(3)));
         let recv = spans.iter().find(|s| s.name == "DBOS.recv").unwrap();
-        assert_eq!(attr(recv, "step.intended_wait"), Some(&Value::Bool(true)));
+        assert_eq!(
+            attr(recv, "step.intended_wait"),
+            Some(&Value::BoolValue(true))
+        );
     }
 
     /// Issue 13: a stall spent waiting for a CPU is starvation on the gap, with its id.
@@ -426,9 +433,9 @@ mod tests {
         let gap = spans.iter().find(|s| s.name == "step_gap").unwrap();
         assert_eq!(
             attr(gap, "gap.cause"),
-            Some(&Value::String("starvation".into()))
+            Some(&Value::StringValue("starvation".into()))
         );
-        assert_eq!(attr(gap, "freeze.id"), Some(&Value::Int(4)));
+        assert_eq!(attr(gap, "freeze.id"), Some(&Value::IntValue(4)));
     }
 
     #[test]
