@@ -108,24 +108,8 @@ enum Command {
         /// End of the window (default: now).
         #[arg(long)]
         until: Option<String>,
-        /// Read a fleet's freezes from this Prometheus (or Thanos/Mimir) query API
-        /// instead of a state DB: one line per instance.
-        #[arg(long, conflicts_with = "data_dir")]
-        prometheus: Option<String>,
-        /// With --prometheus: label matchers added to every query, e.g. '{app="precis"}'.
-        #[arg(long, requires = "prometheus")]
-        selector: Option<String>,
-        /// The app's own history as evidence: a DBOS system DB, a queue table or a JSONL
-        /// log (a path or URL; with --config, the name of one of its [[source]]s). The
-        /// state DB is read only when --data-dir is given.
-        #[arg(long, conflicts_with = "prometheus")]
-        source: Option<String>,
-        /// With --source: the config file whose [[source]] --source names.
-        #[arg(long, requires = "source")]
-        config: Option<PathBuf>,
-        /// With --source: the shortest step gap or wait overrun counted (e.g. 60s, 5m).
-        #[arg(long, default_value = "60s", value_parser = usage::duration)]
-        gap_min: std::time::Duration,
+        #[command(flatten)]
+        evidence: Evidence,
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
@@ -151,27 +135,36 @@ enum Command {
         /// When the change was made: before is everything up to it, after is it to now.
         #[arg(long)]
         migrated_at: Option<String>,
-        /// Judge a fleet from this Prometheus (or Thanos/Mimir) query API instead of a
-        /// state DB: one verdict for the fleet, one line per instance.
-        #[arg(long, conflicts_with = "data_dir")]
-        prometheus: Option<String>,
-        /// With --prometheus: label matchers added to every query, e.g. '{app="precis"}'.
-        #[arg(long, requires = "prometheus")]
-        selector: Option<String>,
-        /// The app's own history as evidence: a DBOS system DB, a queue table or a JSONL
-        /// log (a path or URL; with --config, the name of one of its [[source]]s). The
-        /// state DB is read only when --data-dir is given.
-        #[arg(long, conflicts_with = "prometheus")]
-        source: Option<String>,
-        /// With --source: the config file whose [[source]] --source names.
-        #[arg(long, requires = "source")]
-        config: Option<PathBuf>,
-        /// With --source: the shortest step gap or wait overrun counted (e.g. 60s, 5m).
-        #[arg(long, default_value = "60s", value_parser = usage::duration)]
-        gap_min: std::time::Duration,
+        #[command(flatten)]
+        evidence: Evidence,
         #[arg(long, value_enum, default_value = "text")]
         format: TextFormat,
     },
+}
+
+/// Where `report` and `verify` take their evidence from instead of the state DB alone:
+/// a fleet's Prometheus, or the app's own history.
+#[derive(clap::Args)]
+struct Evidence {
+    /// Read a fleet's freezes from this Prometheus (or Thanos/Mimir) query API instead of
+    /// a state DB: `report` prints one line per instance, `verify` one verdict for the
+    /// fleet and one line per instance.
+    #[arg(long, conflicts_with = "data_dir")]
+    prometheus: Option<String>,
+    /// With --prometheus: label matchers added to every query, e.g. '{app="precis"}'.
+    #[arg(long, requires = "prometheus")]
+    selector: Option<String>,
+    /// The app's own history as evidence: a DBOS system DB, a queue table or a JSONL
+    /// log (a path or URL; with --config, the name of one of its [[source]]s). The
+    /// state DB is read only when --data-dir is given.
+    #[arg(long, conflicts_with = "prometheus")]
+    source: Option<String>,
+    /// With --source: the config file whose [[source]] --source names.
+    #[arg(long, requires = "source")]
+    config: Option<PathBuf>,
+    /// With --source: the shortest step gap or wait overrun counted (e.g. 60s, 5m).
+    #[arg(long, default_value = "60s", value_parser = usage::duration)]
+    gap_min: std::time::Duration,
 }
 
 /// Where `silence` finds the state DB: `--data-dir`, or the config's `data_dir`.
@@ -302,9 +295,13 @@ fn main() -> ExitCode {
             format: format.into(),
         })),
         Command::Report {
-            source: Some(source),
-            config,
-            gap_min,
+            evidence:
+                Evidence {
+                    source: Some(source),
+                    config,
+                    gap_min,
+                    ..
+                },
             data_dir,
             since,
             until,
@@ -326,8 +323,12 @@ fn main() -> ExitCode {
             clock::real_ns(),
         )),
         Command::Report {
-            prometheus: Some(prometheus),
-            selector,
+            evidence:
+                Evidence {
+                    prometheus: Some(prometheus),
+                    selector,
+                    ..
+                },
             since,
             until,
             format,
@@ -358,9 +359,13 @@ fn main() -> ExitCode {
             clock::real_ns(),
         )),
         Command::Verify {
-            source: Some(source),
-            config,
-            gap_min,
+            evidence:
+                Evidence {
+                    source: Some(source),
+                    config,
+                    gap_min,
+                    ..
+                },
             data_dir,
             before,
             after,
@@ -383,8 +388,12 @@ fn main() -> ExitCode {
             clock::real_ns(),
         )),
         Command::Verify {
-            prometheus: Some(prometheus),
-            selector,
+            evidence:
+                Evidence {
+                    prometheus: Some(prometheus),
+                    selector,
+                    ..
+                },
             before,
             after,
             migrated_at,
