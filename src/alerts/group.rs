@@ -56,8 +56,8 @@ fn item(m: &Message, consequence: bool) -> Item {
 }
 
 /// The message of a new group row whose first member is `m`: `m` itself, with the group
-/// attached (so the row reads as `m` until a second member joins).
-pub fn start(m: Message, key: String, labels: BTreeMap<String, String>) -> Message {
+/// attached (so the row reads as `m`, labels included, until a second member joins).
+pub fn start(m: Message, key: String) -> Message {
     let mut row = m.clone();
     let first = item(&m, false);
     row.group = Some(Group {
@@ -71,12 +71,12 @@ pub fn start(m: Message, key: String, labels: BTreeMap<String, String>) -> Messa
         first: Box::new(m),
     });
     row.fingerprint = key;
-    row.labels = labels;
     row
 }
 
 /// Adds `m` to the group row `row` (as a consequence of the row's freeze when
-/// `consequence`) and rewrites the row's message.
+/// `consequence`) and rewrites the row's message. The row keeps the labels all its
+/// members share (the group's own labels among them), as Alertmanager's common labels.
 pub fn join(row: &mut Message, m: &Message, consequence: bool) {
     let Some(g) = row.group.as_mut() else {
         return;
@@ -91,6 +91,7 @@ pub fn join(row: &mut Message, m: &Message, consequence: bool) {
         } else {
             g.firing += 1;
         }
+        row.labels.retain(|k, v| m.labels.get(k) == Some(v));
         row.severity = row.severity.max(m.severity);
         row.started_at_ns = row.started_at_ns.min(m.started_at_ns);
         row.ended_at_ns = match (row.ended_at_ns, m.ended_at_ns) {
@@ -315,16 +316,19 @@ mod tests {
 
     #[test]
     fn a_group_of_one_reads_as_the_notification_alone() {
-        let m = note(
+        let mut m = note(
             "dead_letters{queue=mail,source=demo-jobs}@1",
             NotificationKind::Firing,
             2,
         );
+        m.labels.insert("queue".into(), "mail".into());
         let g = labels(
             &RuleConfig::default_for(crate::config::alerts::RuleKind::DeadLetters),
             &m.labels,
         );
-        let row = start(m.clone(), key("dead_letters", &g), g);
+        let row = start(m.clone(), key("dead_letters", &g));
+        // Its labels too: a receiver routing on `queue` or `kind` sees them.
+        assert_eq!(row.labels, m.labels);
         assert_eq!(
             (row.title.as_str(), row.text.as_str(), row.key.as_str()),
             (m.title.as_str(), m.text.as_str(), m.key.as_str())
@@ -335,19 +339,23 @@ mod tests {
     #[test]
     fn thirty_dead_letters_are_one_message_that_counts_them_all() {
         let m = |i: u64| {
-            note(
+            let mut m = note(
                 &format!("dead_letters{{queue=q{i},source=demo-jobs}}@{i}"),
                 NotificationKind::Firing,
                 1 + i % 2,
-            )
+            );
+            m.labels.insert("queue".into(), format!("q{i}"));
+            m
         };
         let g: BTreeMap<String, String> = [("source".to_string(), "demo-jobs".to_string())].into();
-        let mut row = start(m(0), key("dead_letters", &g), g);
+        let mut row = start(m(0), key("dead_letters", &g));
         let mut total = 1;
         for i in 1..20 {
             join(&mut row, &m(i), false);
             total += 1 + i % 2;
         }
+        // The labels every member shares: the source, not one member's queue.
+        assert_eq!(row.labels, g);
         assert_eq!(row.group.as_ref().unwrap().count, total);
         assert!(
             row.title.starts_with(&format!(
@@ -370,7 +378,7 @@ mod tests {
         freeze.rule = "freeze".into();
         freeze.title = "[h] The VM was paused for 20s".into();
         let row_labels = BTreeMap::new();
-        let mut row = start(freeze.clone(), key("freeze", &row_labels), row_labels);
+        let mut row = start(freeze.clone(), key("freeze", &row_labels));
         let mut stuck = note("stuck_jobs{queue=,source=lab}", NotificationKind::Firing, 1);
         stuck.title = "[h] lab: 1 job(s) stuck past their lease".into();
         join(&mut row, &stuck, true);

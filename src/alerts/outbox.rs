@@ -365,7 +365,7 @@ impl Outbox {
             |r| r.get(0),
         )?;
         let release = (now_ns + g.wait_ns).max(last.map_or(i64::MIN, |l| l + g.interval_ns));
-        let row = super::group::start(n.message.clone(), g.key.clone(), g.labels.clone());
+        let row = super::group::start(n.message.clone(), g.key.clone());
         tx.execute(
             "INSERT OR IGNORE INTO notification
                 (key, fingerprint, channel, kind, severity, message, state,
