@@ -685,7 +685,7 @@ pub fn run(
             })?
     };
     let watched_from = crate::clock::real_ns();
-    let result = crate::sidecar::run(config, started);
+    let result = crate::sidecar::run(config, started, None);
     stop.store(true, Ordering::Relaxed);
     let _ = worker.join();
     let _ = narrator.join();

@@ -8,8 +8,15 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use stallwatch::clock;
+use stallwatch::config::otlp::OtlpConfig;
 use stallwatch::config::{default_data_dir, Config, LogFormat};
+use stallwatch::otlp::own_spans::{self, OwnSpans};
 use stallwatch::report::{self, Format, Outcome, TextFormat};
+use tracing_subscriber::filter::{filter_fn, EnvFilter, FilterExt};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
 mod usage;
 
@@ -481,10 +488,10 @@ fn main() -> ExitCode {
             if let Some(dir) = data_dir {
                 config.data_dir = dir;
             }
-            init_logging(config.log_format);
+            let own_spans = init_logging(config.log_format, config.otlp.as_ref());
             let mut command = command.into_iter();
             let Some(program) = command.next() else {
-                return match stallwatch::sidecar::run(config, started) {
+                return match stallwatch::sidecar::run(config, started, own_spans) {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => fail(EXIT_CONFIG, &e.to_string()),
                 };
@@ -494,7 +501,7 @@ fn main() -> ExitCode {
                 args: command.collect(),
                 stop_grace: stop_grace.unwrap_or(stallwatch::supervise::DEFAULT_STOP_GRACE),
             };
-            match stallwatch::sidecar::run_app(config, started, app) {
+            match stallwatch::sidecar::run_app(config, started, own_spans, app) {
                 Ok(outcome) => ExitCode::from(stallwatch::supervise::exit_code(outcome.status)),
                 Err(e) => fail(EXIT_CONFIG, &e.to_string()),
             }
@@ -544,21 +551,45 @@ fn fail(code: u8, sentence: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn init_logging(format: LogFormat) {
-    init_logging_with(format, "info")
+/// Logging to stderr (`STALLWATCH_LOG` when set, else `info`), and with `[otlp]` (unless
+/// `self_spans = false`) the layer that exports the sidecar's own spans: its other end is
+/// returned for the exporter. The log layer never shows those spans, so log lines read
+/// the same either way.
+fn init_logging(format: LogFormat, otlp: Option<&OtlpConfig>) -> Option<OwnSpans> {
+    let (own_layer, own_spans) = match otlp.filter(|o| o.self_spans) {
+        Some(_) => {
+            let (layer, own) = own_spans::layer();
+            (Some(layer), Some(own))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(log_layer(format, "info"))
+        .with(own_layer)
+        .init();
+    own_spans
 }
 
-/// Logging to stderr; `STALLWATCH_LOG` when set, else `default_filter`.
 fn init_logging_with(format: LogFormat, default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("STALLWATCH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    tracing_subscriber::registry()
+        .with(log_layer(format, default_filter))
+        .init();
+}
+
+/// Log lines to stderr, text or JSON; `STALLWATCH_LOG` when set, else `default_filter`.
+fn log_layer<S>(format: LogFormat, default_filter: &str) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    let filter = EnvFilter::try_from_env("STALLWATCH_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(default_filter))
+        .and(filter_fn(|meta| !own_spans::is_own_span(meta)));
     // Colour only on a terminal: journald and `docker logs` would keep the escape codes.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let layer = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => layer.with_filter(filter).boxed(),
+        LogFormat::Json => layer.json().with_filter(filter).boxed(),
     }
 }

@@ -71,13 +71,24 @@ pub struct EventSink {
 }
 
 impl EventSink {
+    /// Records a freeze the detector has decided on, as one `stallwatch.freeze` span: its
+    /// kind, lost time, start and the channels that saw it.
     pub fn record(&self, event: FreezeEvent) {
+        let channels: Vec<&str> = event.channels.iter().map(|c| c.channel.as_str()).collect();
+        let _span = tracing::info_span!(
+            "stallwatch.freeze",
+            freeze.kind = event.kind.as_str(),
+            freeze.duration_seconds = event.duration_ns as f64 / 1e9,
+            freeze.started_at = %crate::time::rfc3339_millis(event.started_at_ns),
+            freeze.channels = %channels.join(","),
+        )
+        .entered();
         self.metrics
             .record_freeze(event.kind, event.started_at_ns, event.duration_ns);
         tracing::warn!(
             kind = event.kind.as_str(),
             duration_seconds = event.duration_ns as f64 / 1e9,
-            channels = ?event.channels.iter().map(|c| c.channel.as_str()).collect::<Vec<_>>(),
+            channels = ?channels,
             "freeze detected"
         );
         match self.tx.try_send(Msg::Event(event)) {

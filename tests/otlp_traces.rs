@@ -20,6 +20,12 @@
 //!   `freeze` span of kind `process_stall`, as long as the stop. When the collector then
 //!   takes a request and never answers, SIGTERM still ends the sidecar cleanly within the
 //!   5 s an orchestrator gives it.
+//! - The sidecar's own work (issue 18): with a JSONL source, a webhook channel whose first
+//!   answer is 503 and a 3 s stop, the collector gets `stallwatch.poll` roots (source,
+//!   kind, outcome, steps), one `stallwatch.freeze` (kind `process_stall`, as long as the
+//!   stop), and two `stallwatch.deliver` spans (attempt 1 retried on 503 with error
+//!   status, attempt 2 sent on 200), all under the configured service; the log has no
+//!   span names in it. The tests above set `self_spans = false`: they count app spans.
 //! - An `[otlp] endpoint` that is not http(s), or a header value that is not one: exit 2
 //!   with one sentence naming the key, from `check-config` and `run`, and no secret in it.
 
@@ -35,6 +41,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::dbos::{App, Journal, Mode, SystemDb};
+use common::receiver::{Receiver, Reply};
 use common::{assert_near, free_port, poll_until, process_state, run_to_exit, Launch, Sidecar};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
@@ -45,6 +52,10 @@ use tempfile::TempDir;
 
 /// The source name in the sidecar's config.
 const SOURCE: &str = "app";
+/// The JSONL source of the test of the sidecar's own spans.
+const OWN_SOURCE: &str = "worker";
+/// `STATUS_CODE_ERROR` of an OTLP span status.
+const STATUS_CODE_ERROR: i32 = 2;
 /// The workflow's name as DBOS records it.
 const WORKFLOW: &str = "ingest";
 /// Poll interval and shortest gap shown, as in the other real-DBOS tests.
@@ -311,7 +322,12 @@ fn a_freeze_outside_any_workflow_is_its_own_trace_and_a_hung_collector_cannot_ho
     let mut sidecar = Sidecar::start_with(
         &dir.path().join("data"),
         &Launch {
-            config: Some(format!("[otlp]\nendpoint = \"{}\"\n", collector.endpoint())),
+            // Only the app-side freeze trace is counted here; the sidecar's own spans
+            // have a test of their own.
+            config: Some(format!(
+                "[otlp]\nendpoint = \"{}\"\nself_spans = false\n",
+                collector.endpoint()
+            )),
             env: Vec::new(),
         },
     );
@@ -366,6 +382,117 @@ fn a_freeze_outside_any_workflow_is_its_own_trace_and_a_hung_collector_cannot_ho
         "a clean exit within {SHUTDOWN_BUDGET:?} with the collector hung: {status:?}\n{}",
         sidecar.log()
     );
+}
+
+#[test]
+fn the_sidecars_own_polls_freeze_decision_and_deliveries_are_spans_of_the_same_service() {
+    let collector = Collector::start(None);
+    let hook = Receiver::start();
+    // The first delivery fails: one retried attempt, then the one that is sent.
+    hook.script(vec![Reply::status(503)]);
+    let dir = tempfile::tempdir().unwrap();
+    let log_file = dir.path().join("worker.jsonl");
+    std::fs::write(&log_file, "").unwrap();
+    let config = format!(
+        "[[source]]\nname = \"{OWN_SOURCE}\"\nkind = \"jsonl\"\nurl = \"{}\"\npoll = \"{POLL}\"\n\n\
+         [alerts]\ngroup_wait = \"0s\"\nbackoff_initial = \"200ms\"\nbackoff_max = \"400ms\"\n\n\
+         [[rule]]\nrule = \"freeze\"\nthreshold = \"1s\"\n{}\n\
+         [[channel]]\nname = \"phone\"\nkind = \"webhook\"\nurl = \"{}\"\n\n\
+         [otlp]\nendpoint = \"{}\"\nservice_name = \"{SERVICE}\"\n",
+        log_file.display(),
+        common::quiet_rules_except("freeze"),
+        hook.url("/hook"),
+        collector.endpoint()
+    );
+    let mut launch = Launch {
+        config: Some(config),
+        env: Vec::new(),
+    };
+    launch.env.push(("STALLWATCH_LOG".into(), "info".into()));
+    let sidecar = Sidecar::start_with(&dir.path().join("data"), &launch);
+    std::thread::sleep(WARM_UP);
+    let stopped = stop_for(&sidecar, STOP);
+    hook.wait_for(2, TRACE_TIMEOUT);
+    let own = |name: &str| -> Vec<Span> {
+        collector
+            .delivered_spans()
+            .into_iter()
+            .filter(|s| s.name == name)
+            .collect()
+    };
+    let deliveries = poll_until("both delivery attempts as spans", TRACE_TIMEOUT, || {
+        let d = own("stallwatch.deliver");
+        if d.len() >= 2 && !own("stallwatch.freeze").is_empty() {
+            Ok(d)
+        } else {
+            Err(format!("{} delivery spans so far", d.len()))
+        }
+    });
+
+    // Polls: roots of their own, each with its source and outcome.
+    let polls = own("stallwatch.poll");
+    assert!(polls.len() >= 2, "a span per poll: {}", polls.len());
+    for p in &polls {
+        assert!(p.parent_span_id.is_empty(), "a poll is a root: {}", show(p));
+        assert_eq!(string_attr(p, "source"), Some(OWN_SOURCE), "{}", show(p));
+        assert_eq!(string_attr(p, "source.kind"), Some("jsonl"), "{}", show(p));
+        assert_eq!(string_attr(p, "outcome"), Some("ok"), "{}", show(p));
+        assert_eq!(int_attr(p, "steps"), Some(0), "an empty log: {}", show(p));
+        assert!(p.end_time_unix_nano >= p.start_time_unix_nano);
+    }
+
+    // The freeze decision: the stop, as the detector recorded it.
+    let freezes = own("stallwatch.freeze");
+    assert_eq!(freezes.len(), 1, "{freezes:?}");
+    let f = &freezes[0];
+    eprintln!("stopped {stopped:.3} s: {}", show(f));
+    assert_eq!(string_attr(f, "freeze.kind"), Some("process_stall"));
+    assert_near(
+        "freeze.duration_seconds",
+        double_attr(f, "freeze.duration_seconds").expect("freeze.duration_seconds"),
+        stopped,
+        FREEZE_TOLERANCE_SECONDS,
+    );
+
+    // Deliveries: the 503 is a retried attempt marked as an error, then the one sent.
+    let mut deliveries = deliveries;
+    deliveries.sort_by_key(|d| d.start_time_unix_nano);
+    let (failed, sent) = (&deliveries[0], &deliveries[1]);
+    for d in [failed, sent] {
+        assert_eq!(string_attr(d, "channel"), Some("phone"), "{}", show(d));
+        assert_eq!(string_attr(d, "rule"), Some("freeze"), "{}", show(d));
+    }
+    assert_eq!(
+        string_attr(failed, "outcome"),
+        Some("retried"),
+        "{}",
+        show(failed)
+    );
+    assert_eq!(
+        int_attr(failed, "http.response.status_code"),
+        Some(503),
+        "{}",
+        show(failed)
+    );
+    assert_eq!(int_attr(failed, "attempt"), Some(1));
+    assert_eq!(status_code(failed), STATUS_CODE_ERROR, "{}", show(failed));
+    assert_eq!(string_attr(sent, "outcome"), Some("sent"), "{}", show(sent));
+    assert_eq!(int_attr(sent, "http.response.status_code"), Some(200));
+    assert_eq!(int_attr(sent, "attempt"), Some(2));
+    assert_ne!(status_code(sent), STATUS_CODE_ERROR, "{}", show(sent));
+
+    // One service for the app's traces and the sidecar's own.
+    for r in collector.requests() {
+        assert_eq!(r.service_name().as_deref(), Some(SERVICE));
+    }
+    // The log reads as it does without [otlp]: no span names in front of its lines.
+    let log = sidecar.log();
+    assert!(log.contains("notification delivered"), "{log}");
+    assert!(log.contains("freeze detected"), "{log}");
+    assert!(!log.contains("stallwatch.poll"), "{log}");
+    assert!(!log.contains("stallwatch.deliver"), "{log}");
+    assert!(!log.contains("stallwatch.freeze"), "{log}");
+    assert_eq!(dropped_spans(&sidecar), 0.0);
 }
 
 #[test]
@@ -510,6 +637,10 @@ fn strings_attr(s: &Span, key: &str) -> Vec<String> {
             .collect(),
         _ => Vec::new(),
     }
+}
+
+fn status_code(s: &Span) -> i32 {
+    s.status.as_ref().map_or(0, |st| st.code)
 }
 
 fn show(s: &Span) -> String {
@@ -796,7 +927,7 @@ impl Setup {
         let config = format!(
             "[[source]]\nname = \"{SOURCE}\"\nkind = \"dbos\"\nurl = \"sqlite://{}\"\n\
              poll = \"{POLL}\"\ngap_min = \"{GAP_MIN_SECONDS}s\"\n\n\
-             [otlp]\nendpoint = \"{endpoint}\"\nservice_name = \"{SERVICE}\"\n\
+             [otlp]\nendpoint = \"{endpoint}\"\nservice_name = \"{SERVICE}\"\nself_spans = false\n\
              headers = {{ Authorization = \"${{OTLP_TOKEN}}\" }}\n",
             db.display()
         );

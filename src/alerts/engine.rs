@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::channels::{self, Channel, Method, Request};
 use super::db_watch::DbWatch;
@@ -184,6 +185,9 @@ struct Attempted {
     attempts: u32,
     message: Message,
     result: Result<(u16, Option<Duration>, String), String>,
+    /// The attempt as a `stallwatch.deliver` span, from the send to its recorded outcome
+    /// (`Span::none()` for the dead-man's switch).
+    span: tracing::Span,
 }
 
 struct Engine {
@@ -924,7 +928,18 @@ impl Engine {
             }
             lane.in_flight = true;
             let request = channel.request(&due.message, now);
-            inflight.spawn(send(
+            let span = tracing::info_span!(
+                "stallwatch.deliver",
+                channel = %channel.name(),
+                rule = %due.message.rule,
+                notification = due.message.kind.as_str(),
+                // As i64: `tracing-opentelemetry` exports unsigned fields as strings.
+                attempt = i64::from(due.attempts + 1),
+                outcome = tracing::field::Empty,
+                http.response.status_code = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
+            let attempt = send(
                 self.client.clone(),
                 request,
                 due.message.key.clone(),
@@ -935,8 +950,10 @@ impl Engine {
                     attempts: due.attempts + 1,
                     message: due.message,
                     result: Err(String::new()),
+                    span: span.clone(),
                 },
-            ));
+            );
+            inflight.spawn(attempt.instrument(span));
         }
     }
 
@@ -964,6 +981,11 @@ impl Engine {
         }
         let now = real_ns();
         let name = self.channels[done.channel].name().to_string();
+        let span = done.span.clone();
+        let _in = span.enter();
+        if let Ok((status, _, _)) = &done.result {
+            span.record("http.response.status_code", i64::from(*status));
+        }
         let (verdict, error) = match &done.result {
             Ok((status, retry_after, body)) => (
                 backoff::classify(*status, *retry_after),
@@ -997,6 +1019,7 @@ impl Engine {
                     "notification delivered"
                 );
                 self.count(&name, "sent", 1);
+                span.record("outcome", "sent");
                 self.outbox.mark_sent(done.id, done.attempts, now)
             }
             Verdict::Retry { retry_after } => {
@@ -1015,12 +1038,16 @@ impl Engine {
                     tracing::debug!(channel = %name, error = %error, attempts = done.attempts, retry_in_ms = delay.as_millis() as u64, "send failed again");
                 }
                 self.count(&name, "retried", 1);
+                span.record("outcome", "retried");
+                span.record("otel.status_code", "ERROR");
                 self.outbox.mark_retry(done.id, done.attempts, next, &error)
             }
             Verdict::GiveUp => {
                 lane.blocked_until_ns = 0;
                 tracing::error!(channel = %name, key = %done.message.key, error = %error, "channel refused a notification; giving up on it (see /api/v1/alerts)");
                 self.count(&name, "failed", 1);
+                span.record("outcome", "failed");
+                span.record("otel.status_code", "ERROR");
                 self.outbox.mark_failed(done.id, done.attempts, &error, now)
             }
         };
@@ -1061,6 +1088,7 @@ impl Engine {
                 attempts: 1,
                 message: placeholder_message(),
                 result: Err(String::new()),
+                span: tracing::Span::none(),
             },
         )
     }

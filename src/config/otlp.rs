@@ -1,4 +1,5 @@
-//! The `[otlp]` table: where traces go, with which headers, under which service name.
+//! The `[otlp]` table: where traces go, with which headers, under which service name, and
+//! whether the sidecar's own work (`stallwatch.*` spans) goes with them.
 //!
 //! Validated here and called from [`crate::config`], which owns the file; the rules are
 //! the same as everywhere else there: unknown keys are errors, and each problem is one
@@ -28,6 +29,7 @@ pub struct RawOtlp {
     #[serde(default)]
     headers: BTreeMap<String, String>,
     service_name: Option<String>,
+    self_spans: Option<bool>,
 }
 
 /// Where and how traces are exported.
@@ -38,6 +40,9 @@ pub struct OtlpConfig {
     /// Extra request headers (lower-case names); the values are secrets.
     pub headers: Vec<(String, String)>,
     pub service_name: String,
+    /// Export the sidecar's own polls, deliveries and freeze decisions as `stallwatch.*`
+    /// spans beside the app's traces (default on).
+    pub self_spans: bool,
 }
 
 impl OtlpConfig {
@@ -60,6 +65,7 @@ impl std::fmt::Debug for OtlpConfig {
                     .collect::<Vec<_>>(),
             )
             .field("service_name", &self.service_name)
+            .field("self_spans", &self.self_spans)
             .finish()
     }
 }
@@ -119,6 +125,7 @@ pub fn validate(raw: RawOtlp) -> Result<OtlpConfig, (String, String)> {
         traces_url,
         headers,
         service_name,
+        self_spans: raw.self_spans.unwrap_or(true),
     })
 }
 
@@ -166,6 +173,10 @@ mod tests {
         let c = validate(raw("http://127.0.0.1:4318")).unwrap();
         assert_eq!(c.traces_url, "http://127.0.0.1:4318/v1/traces");
         assert_eq!(c.service_name, "stallwatch");
+        assert!(
+            c.self_spans,
+            "the sidecar's own spans go out unless turned off"
+        );
         let c = validate(raw("https://otel.example/otlp/")).unwrap();
         assert_eq!(c.traces_url, "https://otel.example/otlp/v1/traces");
         let c = validate(raw("https://otel.example/v1/traces")).unwrap();

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use prost::Message;
 
+use super::own_spans::OwnSpans;
 use super::proto::{
     Attribute, ExportTraceServiceRequest, ExportTraceServiceResponse, InstrumentationScope,
     KeyValue, Resource, ResourceSpans, ScopeSpans, Span,
@@ -65,6 +66,7 @@ pub(super) struct Exporter {
     pub workflows: Receiver<(CompletedWorkflow, i64)>,
     pub buffered_since: Vec<Arc<AtomicI64>>,
     pub traces: Traces,
+    pub own_spans: Option<OwnSpans>,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -131,13 +133,19 @@ impl Exporter {
                     "traces built"
                 );
             }
+            let mut spans = built.spans;
+            if let Some(own) = &self.own_spans {
+                let (taken, lost) = own.take(MAX_QUEUED_SPANS);
+                self.dropped(lost);
+                spans.extend(taken);
+            }
             let room = MAX_QUEUED_SPANS.saturating_sub(queue.len());
-            let lost = built.spans.len().saturating_sub(room);
+            let lost = spans.len().saturating_sub(room);
             self.dropped(lost as u64);
-            if !built.spans.is_empty() && queue.is_empty() {
+            if !spans.is_empty() && queue.is_empty() {
                 oldest_queued = Some(Instant::now());
             }
-            queue.extend(built.spans.into_iter().take(room));
+            queue.extend(spans.into_iter().take(room));
 
             if stopping {
                 self.final_flush(&runtime, &client, queue);

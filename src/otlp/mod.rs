@@ -4,27 +4,28 @@
 //!
 //! Owns: deciding when a workflow has finished ([`workflows`], pure, one buffer per
 //! source), turning workflows and freezes into spans ([`spans`], pure), deciding when
-//! each trace is built ([`traces`], pure), the wire format ([`proto`]) and the exporter
-//! thread ([`exporter`]). Does not own: reading the app DB (the sources do; a source
+//! each trace is built ([`traces`], pure), the wire format ([`proto`]), the exporter
+//! thread ([`exporter`]) and the hand-over of the sidecar's own spans ([`own_spans`]).
+//! Does not own: reading the app DB (the sources do; a source
 //! thread hands its observations to its [`SourceTraces`] after each poll), detecting
 //! freezes (read back from the state DB, as recorded), or the gap rules
 //! ([`crate::signals::steps`] and [`crate::signals::attribution`], reused as they are).
 //!
-//! **Why no OpenTelemetry SDK.** These spans are history: their times come from the
-//! app's database and the state DB, often minutes old, and their ids must be chosen
-//! (a freeze goes into the trace of the workflow it hit, and a retried export must
-//! repeat the same ids). The SDK can do both (`SpanBuilder` start times, a remote parent
-//! context), but only by going around its own model, and it brings its own batch queue,
-//! retry policy and runtime glue (`opentelemetry`, `opentelemetry_sdk`,
-//! `opentelemetry-otlp`, `tracing-opentelemetry`: four crates that move in lockstep,
-//! with a breaking release every few months). What an export needs is one protobuf
-//! message, POSTed: [`proto`] re-exports the official `opentelemetry-proto` messages
-//! (generated `prost` structs), and the exporter POSTs them with the `reqwest` client the
-//! sidecar already has, under the sidecar's own rules (bounded queue, drop and count,
-//! full-jitter backoff shared with the alert channels). The integration test decodes
-//! what is sent with the same types.
+//! **Why these spans are built by hand, not through the OpenTelemetry SDK.** They are
+//! history: their times come from the app's database and the state DB, often minutes
+//! old, and their ids must be chosen (a freeze goes into the trace of the workflow it
+//! hit, and a retried export must repeat the same ids). The SDK can do both
+//! (`SpanBuilder` start times, a remote parent context), but only by going around its
+//! own model. So [`spans`] builds the official `opentelemetry-proto` messages ([`proto`])
+//! directly, and the exporter POSTs them with the `reqwest` client the sidecar already
+//! has, under the sidecar's own rules (bounded queue, drop and count, full-jitter backoff
+//! shared with the alert channels). The sidecar's own work happens now, in `tracing`
+//! spans: those do go through the SDK and `tracing-opentelemetry` ([`own_spans`]), into
+//! the same exporter queue. The integration test decodes what is sent with the same
+//! types.
 
 pub mod exporter;
+pub mod own_spans;
 pub mod proto;
 pub mod spans;
 pub mod traces;
@@ -44,6 +45,7 @@ use crate::metrics::Metrics;
 use crate::sources::Observation;
 use crate::state::{StateError, StateReader};
 use exporter::DROP_QUEUE;
+use own_spans::OwnSpans;
 use workflows::{CompletedWorkflow, WorkflowBuffer, COMPLETION_POLLS};
 
 /// Finished workflows on their way from the source threads to the exporter.
@@ -113,6 +115,8 @@ pub struct Setup<'a> {
     pub settle_ns: i64,
     /// When this run started (wall clock): older freezes are not exported on their own.
     pub run_started_ns: i64,
+    /// The sidecar's own spans, when the log set-up made them ([`own_spans::layer`]).
+    pub own_spans: Option<OwnSpans>,
 }
 
 impl Otlp {
@@ -153,6 +157,7 @@ impl Otlp {
             workflows: rx,
             buffered_since,
             traces: traces::Traces::new(setup.settle_ns, freeze_hold_ns, setup.run_started_ns),
+            own_spans: setup.own_spans,
             stop: stop.clone(),
         };
         let (done_tx, done) = sync_channel(1);

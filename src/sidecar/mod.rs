@@ -25,6 +25,7 @@ use crate::freeze::references::{self, discover};
 use crate::freeze::FreezeEvent;
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
+use crate::otlp::own_spans::OwnSpans;
 use crate::otlp::{Otlp, Setup as OtlpSetup, SourceTraces};
 use crate::persist::{EventSink, Writer, HEARTBEAT_INTERVAL};
 use crate::state::{StateDb, StateError, StateReader};
@@ -71,15 +72,26 @@ pub enum StartError {
 
 /// Runs the sidecar until SIGTERM or SIGINT. `started` is the clock reading taken as
 /// the process began, so a restart's downtime does not include start-up work.
-pub fn run(config: Config, started: ClockReading) -> Result<(), StartError> {
-    runtime().block_on(serve(config, started, None)).map(|_| ())
+pub fn run(
+    config: Config,
+    started: ClockReading,
+    own_spans: Option<OwnSpans>,
+) -> Result<(), StartError> {
+    runtime()
+        .block_on(serve(config, started, own_spans, None))
+        .map(|_| ())
 }
 
 /// Runs the sidecar with `app` as its child (`stallwatch run -- CMD`) until the app ends
 /// (see `supervise.rs`); the app starts once the sidecar is serving.
-pub fn run_app(config: Config, started: ClockReading, app: App) -> Result<Outcome, StartError> {
+pub fn run_app(
+    config: Config,
+    started: ClockReading,
+    own_spans: Option<OwnSpans>,
+    app: App,
+) -> Result<Outcome, StartError> {
     runtime()
-        .block_on(serve(config, started, Some(app)))
+        .block_on(serve(config, started, own_spans, Some(app)))
         .map(|outcome| outcome.expect("a supervised run ends with the app's outcome"))
 }
 
@@ -96,6 +108,7 @@ fn runtime() -> tokio::runtime::Runtime {
 async fn serve(
     mut config: Config,
     started: ClockReading,
+    own_spans: Option<OwnSpans>,
     child: Option<App>,
 ) -> Result<Option<Outcome>, StartError> {
     let discovered = discover_references(&mut config);
@@ -108,15 +121,13 @@ async fn serve(
     let startup_freezes =
         close_previous_run(&db, started, &boot_id, &metrics, &status, &app_exits)?;
     let reader = StateReader::open(db.path())?;
-    let workers = Workers::start(
-        &config,
-        db,
+    let run = RunStart {
         boot_id,
         started,
-        &metrics,
-        &status,
         startup_freezes,
-    )?;
+        own_spans,
+    };
+    let workers = Workers::start(&config, db, run, &metrics, &status)?;
     log_running(&config, &names, discovered);
     let http = Http::start(listener, reader, &config, metrics, status);
     let (signal, outcome) = wait_for_the_end(child.as_ref()).await;
@@ -312,17 +323,25 @@ struct Workers {
     writer: Writer,
 }
 
+/// What this run starts from, besides the config and the state DB.
+struct RunStart {
+    boot_id: String,
+    started: ClockReading,
+    /// Freezes found at start-up (the downtime since the last heartbeat), for the alerts.
+    startup_freezes: Vec<FreezeEvent>,
+    /// The sidecar's own spans, when logging was set up to export them.
+    own_spans: Option<OwnSpans>,
+}
+
 impl Workers {
     /// The state writer (it takes the DB), the alert engine, the reference readers, the
     /// OTLP exporter, a thread per source and the tick thread, in that order.
     fn start(
         config: &Config,
         db: StateDb,
-        boot_id: String,
-        started: ClockReading,
+        run: RunStart,
         metrics: &Arc<Metrics>,
         status: &SharedStatus,
-        startup_freezes: Vec<FreezeEvent>,
     ) -> Result<Workers, StartError> {
         let source_readers = config
             .sources
@@ -330,7 +349,7 @@ impl Workers {
             .map(|_| StateReader::open(db.path()))
             .collect::<Result<Vec<_>, _>>()?;
         let db_path = db.path().to_path_buf();
-        let (writer, sink) = Writer::spawn(db, boot_id, metrics.clone(), status.clone());
+        let (writer, sink) = Writer::spawn(db, run.boot_id, metrics.clone(), status.clone());
         let (announce, announced) = tokio::sync::mpsc::channel(FREEZE_QUEUE);
         let alerts = AlertEngine::spawn(
             config.alerts.clone(),
@@ -338,7 +357,7 @@ impl Workers {
             metrics.clone(),
             status.clone(),
             announced,
-            startup_freezes,
+            run.startup_freezes,
         )
         .map_err(|e| StartError::Outbox {
             path: db_path.display().to_string(),
@@ -348,7 +367,14 @@ impl Workers {
         let (mut slots, network_tasks) = start_references(config, &sample_tx, metrics);
         let detector = detector_config(config);
         let settle_ns = detector.merge_window_ns + SETTLE_MARGIN_NS;
-        let (otlp, traces) = start_otlp(config, &db_path, metrics, settle_ns, started)?;
+        let (otlp, traces) = start_otlp(
+            config,
+            &db_path,
+            metrics,
+            settle_ns,
+            run.started,
+            run.own_spans,
+        )?;
         let source_stop = Arc::new(StopSignal::default());
         let sources = spawn_sources(SourceThreads {
             config,
@@ -423,13 +449,15 @@ impl Workers {
     }
 }
 
-/// The OTLP exporter when `[otlp]` is set, and each source's handle into it.
+/// The OTLP exporter when `[otlp]` is set, and each source's handle into it; the
+/// sidecar's own spans go out through it too.
 fn start_otlp(
     config: &Config,
     db_path: &Path,
     metrics: &Arc<Metrics>,
     settle_ns: i64,
     started: ClockReading,
+    own_spans: Option<OwnSpans>,
 ) -> Result<(Option<Otlp>, Vec<SourceTraces>), StartError> {
     let Some(otlp) = &config.otlp else {
         return Ok((None, Vec::new()));
@@ -441,6 +469,7 @@ fn start_otlp(
         sources: &config.sources,
         settle_ns,
         run_started_ns: started.real_ns,
+        own_spans,
     })?;
     Ok((Some(exporter), traces))
 }

@@ -194,58 +194,90 @@ impl SourceRunner {
             stall_clock: StallClock::default(),
         };
         loop {
-            let started = Instant::now();
-            let now = real_ns();
-            let result = self.source.poll(now);
-            // Yield to the app's writer: while it holds the lock (SQLite rollback-journal
-            // mode above all), poll less often instead of queueing behind it every time.
-            let locked = matches!(&result, Err(e) if e.kind == ErrorKind::Locked && !e.backing_off);
-            let slower = if locked {
-                (d.lock_backoff * 2).min(MAX_LOCK_BACKOFF)
-            } else {
-                1
-            };
-            if slower > 1 && d.lock_backoff == 1 {
-                tracing::info!(source = %name, "app database busy: polling less often until it is free");
-            }
-            d.lock_backoff = slower;
-            let elapsed = started.elapsed().as_secs_f64();
-            sm.source_poll_duration_seconds
-                .with_label_values(&[&name])
-                .set(elapsed);
-            match result {
-                Ok(obs) => {
-                    if d.last_error.take().is_some() {
-                        tracing::info!(source = %name, "source readable again");
-                    }
-                    sm.source_up.with_label_values(&[&name]).set(1.0);
-                    if let Some(traces) = &mut self.traces {
-                        traces.observe(&obs, now);
-                    }
-                    self.apply(&mut d, obs, now);
-                    let mut status = self.status.lock();
-                    let s = &mut status.sources[self.index];
-                    s.up = true;
-                    s.last_error = None;
-                    s.down_since_unix_ns = None;
-                    s.last_poll_seconds = elapsed;
-                }
-                // A source backing off reports its last failure again: nothing new to
-                // count, log or show.
-                Err(e) if e.backing_off => {}
-                Err(e) => {
-                    self.send_clock(Err(e.message.clone()));
-                    self.failed(&mut d, e);
-                }
-            }
-            self.settle(&mut d, real_ns(), false);
-            // This poll's facts are all in the status: the alert engine evaluates them now.
-            self.status.publish();
+            self.pass(&mut d);
             if self.stop.sleep(self.config.poll * d.lock_backoff) {
                 break;
             }
         }
         self.settle(&mut d, i64::MAX, true);
+    }
+
+    /// One poll and what follows from it, as one `stallwatch.poll` span: read the app's
+    /// database, update metrics and status, settle episodes, and let the alert engine
+    /// evaluate.
+    fn pass(&mut self, d: &mut Derived) {
+        let span = tracing::info_span!(
+            "stallwatch.poll",
+            source = %self.config.name,
+            source.kind = self.config.kind.as_str(),
+            outcome = tracing::field::Empty,
+            steps = tracing::field::Empty,
+            error.kind = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        let _in = span.enter();
+        let name = self.config.name.clone();
+        let started = Instant::now();
+        let now = real_ns();
+        let result = self.source.poll(now);
+        // Yield to the app's writer: while it holds the lock (SQLite rollback-journal
+        // mode above all), poll less often instead of queueing behind it every time.
+        let locked = matches!(&result, Err(e) if e.kind == ErrorKind::Locked && !e.backing_off);
+        let slower = if locked {
+            (d.lock_backoff * 2).min(MAX_LOCK_BACKOFF)
+        } else {
+            1
+        };
+        if slower > 1 && d.lock_backoff == 1 {
+            tracing::info!(source = %name, "app database busy: polling less often until it is free");
+        }
+        d.lock_backoff = slower;
+        let elapsed = started.elapsed().as_secs_f64();
+        self.metrics
+            .sources
+            .source_poll_duration_seconds
+            .with_label_values(&[&name])
+            .set(elapsed);
+        match result {
+            Ok(obs) => {
+                span.record("outcome", "ok");
+                // As i64: `tracing-opentelemetry` exports unsigned fields as strings.
+                span.record("steps", obs.steps.len() as i64);
+                if d.last_error.take().is_some() {
+                    tracing::info!(source = %name, "source readable again");
+                }
+                self.metrics
+                    .sources
+                    .source_up
+                    .with_label_values(&[&name])
+                    .set(1.0);
+                if let Some(traces) = &mut self.traces {
+                    traces.observe(&obs, now);
+                }
+                self.apply(d, obs, now);
+                let mut status = self.status.lock();
+                let s = &mut status.sources[self.index];
+                s.up = true;
+                s.last_error = None;
+                s.down_since_unix_ns = None;
+                s.last_poll_seconds = elapsed;
+            }
+            // A source backing off reports its last failure again: nothing new to
+            // count, log or show.
+            Err(e) if e.backing_off => {
+                span.record("outcome", "backing_off");
+            }
+            Err(e) => {
+                span.record("outcome", "error");
+                span.record("error.kind", e.kind.as_str());
+                span.record("otel.status_code", "ERROR");
+                self.send_clock(Err(e.message.clone()));
+                self.failed(d, e);
+            }
+        }
+        self.settle(d, real_ns(), false);
+        // This poll's facts are all in the status: the alert engine evaluates them now.
+        self.status.publish();
     }
 
     fn failed(&self, d: &mut Derived, e: SourceError) {
