@@ -518,6 +518,11 @@ fn a_bad_otlp_table_is_one_sentence_and_exit_2() {
             vec!["otlp.sample_rate ", "is not a known setting"],
             None,
         ),
+        (
+            "[otlp]\nendpoint = \"http://127.0.0.1:4318\"\nself_spans = \"yes\"\n",
+            vec!["otlp.self_spans ", "true or false"],
+            None,
+        ),
     ];
     for (text, needles, secret) in cases {
         let dir = tempfile::tempdir().unwrap();
