@@ -10,9 +10,12 @@
 use std::fmt::Write as _;
 
 use super::history::{EpisodeRow, FreezeRow};
-use super::render::{
-    alert_rows, kind_cells, no_data_sentence, notification_rows, NO_ALERT_HISTORY,
+use super::render::report::{
+    alert_rows, episode_total_cells, freeze_cells, kind_cells, no_data_sentence, notification_rows,
+    steps_text, ALERT_COLUMNS, EPISODE_COLUMNS, EPISODE_TOTAL_COLUMNS, FREEZE_COLUMNS,
+    KIND_COLUMNS, NOTIFICATION_COLUMNS, NO_ALERT_HISTORY,
 };
+use super::render::watched_text;
 use super::results::ReportData;
 use crate::freeze::FreezeKind;
 use crate::time::{day_label, human, rfc3339, Window, DAY_NS};
@@ -262,7 +265,7 @@ pub fn timeline_svg(w: &Window, freezes: &[FreezeRow], episodes: &[EpisodeRow]) 
                         escape(kind),
                         escape(&e.workflow_id),
                         escape(&e.workflow_name),
-                        escape(&super::render::steps_text(&e.from_step, &e.to_step)),
+                        escape(&steps_text(&e.from_step, &e.to_step)),
                         rfc3339(e.started_at_ns),
                         human(e.duration_ns),
                         escape(&e.cause)
@@ -405,44 +408,20 @@ pub fn report_html(d: &ReportData) -> String {
     }
     out.push_str("</section>\n<section><h2>Freezes by kind</h2>\n");
     let rows: Vec<Vec<String>> = d.freezes.iter().map(kind_cells).collect();
-    out.push_str(&table(
-        &["kind", "count", "total", "longest"],
-        &[1, 2, 3],
-        &rows,
-    ));
+    out.push_str(&table(&KIND_COLUMNS, &[1, 2, 3], &rows));
     out.push_str("</section>\n<section><h2>Episodes by kind and cause</h2>\n");
-    let rows: Vec<Vec<String>> = d
-        .episodes
-        .iter()
-        .map(|e| {
-            vec![
-                e.kind.clone(),
-                e.cause.clone(),
-                e.count.to_string(),
-                human(e.total_ns),
-                human(e.longest_ns),
-            ]
-        })
-        .collect();
-    out.push_str(&table(
-        &["kind", "cause", "count", "total", "longest"],
-        &[2, 3, 4],
-        &rows,
-    ));
+    let rows: Vec<Vec<String>> = d.episodes.iter().map(episode_total_cells).collect();
+    out.push_str(&table(&EPISODE_TOTAL_COLUMNS, &[2, 3, 4], &rows));
     out.push_str("</section>\n<section><h2>Alerts, stuck jobs and dead letters</h2>\n");
     match &d.alerts {
         None => {
             let _ = writeln!(out, "<p class=\"note\">{}.</p>", escape(NO_ALERT_HISTORY));
         }
         Some(a) => {
-            out.push_str(&table(
-                &["rule", "count", "still firing", "longest"],
-                &[1, 2, 3],
-                &alert_rows(a),
-            ));
+            out.push_str(&table(&ALERT_COLUMNS, &[1, 2, 3], &alert_rows(a)));
             if !a.notifications.is_empty() {
                 out.push_str(&table(
-                    &["channel", "sent", "failed", "dropped", "pending"],
+                    &NOTIFICATION_COLUMNS,
                     &[1, 2, 3, 4],
                     &notification_rows(a),
                 ));
@@ -452,25 +431,8 @@ pub fn report_html(d: &ReportData) -> String {
     out.push_str("</section>\n");
     if !d.longest_freezes.is_empty() {
         out.push_str("<section><h2>Longest freezes</h2>\n");
-        let rows: Vec<Vec<String>> = d
-            .longest_freezes
-            .iter()
-            .map(|f| {
-                let seen: Vec<&str> = f.channels.iter().map(|c| c.channel.as_str()).collect();
-                vec![
-                    human(f.duration_ns),
-                    f.kind.clone(),
-                    rfc3339(f.started_at_ns),
-                    format!("#{}", f.id),
-                    seen.join(", "),
-                ]
-            })
-            .collect();
-        out.push_str(&table(
-            &["duration", "kind", "started (UTC)", "id", "seen by"],
-            &[0],
-            &rows,
-        ));
+        let rows: Vec<Vec<String>> = d.longest_freezes.iter().map(freeze_cells).collect();
+        out.push_str(&table(&FREEZE_COLUMNS, &[0], &rows));
         out.push_str("</section>\n");
     }
     if !d.longest_episodes.is_empty() {
@@ -487,29 +449,17 @@ pub fn report_html(d: &ReportData) -> String {
                     rfc3339(e.started_at_ns),
                     e.source.clone(),
                     format!("{} ({})", e.workflow_id, e.workflow_name),
-                    super::render::steps_text(&e.from_step, &e.to_step),
+                    steps_text(&e.from_step, &e.to_step),
                 ]
             })
             .collect();
-        out.push_str(&table(
-            &[
-                "duration",
-                "kind",
-                "cause",
-                "started (UTC)",
-                "source",
-                "workflow",
-                "steps",
-            ],
-            &[0],
-            &rows,
-        ));
+        out.push_str(&table(&EPISODE_COLUMNS, &[0], &rows));
         out.push_str("</section>\n");
     }
     let _ = writeln!(
         out,
         "<footer><p>Freezes are only seen while the sidecar runs; in this window it {}.</p></footer>\n</body>\n</html>",
-        escape(&super::render::watched_text(
+        escape(&watched_text(
             &d.watched,
             d.window.clip(i64::MIN, d.generated_ns).len_ns()
         ))

@@ -145,8 +145,8 @@ pub fn analyze(args: &AnalyzeArgs) -> Result<Outcome, ToolError> {
         elapsed: started.elapsed(),
     };
     let stdout = match args.format {
-        Format::Json => render::analyze_json(&result),
-        _ => render::analyze_text(&result),
+        Format::Json => render::analyze::analyze_json(&result),
+        _ => render::analyze::analyze_text(&result),
     };
     Ok(Outcome {
         stdout,
@@ -219,9 +219,9 @@ pub fn report(args: &ReportArgs, now_ns: i64) -> Result<Outcome, ToolError> {
         state_facts: history.state_facts()?,
     };
     let stdout = match args.format {
-        Format::Text => render::report_text(&data),
-        Format::Json => render::report_json(&data),
-        Format::Markdown => render::report_markdown(&data),
+        Format::Text => render::report::report_text(&data),
+        Format::Json => render::report::report_json(&data),
+        Format::Markdown => render::report::report_markdown(&data),
         Format::Html => html::report_html(&data),
     };
     Ok(Outcome {
@@ -375,8 +375,8 @@ pub fn verify(args: &VerifyArgs, now_ns: i64) -> Result<Outcome, ToolError> {
         decision,
     };
     let stdout = match args.format {
-        Format::Json => render::verify_json(&result),
-        _ => render::verify_text(&result),
+        Format::Json => render::verify::verify_json(&result),
+        _ => render::verify::verify_text(&result),
     };
     Ok(Outcome {
         stdout,

@@ -1,5 +1,5 @@
 //! What `analyze`, `report` and `verify` found, ready to render: the one set of types
-//! `mod.rs` fills and `render.rs` and `html.rs` print.
+//! `mod.rs` fills and `render/` and `html.rs` print.
 
 use std::time::Duration;
 
