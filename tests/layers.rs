@@ -10,7 +10,8 @@
 //! `crate::config::source::Location` is `src/config/source.rs`, `crate::config::redact_url`
 //! is `src/config/mod.rs` (a re-export counts as an import of the file that re-exports).
 //! `lib.rs` only names the modules and is left out, and so are `#[cfg(test)]` modules,
-//! inline or in a file of their own: a test may import anything.
+//! inline, in a file of their own, or in a file beside their parent (`#[path]`): a test may
+//! import anything.
 //!
 //! Run alone: `cargo nextest run -E 'binary(layers)'`.
 
@@ -103,9 +104,11 @@ fn comments_strings_and_chars_are_not_imports_and_hide_none() {
         ("b.rs", "pub struct B;"),
         (
             "c.rs",
-            "pub struct C;\nmod inner {\n    use super::C;\n}\n#[cfg(test)]\nmod tests {\n    use crate::a::A;\n}\n#[cfg(test)]\nmod more;\n",
+            "pub struct C;\nmod inner {\n    use super::C;\n}\n#[cfg(test)]\nmod tests {\n    use crate::a::A;\n}\n#[cfg(test)]\nmod more;\n\
+             #[cfg(test)]\n#[path = \"c_tests.rs\"]\nmod beside;\n",
         ),
         ("c/more.rs", "use crate::b::B;"),
+        ("c_tests.rs", "use crate::a::A;"),
     ]);
     let edges = imports(&files);
     assert_eq!(
@@ -120,6 +123,7 @@ fn comments_strings_and_chars_are_not_imports_and_hide_none() {
         "{edges:?}"
     );
     assert!(!edges.contains_key(&in_src("c/more.rs")), "{edges:?}");
+    assert!(!edges.contains_key(&in_src("c_tests.rs")), "{edges:?}");
 }
 
 // ---- reading ------------------------------------------------------------------------
@@ -373,40 +377,86 @@ fn without_test_modules(code: &str) -> String {
     out
 }
 
-/// Files that are `#[cfg(test)] mod name;` of their parent: tests, left out like inline ones.
+/// Files that are `#[cfg(test)] mod name;` of their parent, or `#[cfg(test)] #[path =
+/// "file.rs"] mod name;` of the file beside them: tests, left out like inline ones.
 fn test_module_files(
     files: &BTreeMap<String, String>,
     modules: &BTreeMap<ModPath, String>,
 ) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     for (file, text) in files {
-        let code = code_only(text);
+        // `code_only` keeps one char per char, so a char index in it is one in `text`.
+        let code: Vec<char> = code_only(text).chars().collect();
+        let raw: Vec<char> = text.chars().collect();
         let here = if file == "src/main.rs" {
             Vec::new()
         } else {
             module_of(file)
         };
-        for piece in code.split("#[cfg(test)]").skip(1) {
-            let rest = piece.trim_start();
-            let rest = rest
-                .strip_prefix("pub(crate) ")
-                .or(rest.strip_prefix("pub "))
-                .unwrap_or(rest);
-            let Some(decl) = rest.strip_prefix("mod ") else {
+        let marker: Vec<char> = "#[cfg(test)]".chars().collect();
+        let mut at = 0;
+        while let Some(found_at) = find_chars(&code, &marker, at) {
+            at = found_at + marker.len();
+            let mut i = skip_space(&code, at);
+            // `#[path = "…"]`: the value, read from the text (strings are blank in code).
+            let mut path = None;
+            if code[i..].starts_with(&['#', '[']) && word_at(&code, i + 2) == "path" {
+                let Some(end) = (i..code.len()).find(|&k| code[k] == ']') else {
+                    continue;
+                };
+                let attribute: String = raw[i..end].iter().collect();
+                path = attribute.split('"').nth(1).map(str::to_string);
+                i = skip_space(&code, end + 1);
+            }
+            for vis in ["pub(crate) ", "pub "] {
+                if code[i..].starts_with(&vis.chars().collect::<Vec<_>>()) {
+                    i = skip_space(&code, i + vis.len());
+                }
+            }
+            if word_at(&code, i) != "mod" {
                 continue;
-            };
-            let name: String = decl
-                .chars()
-                .take_while(|c| c.is_alphanumeric() || *c == '_')
-                .collect();
-            if decl[name.len()..].trim_start().starts_with(';') {
-                if let Some(f) = modules.get(&[here.clone(), vec![name]].concat()) {
-                    found.insert(f.clone());
+            }
+            i = skip_space(&code, i + 3);
+            let name = word_at(&code, i);
+            if code.get(skip_space(&code, i + name.len())) != Some(&';') {
+                continue;
+            }
+            match path {
+                Some(path) => {
+                    let dir = file.rsplit_once('/').map_or("", |(d, _)| d);
+                    let beside = format!("{dir}/{path}");
+                    if files.contains_key(&beside) {
+                        found.insert(beside);
+                    }
+                }
+                None => {
+                    if let Some(f) = modules.get(&[here.clone(), vec![name]].concat()) {
+                        found.insert(f.clone());
+                    }
                 }
             }
         }
     }
     found
+}
+
+fn find_chars(hay: &[char], needle: &[char], from: usize) -> Option<usize> {
+    (from..hay.len().saturating_sub(needle.len() - 1)).find(|&i| hay[i..].starts_with(needle))
+}
+
+fn skip_space(code: &[char], mut i: usize) -> usize {
+    while code.get(i).is_some_and(|c| c.is_whitespace()) {
+        i += 1;
+    }
+    i
+}
+
+/// The identifier starting at `i` (empty if none).
+fn word_at(code: &[char], i: usize) -> String {
+    code.iter()
+        .skip(i)
+        .take_while(|c| c.is_alphanumeric() || **c == '_')
+        .collect()
 }
 
 /// `a::{b, c::{d, e as f}, g::*}` → `a::b`, `a::c::d`, `a::c::e`, `a::g`.
