@@ -10,6 +10,7 @@
 
 pub mod cgroup;
 pub mod dbos;
+pub mod dbos_history;
 pub mod dbos_schema;
 pub mod faketime;
 pub mod pgdb;
@@ -362,6 +363,23 @@ impl Freeze {
     }
 }
 
+/// One entry of `/api/v1/episodes`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Episode {
+    pub id: i64,
+    pub source: String,
+    pub kind: String,
+    pub workflow_id: String,
+    pub workflow_name: String,
+    pub from_step: String,
+    pub to_step: String,
+    pub started_at: String,
+    pub duration_seconds: f64,
+    pub cause: String,
+    pub freeze_id: Option<i64>,
+    pub detected_at: String,
+}
+
 /// Every freeze kind the sidecar exports a `stallwatch_freezes_total` series for.
 pub const FREEZE_KINDS: [&str; 6] = [
     "process_stall",
@@ -565,6 +583,15 @@ impl Sidecar {
         assert_eq!(r.status, 200, "/api/v1/freezes: {r:?}");
         serde_json::from_str(&r.body)
             .unwrap_or_else(|e| panic!("/api/v1/freezes is not a list of freezes ({e}): {r:?}"))
+    }
+
+    /// The episodes of source `source` (`/api/v1/episodes?source=…`).
+    #[track_caller]
+    pub fn episodes(&self, source: &str) -> Vec<Episode> {
+        let r = self.get(&format!("/api/v1/episodes?source={source}"));
+        assert_eq!(r.status, 200, "/api/v1/episodes: {r:?}");
+        serde_json::from_str(&r.body)
+            .unwrap_or_else(|e| panic!("/api/v1/episodes is not a list of episodes ({e}): {r:?}"))
     }
 
     #[track_caller]
