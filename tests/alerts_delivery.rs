@@ -220,30 +220,9 @@ fn wait_requests(
     })
 }
 
-/// The value of `name{labels…}` whatever order the labels are written in; `None` if no
-/// such series is exported.
-fn series(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let want: BTreeSet<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    m.0.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .find(|(s, _)| {
-            let (n, rest) = s.split_once('{').unwrap_or((s, "}"));
-            let have: BTreeSet<String> = rest
-                .trim_end_matches('}')
-                .split(',')
-                .filter(|p| !p.is_empty())
-                .map(str::to_string)
-                .collect();
-            n == name && have == want
-        })
-        .and_then(|(_, v)| v.parse().ok())
-}
-
 /// `stallwatch_notifications_total{channel, outcome}`, 0 if not exported yet.
 fn notifications_total(m: &Metrics, channel: &str, outcome: &str) -> f64 {
-    series(
-        m,
+    m.labelled(
         "stallwatch_notifications_total",
         &[("channel", channel), ("outcome", outcome)],
     )
@@ -251,7 +230,8 @@ fn notifications_total(m: &Metrics, channel: &str, outcome: &str) -> f64 {
 }
 
 fn alerts_firing(m: &Metrics, rule: &str) -> f64 {
-    series(m, "stallwatch_alerts_firing", &[("rule", rule)]).unwrap_or(0.0)
+    m.labelled("stallwatch_alerts_firing", &[("rule", rule)])
+        .unwrap_or(0.0)
 }
 
 /// `GET /api/v1/alerts`.
@@ -545,7 +525,7 @@ fn a_receiver_down_two_minutes_gets_all_100_notifications_once_back() {
             let firing = api["firing"].as_array().map_or(0, Vec::len);
             let seen = (
                 alerts_firing(&m, "stuck_jobs"),
-                series(&m, "stallwatch_outbox_pending", &[]),
+                m.labelled("stallwatch_outbox_pending", &[]),
                 firing,
                 api_pending(&api),
             );
@@ -578,7 +558,7 @@ fn a_receiver_down_two_minutes_gets_all_100_notifications_once_back() {
         let m = sidecar.metrics();
         let seen = (
             alerts_firing(&m, "stuck_jobs"),
-            series(&m, "stallwatch_outbox_pending", &[]),
+            m.labelled("stallwatch_outbox_pending", &[]),
         );
         if seen == (0.0, Some(2.0 * QUEUES as f64)) {
             Ok(())
@@ -615,7 +595,7 @@ fn a_receiver_down_two_minutes_gets_all_100_notifications_once_back() {
     let drained_in = back.elapsed();
     wait(&sidecar, "the outbox to empty", ALERT_TIMEOUT, || {
         let m = sidecar.metrics();
-        let pending = series(&m, "stallwatch_outbox_pending", &[]);
+        let pending = m.labelled("stallwatch_outbox_pending", &[]);
         let sent = notifications_total(&m, HOOK, "sent");
         if pending == Some(0.0) && sent == 2.0 * QUEUES as f64 {
             Ok(())

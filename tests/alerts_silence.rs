@@ -17,7 +17,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -135,31 +134,13 @@ fn add(data_dir: &Path, args: &[&str]) -> i64 {
     v["id"].as_i64().expect("an id")
 }
 
-fn series(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let want: BTreeSet<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    m.0.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .find(|(s, _)| {
-            let (n, rest) = s.split_once('{').unwrap_or((s, "}"));
-            let have: BTreeSet<String> = rest
-                .trim_end_matches('}')
-                .split(',')
-                .filter(|p| !p.is_empty())
-                .map(str::to_string)
-                .collect();
-            n == name && have == want
-        })
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
+/// `stallwatch_notifications_total{channel="hook", outcome}`, 0 if not exported yet.
 fn notifications(m: &Metrics, outcome: &str) -> f64 {
-    series(
-        m,
+    m.labelled(
         "stallwatch_notifications_total",
         &[("channel", HOOK), ("outcome", outcome)],
     )
+    .unwrap_or(0.0)
 }
 
 #[track_caller]

@@ -17,6 +17,7 @@ pub mod pgdb;
 pub mod receiver;
 pub mod servers;
 
+use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -403,6 +404,27 @@ impl Metrics {
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| l.rsplit_once(' '))
             .find(|(s, _)| *s == series)
+            .and_then(|(_, v)| v.parse().ok())
+    }
+
+    /// The value of `name{labels…}` whatever order the labels are written in; `None` if
+    /// no such series is exported.
+    pub fn labelled(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let want: BTreeSet<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        self.0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .find(|(s, _)| {
+                let (n, rest) = s.split_once('{').unwrap_or((s, "}"));
+                let have: BTreeSet<String> = rest
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                n == name && have == want
+            })
             .and_then(|(_, v)| v.parse().ok())
     }
 
