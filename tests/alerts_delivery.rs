@@ -22,14 +22,13 @@ mod common;
 mod ecosystem_support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::alertmanager::Alertmanager;
 use common::receiver::{show, Received, Receiver, Reply};
-use common::{free_port, http_get, Launch, Metrics, Sidecar, POLL_INTERVAL};
+use common::{Launch, Metrics, Sidecar, POLL_INTERVAL};
 use rusqlite::Connection;
 use serde_json::{json, Value};
 
@@ -763,81 +762,28 @@ fn kill_9_with_notifications_pending_loses_none() {
     );
 }
 
-/// A real `prometheus-alertmanager`, killed on drop; its log is shown if the test fails.
-struct Alertmanager {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Alertmanager {
-    /// Start-up on a loaded 2-core machine.
-    const START_TIMEOUT: Duration = Duration::from_secs(60);
-
-    /// Routes every alert to `webhook_url` with resolves, 1 s group wait and interval.
-    fn start(dir: &Path, webhook_url: &str) -> Alertmanager {
-        let binary = ecosystem_support::tool("prometheus-alertmanager", "prometheus-alertmanager");
-        let config = json!({
-            "route": {
-                "receiver": "hook",
-                "group_by": ["alertname", "source"],
-                "group_wait": "1s",
-                "group_interval": "1s",
-                "repeat_interval": "1h",
-            },
-            "receivers": [{
-                "name": "hook",
-                "webhook_configs": [{"url": webhook_url, "send_resolved": true}],
-            }],
-        });
-        let config_file = dir.join("alertmanager.yml");
-        std::fs::write(&config_file, serde_json::to_string_pretty(&config).unwrap()).unwrap();
-        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let log = dir.join("alertmanager.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(binary)
-            .arg(format!("--config.file={}", config_file.display()))
-            .arg(format!("--storage.path={}", dir.join("am-data").display()))
-            .arg(format!("--web.listen-address={addr}"))
-            // No HA cluster: it would bind 0.0.0.0:9094.
-            .arg("--cluster.listen-address=")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("starting prometheus-alertmanager");
-        let mut am = Alertmanager { child, addr, log };
-        let deadline = Instant::now() + Self::START_TIMEOUT;
-        loop {
-            if let Some(status) = am.child.try_wait().unwrap() {
-                panic!("alertmanager exited with {status}:\n{}", am.log_text());
-            }
-            if matches!(http_get(addr, "/-/ready"), Ok(r) if r.status == 200) {
-                return am;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "alertmanager not ready after {:?}:\n{}",
-                Self::START_TIMEOUT,
-                am.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- alertmanager log ----\n{}", self.log_text());
-        }
-    }
+/// A real `prometheus-alertmanager` routing every alert to `webhook_url` with resolves,
+/// 1 s group wait and interval.
+fn start_alertmanager(dir: &Path, webhook_url: &str) -> Alertmanager {
+    let binary = ecosystem_support::tool("prometheus-alertmanager", "prometheus-alertmanager");
+    let config = json!({
+        "route": {
+            "receiver": "hook",
+            "group_by": ["alertname", "source"],
+            "group_wait": "1s",
+            "group_interval": "1s",
+            "repeat_interval": "1h",
+        },
+        "receivers": [{
+            "name": "hook",
+            "webhook_configs": [{"url": webhook_url, "send_resolved": true}],
+        }],
+    });
+    Alertmanager::start(
+        &binary,
+        dir,
+        &serde_json::to_string_pretty(&config).unwrap(),
+    )
 }
 
 /// Whether an Alertmanager webhook payload has `status` and an alert about [`SOURCE`].
@@ -861,7 +807,7 @@ fn alertmanager_routes_the_firing_then_the_resolved_alert() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("missing.db");
     let receiver = Receiver::start();
-    let am = Alertmanager::start(dir.path(), &receiver.url("/am"));
+    let am = start_alertmanager(dir.path(), &receiver.url("/am"));
     let sidecar = Sidecar::start_with(
         &state_dir(dir.path()),
         &launch(&[

@@ -8,6 +8,7 @@
 // Each test binary uses its own part of the harness.
 #![allow(dead_code)]
 
+pub mod alertmanager;
 pub mod cgroup;
 pub mod dbos;
 pub mod dbos_history;
