@@ -1,5 +1,6 @@
-//! Delivery decisions, pure: what an HTTP answer means for a notification, and how long
-//! to wait before the next attempt (full-jitter exponential backoff, `Retry-After`).
+//! Delivery decisions, pure: what an HTTP answer means for a notification, how long to
+//! wait before the next attempt (full-jitter exponential backoff, `Retry-After`), and a
+//! request that got no answer described in one line.
 
 use std::time::Duration;
 
@@ -55,6 +56,29 @@ pub fn retry_delay(
     let ceiling = initial.saturating_mul(doubling).min(max);
     let jittered = ceiling.mul_f64(unit.clamp(0.0, 1.0));
     jittered.max(retry_after.unwrap_or(Duration::ZERO))
+}
+
+/// A transport error (no HTTP answer) as one line: `timed_out` when it timed out, else
+/// whether it could not connect, then its causes; never the URL, which may carry
+/// credentials.
+pub fn describe_transport_error(e: &reqwest::Error, timed_out: &str) -> String {
+    let mut text = if e.is_timeout() {
+        timed_out.to_string()
+    } else if e.is_connect() {
+        "cannot connect".to_string()
+    } else {
+        "request failed".to_string()
+    };
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !part.is_empty() && !text.contains(&part) && !part.contains("://") {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -207,8 +207,19 @@ fn bad_request(message: String) -> Response {
         .into_response()
 }
 
-/// Parses `since` (RFC 3339) and `limit` into nanoseconds and a row count.
-fn window(q: &FreezeQuery) -> Result<(i64, i64), Box<Response>> {
+/// What a `/api/v1/freezes` or `/api/v1/episodes` query asks for, checked.
+struct Window {
+    since_ns: i64,
+    limit: i64,
+    source: Option<String>,
+}
+
+/// Parses the query: `since` (RFC 3339) and `limit` into nanoseconds and a row count; a
+/// query that does not parse, or a value out of range, is the 400 answer saying why.
+fn window(query: Result<Query<FreezeQuery>, QueryRejection>) -> Result<Window, Box<Response>> {
+    let Ok(Query(q)) = query else {
+        return Err(Box::new(bad_request(QUERY_HELP.into())));
+    };
     let since_ns = match q.since.as_deref() {
         None => 0,
         Some(text) => match humantime::parse_rfc3339_weak(text) {
@@ -231,7 +242,11 @@ fn window(q: &FreezeQuery) -> Result<(i64, i64), Box<Response>> {
             crate::state::MAX_EVENTS_PER_QUERY
         ))));
     }
-    Ok((since_ns, limit))
+    Ok(Window {
+        since_ns,
+        limit,
+        source: q.source,
+    })
 }
 
 /// Runs a state DB read on the blocking pool and answers with its JSON.
@@ -266,15 +281,12 @@ async fn freezes(
     State(s): State<AppState>,
     query: Result<Query<FreezeQuery>, QueryRejection>,
 ) -> Response {
-    let Ok(Query(q)) = query else {
-        return bad_request(QUERY_HELP.into());
-    };
-    let (since_ns, limit) = match window(&q) {
+    let w = match window(query) {
         Ok(w) => w,
         Err(response) => return *response,
     };
     read_state(&s, move |r| {
-        Ok(r.events_since(since_ns, limit)?
+        Ok(r.events_since(w.since_ns, w.limit)?
             .into_iter()
             .map(to_json)
             .collect::<Vec<_>>())
@@ -320,14 +332,14 @@ async fn episodes(
     State(s): State<AppState>,
     query: Result<Query<FreezeQuery>, QueryRejection>,
 ) -> Response {
-    let Ok(Query(q)) = query else {
-        return bad_request(QUERY_HELP.into());
-    };
-    let (since_ns, limit) = match window(&q) {
+    let Window {
+        since_ns,
+        limit,
+        source,
+    } = match window(query) {
         Ok(w) => w,
         Err(response) => return *response,
     };
-    let source = q.source.clone();
     read_state(&s, move |r| {
         let wanted = |name: &str| source.as_deref().is_none_or(|want| name == want);
         let mut rows: Vec<EpisodeRow> = r

@@ -26,16 +26,14 @@ mod alerts_support;
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use alerts_support::*;
+use common::alertmanager::Alertmanager;
 use common::receiver::{Received, Receiver, Reply};
-use common::{free_port, http_get, poll_until, Launch, Sidecar};
+use common::{http_get, poll_until, Launch, Sidecar};
 
 /// The watched source: every text a person reads must name it.
 const SOURCE: &str = "lab-q7";
@@ -55,8 +53,6 @@ const WEBHOOK_PATH: &str = "/hooks/stallwatch";
 const PUSHOVER_PATH: &str = "/1/messages.json";
 const PAGERDUTY_PATH: &str = "/v2/enqueue";
 const ALERTMANAGER_PATH: &str = "/api/v2/alerts";
-/// Start-up of a real Alertmanager on a loaded 2-core machine.
-const ALERTMANAGER_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One channel under test: its `[[channel]]` name and kind and the receiver playing the
 /// service.
@@ -1099,93 +1095,40 @@ fn every_channel_kind_delivers_the_firing_and_the_resolve_in_its_services_shape(
 
 // ---- a real Alertmanager ------------------------------------------------------------------
 
-/// `prometheus-alertmanager` on a free port with a route to nowhere, killed when dropped.
-struct Alertmanager {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
+/// `prometheus-alertmanager` on a free port with a route to nowhere.
+fn start_alertmanager(dir: &Path) -> Alertmanager {
+    let bin = ["/usr/bin/prometheus-alertmanager", "/usr/bin/alertmanager"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "no Alertmanager; install it with `apt-get install -y prometheus-alertmanager`. \
+                 This test does not skip."
+            )
+        });
+    Alertmanager::start(
+        &bin,
+        dir,
+        "route:\n  receiver: nowhere\nreceivers:\n  - name: nowhere\n",
+    )
 }
 
-impl Alertmanager {
-    fn start(dir: &Path) -> Alertmanager {
-        let bin = ["/usr/bin/prometheus-alertmanager", "/usr/bin/alertmanager"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| {
-                panic!(
-                    "no Alertmanager; install it with `apt-get install -y prometheus-alertmanager`. \
-                     This test does not skip."
-                )
-            });
-        let config = dir.join("alertmanager.yml");
-        std::fs::write(
-            &config,
-            "route:\n  receiver: nowhere\nreceivers:\n  - name: nowhere\n",
-        )
-        .unwrap();
-        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let log = dir.join("alertmanager.log");
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(bin)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.path={}", dir.join("am-data").display()))
-            .arg(format!("--web.listen-address={addr}"))
-            // No HA cluster: it would bind 0.0.0.0:9094.
-            .arg("--cluster.listen-address=")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("starting Alertmanager");
-        let mut am = Alertmanager { child, addr, log };
-        let deadline = Instant::now() + ALERTMANAGER_START_TIMEOUT;
-        loop {
-            if let Some(status) = am.child.try_wait().unwrap() {
-                panic!("Alertmanager exited with {status}:\n{}", am.log_text());
-            }
-            if http_get(am.addr, "/-/ready").is_ok_and(|r| r.status == 200) {
-                return am;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Alertmanager not ready:\n{}",
-                am.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The active alerts carrying label value `value`.
-    fn active_with(&self, value: &str) -> Vec<Value> {
-        let r = http_get(self.addr, "/api/v2/alerts?active=true").expect("GET /api/v2/alerts");
-        assert_eq!(r.status, 200, "{r:?}");
-        r.json()
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|a| {
-                a["labels"]
-                    .as_object()
-                    .is_some_and(|l| l.values().any(|v| v == value))
-            })
-            .collect()
-    }
-}
-
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- alertmanager log ----\n{}", self.log_text());
-        }
-    }
+/// The alerts active in `am` carrying label value `value`.
+fn active_with(am: &Alertmanager, value: &str) -> Vec<Value> {
+    let r = http_get(am.addr, "/api/v2/alerts?active=true").expect("GET /api/v2/alerts");
+    assert_eq!(r.status, 200, "{r:?}");
+    r.json()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|a| {
+            a["labels"]
+                .as_object()
+                .is_some_and(|l| l.values().any(|v| v == value))
+        })
+        .collect()
 }
 
 /// The alertmanager channel speaks to a real Alertmanager: it accepts the firing (the
@@ -1194,7 +1137,7 @@ impl Drop for Alertmanager {
 #[test]
 fn a_real_alertmanager_accepts_the_firing_and_the_resolve() {
     let dir = tempfile::tempdir().unwrap();
-    let am = Alertmanager::start(dir.path());
+    let am = start_alertmanager(dir.path());
     let db = dir.path().join("app.db");
     let config = format!(
         "{FAST_RETRIES}{}{SOURCE_DOWN_RULE}[[channel]]\nname = \"am\"\nkind = \"alertmanager\"\nurl = \"http://{}\"\n",
@@ -1209,7 +1152,7 @@ fn a_real_alertmanager_accepts_the_firing_and_the_resolve() {
         },
     );
     let active = poll_until("the alert active in Alertmanager", DELIVERY_TIMEOUT, || {
-        let a = am.active_with(SOURCE);
+        let a = active_with(&am, SOURCE);
         if a.len() == 1 {
             Ok(a)
         } else {
@@ -1234,7 +1177,7 @@ fn a_real_alertmanager_accepts_the_firing_and_the_resolve() {
         "the alert resolved in Alertmanager",
         DELIVERY_TIMEOUT,
         || {
-            let a = am.active_with(SOURCE);
+            let a = active_with(&am, SOURCE);
             if a.is_empty() {
                 Ok(())
             } else {

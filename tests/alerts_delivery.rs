@@ -22,14 +22,13 @@ mod common;
 mod ecosystem_support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::alertmanager::Alertmanager;
 use common::receiver::{show, Received, Receiver, Reply};
-use common::{free_port, http_get, Launch, Metrics, Sidecar, POLL_INTERVAL};
+use common::{Launch, Metrics, Sidecar, POLL_INTERVAL};
 use rusqlite::Connection;
 use serde_json::{json, Value};
 
@@ -220,30 +219,9 @@ fn wait_requests(
     })
 }
 
-/// The value of `name{labels…}` whatever order the labels are written in; `None` if no
-/// such series is exported.
-fn series(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let want: BTreeSet<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    m.0.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .find(|(s, _)| {
-            let (n, rest) = s.split_once('{').unwrap_or((s, "}"));
-            let have: BTreeSet<String> = rest
-                .trim_end_matches('}')
-                .split(',')
-                .filter(|p| !p.is_empty())
-                .map(str::to_string)
-                .collect();
-            n == name && have == want
-        })
-        .and_then(|(_, v)| v.parse().ok())
-}
-
 /// `stallwatch_notifications_total{channel, outcome}`, 0 if not exported yet.
 fn notifications_total(m: &Metrics, channel: &str, outcome: &str) -> f64 {
-    series(
-        m,
+    m.labelled(
         "stallwatch_notifications_total",
         &[("channel", channel), ("outcome", outcome)],
     )
@@ -251,7 +229,8 @@ fn notifications_total(m: &Metrics, channel: &str, outcome: &str) -> f64 {
 }
 
 fn alerts_firing(m: &Metrics, rule: &str) -> f64 {
-    series(m, "stallwatch_alerts_firing", &[("rule", rule)]).unwrap_or(0.0)
+    m.labelled("stallwatch_alerts_firing", &[("rule", rule)])
+        .unwrap_or(0.0)
 }
 
 /// `GET /api/v1/alerts`.
@@ -545,7 +524,7 @@ fn a_receiver_down_two_minutes_gets_all_100_notifications_once_back() {
             let firing = api["firing"].as_array().map_or(0, Vec::len);
             let seen = (
                 alerts_firing(&m, "stuck_jobs"),
-                series(&m, "stallwatch_outbox_pending", &[]),
+                m.labelled("stallwatch_outbox_pending", &[]),
                 firing,
                 api_pending(&api),
             );
@@ -578,7 +557,7 @@ fn a_receiver_down_two_minutes_gets_all_100_notifications_once_back() {
         let m = sidecar.metrics();
         let seen = (
             alerts_firing(&m, "stuck_jobs"),
-            series(&m, "stallwatch_outbox_pending", &[]),
+            m.labelled("stallwatch_outbox_pending", &[]),
         );
         if seen == (0.0, Some(2.0 * QUEUES as f64)) {
             Ok(())
@@ -615,7 +594,7 @@ fn a_receiver_down_two_minutes_gets_all_100_notifications_once_back() {
     let drained_in = back.elapsed();
     wait(&sidecar, "the outbox to empty", ALERT_TIMEOUT, || {
         let m = sidecar.metrics();
-        let pending = series(&m, "stallwatch_outbox_pending", &[]);
+        let pending = m.labelled("stallwatch_outbox_pending", &[]);
         let sent = notifications_total(&m, HOOK, "sent");
         if pending == Some(0.0) && sent == 2.0 * QUEUES as f64 {
             Ok(())
@@ -783,81 +762,28 @@ fn kill_9_with_notifications_pending_loses_none() {
     );
 }
 
-/// A real `prometheus-alertmanager`, killed on drop; its log is shown if the test fails.
-struct Alertmanager {
-    child: Child,
-    addr: SocketAddr,
-    log: PathBuf,
-}
-
-impl Alertmanager {
-    /// Start-up on a loaded 2-core machine.
-    const START_TIMEOUT: Duration = Duration::from_secs(60);
-
-    /// Routes every alert to `webhook_url` with resolves, 1 s group wait and interval.
-    fn start(dir: &Path, webhook_url: &str) -> Alertmanager {
-        let binary = ecosystem_support::tool("prometheus-alertmanager", "prometheus-alertmanager");
-        let config = json!({
-            "route": {
-                "receiver": "hook",
-                "group_by": ["alertname", "source"],
-                "group_wait": "1s",
-                "group_interval": "1s",
-                "repeat_interval": "1h",
-            },
-            "receivers": [{
-                "name": "hook",
-                "webhook_configs": [{"url": webhook_url, "send_resolved": true}],
-            }],
-        });
-        let config_file = dir.join("alertmanager.yml");
-        std::fs::write(&config_file, serde_json::to_string_pretty(&config).unwrap()).unwrap();
-        let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-        let log = dir.join("alertmanager.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(binary)
-            .arg(format!("--config.file={}", config_file.display()))
-            .arg(format!("--storage.path={}", dir.join("am-data").display()))
-            .arg(format!("--web.listen-address={addr}"))
-            // No HA cluster: it would bind 0.0.0.0:9094.
-            .arg("--cluster.listen-address=")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("starting prometheus-alertmanager");
-        let mut am = Alertmanager { child, addr, log };
-        let deadline = Instant::now() + Self::START_TIMEOUT;
-        loop {
-            if let Some(status) = am.child.try_wait().unwrap() {
-                panic!("alertmanager exited with {status}:\n{}", am.log_text());
-            }
-            if matches!(http_get(addr, "/-/ready"), Ok(r) if r.status == 200) {
-                return am;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "alertmanager not ready after {:?}:\n{}",
-                Self::START_TIMEOUT,
-                am.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Alertmanager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- alertmanager log ----\n{}", self.log_text());
-        }
-    }
+/// A real `prometheus-alertmanager` routing every alert to `webhook_url` with resolves,
+/// 1 s group wait and interval.
+fn start_alertmanager(dir: &Path, webhook_url: &str) -> Alertmanager {
+    let binary = ecosystem_support::tool("prometheus-alertmanager", "prometheus-alertmanager");
+    let config = json!({
+        "route": {
+            "receiver": "hook",
+            "group_by": ["alertname", "source"],
+            "group_wait": "1s",
+            "group_interval": "1s",
+            "repeat_interval": "1h",
+        },
+        "receivers": [{
+            "name": "hook",
+            "webhook_configs": [{"url": webhook_url, "send_resolved": true}],
+        }],
+    });
+    Alertmanager::start(
+        &binary,
+        dir,
+        &serde_json::to_string_pretty(&config).unwrap(),
+    )
 }
 
 /// Whether an Alertmanager webhook payload has `status` and an alert about [`SOURCE`].
@@ -881,7 +807,7 @@ fn alertmanager_routes_the_firing_then_the_resolved_alert() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("missing.db");
     let receiver = Receiver::start();
-    let am = Alertmanager::start(dir.path(), &receiver.url("/am"));
+    let am = start_alertmanager(dir.path(), &receiver.url("/am"));
     let sidecar = Sidecar::start_with(
         &state_dir(dir.path()),
         &launch(&[

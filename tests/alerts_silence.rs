@@ -17,7 +17,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,6 +24,7 @@ use common::receiver::{show, Received, Receiver};
 use common::{run_to_exit, Launch, Metrics, Sidecar, POLL_INTERVAL, QUIET_RULES};
 use rusqlite::Connection;
 use serde_json::Value;
+use tempfile::TempDir;
 
 const HOOK: &str = "hook";
 const SOURCE: &str = "payments-db";
@@ -104,10 +104,15 @@ fn write_jobs_db(db: &Path, stuck: bool) {
     std::fs::rename(&building, db).unwrap();
 }
 
-fn state_dir(dir: &Path) -> PathBuf {
-    let state = dir.join("state");
+/// A temp dir, a jobs DB in it (no stuck job yet), a webhook receiver, and a state dir
+/// for the sidecar.
+fn setup() -> (TempDir, PathBuf, Receiver, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("jobs.db");
+    write_jobs_db(&db, false);
+    let state = dir.path().join("state");
     std::fs::create_dir_all(&state).unwrap();
-    state
+    (dir, db, Receiver::start(), state)
 }
 
 fn silence(args: &[&str], data_dir: &Path) -> common::Finished {
@@ -129,31 +134,13 @@ fn add(data_dir: &Path, args: &[&str]) -> i64 {
     v["id"].as_i64().expect("an id")
 }
 
-fn series(m: &Metrics, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let want: BTreeSet<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    m.0.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .find(|(s, _)| {
-            let (n, rest) = s.split_once('{').unwrap_or((s, "}"));
-            let have: BTreeSet<String> = rest
-                .trim_end_matches('}')
-                .split(',')
-                .filter(|p| !p.is_empty())
-                .map(str::to_string)
-                .collect();
-            n == name && have == want
-        })
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
+/// `stallwatch_notifications_total{channel="hook", outcome}`, 0 if not exported yet.
 fn notifications(m: &Metrics, outcome: &str) -> f64 {
-    series(
-        m,
+    m.labelled(
         "stallwatch_notifications_total",
         &[("channel", HOOK), ("outcome", outcome)],
     )
+    .unwrap_or(0.0)
 }
 
 #[track_caller]
@@ -176,16 +163,22 @@ fn wait<T>(
     }
 }
 
-/// The firing alert of `rule` in `/api/v1/alerts`, once there is one.
-fn firing(sidecar: &Sidecar, rule: &str) -> Result<Value, String> {
+/// The alert of `rule` in list `list` (`firing`, `recent`) of `/api/v1/alerts`, once
+/// there is one.
+fn alert_in(sidecar: &Sidecar, list: &str, rule: &str) -> Result<Value, String> {
     let api = sidecar.get("/api/v1/alerts").json();
-    api["firing"]
+    api[list]
         .as_array()
         .into_iter()
         .flatten()
         .find(|a| a["rule"] == rule)
         .cloned()
         .ok_or_else(|| api.to_string())
+}
+
+/// The firing alert of `rule` in `/api/v1/alerts`, once there is one.
+fn firing(sidecar: &Sidecar, rule: &str) -> Result<Value, String> {
+    alert_in(sidecar, "firing", rule)
 }
 
 fn type_of(r: &Received) -> String {
@@ -229,11 +222,7 @@ fn assert_recorded_not_sent(sidecar: &Sidecar, receiver: &Receiver, silence_id: 
 #[test]
 fn a_silenced_alert_is_recorded_not_sent_and_notifies_once_when_the_silence_ends() {
     const SILENCE: Duration = Duration::from_secs(12);
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("jobs.db");
-    write_jobs_db(&db, false);
-    let receiver = Receiver::start();
-    let state = state_dir(dir.path());
+    let (_dir, db, receiver, state) = setup();
     let sidecar = Sidecar::start_with(&state, &config(&receiver, &db, QUIET_RULES));
 
     let id = add(
@@ -285,11 +274,7 @@ fn a_silenced_alert_is_recorded_not_sent_and_notifies_once_when_the_silence_ends
 
 #[test]
 fn a_silence_of_another_source_does_not_hold_this_one() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("jobs.db");
-    write_jobs_db(&db, false);
-    let receiver = Receiver::start();
-    let state = state_dir(dir.path());
+    let (_dir, db, receiver, state) = setup();
     let sidecar = Sidecar::start_with(&state, &config(&receiver, &db, QUIET_RULES));
     add(
         &state,
@@ -323,11 +308,7 @@ fn a_silence_of_another_source_does_not_hold_this_one() {
 
 #[test]
 fn a_silence_survives_a_restart_and_expire_ends_it_at_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("jobs.db");
-    write_jobs_db(&db, false);
-    let receiver = Receiver::start();
-    let state = state_dir(dir.path());
+    let (_dir, db, receiver, state) = setup();
     let launch = config(&receiver, &db, QUIET_RULES);
     let mut sidecar = Sidecar::start_with(&state, &launch);
     let id = add(
@@ -410,11 +391,7 @@ fn a_silence_survives_a_restart_and_expire_ends_it_at_once() {
 
 #[test]
 fn a_planned_stop_under_a_freeze_silence_is_recorded_and_not_delivered() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("jobs.db");
-    write_jobs_db(&db, false);
-    let receiver = Receiver::start();
-    let state = state_dir(dir.path());
+    let (_dir, db, receiver, state) = setup();
     // The freeze rule on, from 1 s: the downtime of the restart below is a `restart` freeze.
     let rules = format!(
         "\n[[rule]]\nrule = \"freeze\"\nthreshold = \"1s\"\n\n{}",
@@ -434,16 +411,7 @@ fn a_planned_stop_under_a_freeze_silence_is_recorded_and_not_delivered() {
         &sidecar,
         "the restart freeze's alert",
         ALERT_TIMEOUT,
-        || {
-            let api = sidecar.get("/api/v1/alerts").json();
-            api["recent"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|a| a["rule"] == "freeze")
-                .cloned()
-                .ok_or_else(|| api.to_string())
-        },
+        || alert_in(&sidecar, "recent", "freeze"),
     );
     assert_eq!(alert["silenced"], true, "{alert}");
     assert_eq!(alert["silence_id"], id, "{alert}");
@@ -487,11 +455,7 @@ fn a_planned_stop_under_a_freeze_silence_is_recorded_and_not_delivered() {
 
 #[test]
 fn silence_refuses_bad_input_and_bad_state_dbs_with_exit_2_and_one_sentence() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("jobs.db");
-    write_jobs_db(&db, false);
-    let receiver = Receiver::start();
-    let state = state_dir(dir.path());
+    let (dir, db, receiver, state) = setup();
     let launch = config(&receiver, &db, QUIET_RULES);
     let mut sidecar = Sidecar::start_with(&state, &launch);
     sidecar.kill_hard();
@@ -563,38 +527,27 @@ fn silence_refuses_bad_input_and_bad_state_dbs_with_exit_2_and_one_sentence() {
     refused(silence(&["expire", "-3"], &state), "must be a silence id");
     // --config: its data_dir, and --source must be one of its sources.
     let cfg = config_file.to_str().unwrap();
-    let out = run_to_exit([
-        "silence",
-        "add",
-        "--rule",
-        "stuck_jobs",
-        "--source",
-        "nope",
-        "--for",
-        "1h",
-        "--reason",
-        "x",
-        "--config",
-        cfg,
-    ]);
+    let add_with_config = |source: &str| {
+        run_to_exit([
+            "silence",
+            "add",
+            "--rule",
+            "stuck_jobs",
+            "--source",
+            source,
+            "--for",
+            "1h",
+            "--reason",
+            "x",
+            "--config",
+            cfg,
+        ])
+    };
     refused(
-        out,
+        add_with_config("nope"),
         "--source \"nope\" is not a [[source]] of the config (it has payments-db)",
     );
-    let out = run_to_exit([
-        "silence",
-        "add",
-        "--rule",
-        "stuck_jobs",
-        "--source",
-        SOURCE,
-        "--for",
-        "1h",
-        "--reason",
-        "x",
-        "--config",
-        cfg,
-    ]);
+    let out = add_with_config(SOURCE);
     assert!(out.status.success(), "{out:?}");
     assert!(out.stdout.starts_with("silence 1 added"), "{out:?}");
     // Nothing above wrote a silence but the last.
@@ -652,11 +605,7 @@ fn silence_refuses_bad_input_and_bad_state_dbs_with_exit_2_and_one_sentence() {
 
 #[test]
 fn expire_is_noticed_at_once_without_a_poll_to_wake_the_engine() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("jobs.db");
-    write_jobs_db(&db, false);
-    let receiver = Receiver::start();
-    let state = state_dir(dir.path());
+    let (_dir, db, receiver, state) = setup();
     // A first run makes the state DB; the silence goes in while no sidecar runs.
     let launch = config_polling(&receiver, &db, QUIET_RULES, "60s");
     Sidecar::start_with(&state, &launch).kill_hard();

@@ -35,9 +35,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::dbos::{App, Journal, Mode, SystemDb};
-use common::{assert_near, poll_until, process_state, Launch, Sidecar};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
-use serde::Deserialize;
+use common::dbos_history::{open_read_only, wait_deadline};
+use common::{assert_near, poll_until, process_state, Episode, Launch, Sidecar};
 use tempfile::TempDir;
 
 /// The source name in the sidecar's config.
@@ -267,7 +266,9 @@ fn live_wait_overrun_is_visible_while_the_app_is_still_stopped() {
         DB_TOLERANCE_SECONDS,
     );
     // Still exactly one, with nothing else recorded for the workflow.
-    let all: Vec<Episode> = episodes(&setup.sidecar)
+    let all: Vec<Episode> = setup
+        .sidecar
+        .episodes(SOURCE)
         .into_iter()
         .filter(|e| e.workflow_id == workflow_id)
         .collect();
@@ -529,7 +530,7 @@ fn blocked_queue_names_the_blocking_workflow() {
 #[test]
 fn rollback_journal_mode_is_reported_in_metrics_status_and_once_in_the_log() {
     let (setup, app) = Setup::new(Journal::Default, &[]);
-    let conn = read_only(&setup.db);
+    let conn = open_read_only(&setup.db);
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
@@ -582,36 +583,11 @@ fn rollback_journal_mode_is_reported_in_metrics_status_and_once_in_the_log() {
 
 // ---- the sidecar's answers ----------------------------------------------------------------
 
-/// One entry of `/api/v1/episodes`.
-#[derive(Debug, Clone, Deserialize)]
-#[allow(dead_code)]
-struct Episode {
-    id: i64,
-    source: String,
-    kind: String,
-    workflow_id: String,
-    workflow_name: String,
-    from_step: String,
-    to_step: String,
-    started_at: String,
-    duration_seconds: f64,
-    cause: String,
-    freeze_id: Option<i64>,
-    detected_at: String,
-}
-
-#[track_caller]
-fn episodes(sidecar: &Sidecar) -> Vec<Episode> {
-    let r = sidecar.get(&format!("/api/v1/episodes?source={SOURCE}"));
-    assert_eq!(r.status, 200, "/api/v1/episodes: {r:?}");
-    serde_json::from_str(&r.body)
-        .unwrap_or_else(|e| panic!("/api/v1/episodes is not a list of episodes ({e}): {r:?}"))
-}
-
 /// The `wait_overrun` episodes of one workflow.
 #[track_caller]
 fn overruns(sidecar: &Sidecar, workflow_id: &str) -> Vec<Episode> {
-    episodes(sidecar)
+    sidecar
+        .episodes(SOURCE)
         .into_iter()
         .filter(|e| e.kind == "wait_overrun" && e.workflow_id == workflow_id)
         .collect()
@@ -657,39 +633,10 @@ fn now_secs() -> f64 {
 
 // ---- what DBOS wrote ----------------------------------------------------------------------
 
-fn read_only(db: &Path) -> Connection {
-    let conn = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .unwrap_or_else(|e| panic!("opening {} read-only: {e}", db.display()));
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    conn
-}
-
-/// The deadline (epoch seconds) in the `DBOS.sleep` placeholder of a workflow's wait.
-fn wait_deadline(db: &Path, workflow_id: &str) -> Option<f64> {
-    let output: Option<String> = read_only(db)
-        .query_row(
-            "SELECT output FROM operation_outputs WHERE workflow_uuid = ?1 \
-             AND function_name = 'DBOS.sleep' ORDER BY function_id DESC LIMIT 1",
-            [workflow_id],
-            |r| r.get(0),
-        )
-        .optional()
-        .unwrap();
-    output.map(|o| {
-        o.trim()
-            .trim_matches('"')
-            .parse()
-            .unwrap_or_else(|e| panic!("DBOS.sleep output {o:?} is not epoch seconds: {e}"))
-    })
-}
-
 /// When the `DBOS.recv` row of a workflow completed, in epoch seconds.
 #[track_caller]
 fn recv_completed(db: &Path, workflow_id: &str) -> f64 {
-    let ms: i64 = read_only(db)
+    let ms: i64 = open_read_only(db)
         .query_row(
             "SELECT completed_at_epoch_ms FROM operation_outputs WHERE workflow_uuid = ?1 \
              AND function_name = 'DBOS.recv'",
@@ -702,7 +649,7 @@ fn recv_completed(db: &Path, workflow_id: &str) -> f64 {
 
 /// The latest `completed_at` of a workflow's rows, in epoch seconds.
 fn db_last_completed(db: &Path, workflow_id: &str) -> Option<f64> {
-    let ms: Option<i64> = read_only(db)
+    let ms: Option<i64> = open_read_only(db)
         .query_row(
             "SELECT max(completed_at_epoch_ms) FROM operation_outputs WHERE workflow_uuid = ?1",
             [workflow_id],
@@ -714,7 +661,7 @@ fn db_last_completed(db: &Path, workflow_id: &str) -> Option<f64> {
 
 /// `max(recovery_attempts)` of the PENDING workflows, if any.
 fn db_max_pending_recovery_attempts(db: &Path) -> Option<i64> {
-    read_only(db)
+    open_read_only(db)
         .query_row(
             "SELECT max(recovery_attempts) FROM workflow_status WHERE status = 'PENDING'",
             [],
@@ -725,7 +672,7 @@ fn db_max_pending_recovery_attempts(db: &Path) -> Option<i64> {
 
 /// `created_at` (epoch seconds) of the oldest ENQUEUED workflow on queue "q".
 fn db_oldest_enqueued(db: &Path) -> Option<f64> {
-    let ms: Option<i64> = read_only(db)
+    let ms: Option<i64> = open_read_only(db)
         .query_row(
             "SELECT min(created_at) FROM workflow_status WHERE status = 'ENQUEUED' \
              AND queue_name = 'q'",
@@ -738,7 +685,7 @@ fn db_oldest_enqueued(db: &Path) -> Option<f64> {
 
 /// Every workflow's id and status.
 fn db_statuses(db: &Path) -> Vec<(String, String)> {
-    let conn = read_only(db);
+    let conn = open_read_only(db);
     let mut stmt = conn
         .prepare("SELECT workflow_uuid, status FROM workflow_status ORDER BY created_at")
         .unwrap();

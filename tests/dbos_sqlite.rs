@@ -28,7 +28,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -36,10 +35,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::cgroup::TestCgroup;
 use common::dbos::{App, Hold, Journal, Mode, SystemDb};
+use common::dbos_history::{self, open_read_only, wait_deadline, StepRow};
 use common::faketime::FakeClock;
-use common::{assert_near, poll_until, process_state, Launch, Metrics, Sidecar};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
-use serde::Deserialize;
+use common::{assert_near, poll_until, process_state, Episode, Launch, Metrics, Sidecar};
+use rusqlite::Connection;
 use tempfile::TempDir;
 
 /// How long the app is stopped between `generate` and `send` (issue 4).
@@ -334,7 +333,8 @@ fn freeze_inside_recv_is_one_wait_overrun() {
     let overdue = format!("stallwatch_waits_overdue{{source=\"{SOURCE}\"}}");
     let samples = sample_until(
         || {
-            let live = episodes(&sidecar)
+            let live = sidecar
+                .episodes(SOURCE)
                 .into_iter()
                 .find(|e| e.kind == "wait_overrun");
             (sidecar.metrics().value(&overdue), live)
@@ -630,7 +630,7 @@ fn normal_runs_then_sigstop(journal: Journal) {
     assert_step_durations_match(&m, &rows);
     // Gaps: three per workflow (parse → the recv's start, recv → generate, generate →
     // send), each what DBOS recorded.
-    let gaps = db_gaps(&rows);
+    let gaps = dbos_history::gaps(&rows);
     assert_eq!(gaps.len(), 3 * NORMAL_RUNS, "{gaps:?}");
     let gap_sum: f64 = gaps.iter().sum();
     let gap_count = m.expect(&gap_series("count"));
@@ -703,9 +703,9 @@ fn normal_runs_then_sigstop(journal: Journal) {
 /// Per step, `stallwatch_step_duration_seconds` count and sum equal DBOS's rows; the
 /// intended waits (`DBOS.recv`, `DBOS.sleep`) are not steps.
 #[track_caller]
-fn assert_step_durations_match(m: &Metrics, rows: &[Row]) {
+fn assert_step_durations_match(m: &Metrics, rows: &[StepRow]) {
     for step in STEPS {
-        let mine: Vec<&Row> = rows.iter().filter(|r| r.step == step).collect();
+        let mine: Vec<&StepRow> = rows.iter().filter(|r| r.step == step).collect();
         let sum: f64 = mine.iter().map(|r| r.duration_seconds()).sum();
         let count = m.expect(&duration_series(step, "count"));
         let metric_sum = m.expect(&duration_series(step, "sum"));
@@ -813,7 +813,7 @@ fn wait_for_episodes_where(
     done: impl Fn(&[Episode]) -> bool,
 ) -> Vec<Episode> {
     poll_until(what, EPISODE_TIMEOUT, || {
-        let episodes = episodes(sidecar);
+        let episodes = sidecar.episodes(SOURCE);
         if done(&episodes) {
             Ok(())
         } else {
@@ -821,7 +821,7 @@ fn wait_for_episodes_where(
         }
     });
     std::thread::sleep(SECOND_EPISODE_WATCH);
-    episodes(sidecar)
+    sidecar.episodes(SOURCE)
 }
 
 /// Takes a `sample` every [`GAUGE_SAMPLE_INTERVAL`] until `done`; returns them.
@@ -862,7 +862,11 @@ fn start_early_in_a_second() {
 }
 
 /// Waits until the sidecar counted every step row of `workflows` finished workflows.
-fn wait_until_sidecar_has_all_steps(sidecar: &Sidecar, db: &Path, workflows: usize) -> Vec<Row> {
+fn wait_until_sidecar_has_all_steps(
+    sidecar: &Sidecar,
+    db: &Path,
+    workflows: usize,
+) -> Vec<StepRow> {
     poll_until(
         "the sidecar to count every step DBOS wrote",
         METRICS_TIMEOUT,
@@ -914,79 +918,7 @@ fn stalls_total(cause: &str) -> String {
 
 // ---- the sidecar's episodes -----------------------------------------------------------
 
-/// One entry of `/api/v1/episodes`.
-#[derive(Debug, Clone, Deserialize)]
-#[allow(dead_code)]
-struct Episode {
-    id: i64,
-    source: String,
-    kind: String,
-    workflow_id: String,
-    workflow_name: String,
-    from_step: String,
-    to_step: String,
-    started_at: String,
-    duration_seconds: f64,
-    cause: String,
-    freeze_id: Option<i64>,
-    detected_at: String,
-}
-
-#[track_caller]
-fn episodes(sidecar: &Sidecar) -> Vec<Episode> {
-    let r = sidecar.get(&format!("/api/v1/episodes?source={SOURCE}"));
-    assert_eq!(r.status, 200, "/api/v1/episodes: {r:?}");
-    serde_json::from_str(&r.body)
-        .unwrap_or_else(|e| panic!("/api/v1/episodes is not a list of episodes ({e}): {r:?}"))
-}
-
 // ---- what DBOS wrote ------------------------------------------------------------------
-
-/// One `operation_outputs` row.
-#[derive(Debug, Clone)]
-struct Row {
-    workflow_id: String,
-    function_id: i64,
-    step: String,
-    started_ms: i64,
-    completed_ms: i64,
-}
-
-impl Row {
-    fn duration_seconds(&self) -> f64 {
-        (self.completed_ms - self.started_ms) as f64 / 1e3
-    }
-}
-
-/// The app's system DB, read-only.
-fn open_read_only(db: &Path) -> Connection {
-    let conn = Connection::open_with_flags(
-        db,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .unwrap_or_else(|e| panic!("opening {} read-only: {e}", db.display()));
-    conn.busy_timeout(Duration::from_secs(5)).unwrap();
-    conn
-}
-
-/// The deadline (unix seconds) of the latest wait of `workflow_id`: the output of its
-/// `DBOS.sleep` placeholder, a JSON number DBOS writes as the wait starts.
-fn wait_deadline(db: &Path, workflow_id: &str) -> Option<f64> {
-    let output: Option<String> = open_read_only(db)
-        .query_row(
-            "SELECT output FROM operation_outputs WHERE workflow_uuid = ?1 \
-             AND function_name = 'DBOS.sleep' ORDER BY function_id DESC LIMIT 1",
-            [workflow_id],
-            |r| r.get(0),
-        )
-        .optional()
-        .unwrap_or_else(|e| panic!("reading the DBOS.sleep row of {workflow_id}: {e}"));
-    let output = output?;
-    let deadline = output.trim().trim_matches('"').parse().unwrap_or_else(|e| {
-        panic!("the DBOS.sleep output of {workflow_id} is not epoch seconds ({e}): {output:?}")
-    });
-    Some(deadline)
-}
 
 /// Waits for DBOS to write the deadline of `workflow_id`'s wait; returns it.
 #[track_caller]
@@ -999,7 +931,7 @@ fn wait_for_deadline(db: &Path, workflow_id: &str) -> f64 {
 }
 
 /// Every `operation_outputs` row, read-only, in one short statement.
-fn db_rows(db: &Path) -> Vec<Row> {
+fn db_rows(db: &Path) -> Vec<StepRow> {
     let conn = open_read_only(db);
     let mut stmt = conn
         .prepare(
@@ -1010,7 +942,7 @@ fn db_rows(db: &Path) -> Vec<Row> {
         .unwrap();
     let rows = stmt
         .query_map([], |r| {
-            Ok(Row {
+            Ok(StepRow {
                 workflow_id: r.get(0)?,
                 function_id: r.get(1)?,
                 step: r.get(2)?,
@@ -1022,30 +954,6 @@ fn db_rows(db: &Path) -> Vec<Row> {
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     rows
-}
-
-/// The gaps DBOS's rows show, in seconds: per workflow, end of the previous activity (a
-/// step or an intended wait) to the start of each following step.
-fn db_gaps(rows: &[Row]) -> Vec<f64> {
-    let mut by_workflow: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
-    for r in rows {
-        by_workflow.entry(&r.workflow_id).or_default().push(r);
-    }
-    let mut gaps = Vec::new();
-    for (_, mut rows) in by_workflow {
-        rows.sort_by_key(|r| (r.completed_ms, r.function_id));
-        let mut end: Option<i64> = None;
-        for r in rows {
-            // A wait's placeholder row marks when the wait began: the time before it is
-            // a gap like the time before a step.
-            let wait = r.step.starts_with("DBOS.") && r.step != "DBOS.sleep";
-            if let (Some(e), false) = (end, wait) {
-                gaps.push((r.started_ms.max(e) - e) as f64 / 1e3);
-            }
-            end = Some(end.map_or(r.completed_ms, |e| e.max(r.completed_ms)));
-        }
-    }
-    gaps
 }
 
 // ---- setup: venv, app, sidecar --------------------------------------------------------

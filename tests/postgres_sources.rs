@@ -59,6 +59,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::dbos::{App, Hold, Mode, SystemDb};
+use common::dbos_history::{self, StepRow};
 use common::pgdb::{admin, TestDb, PG_HOST, PG_PORT};
 use common::{assert_near, free_port, poll_until, process_state, Launch, Sidecar};
 use postgres::{Client, NoTls};
@@ -682,7 +683,7 @@ fn dbos_on_postgres_step_durations_match_operation_outputs() {
         },
     );
     for step in DBOS_STEPS {
-        let mine: Vec<&DbosRow> = rows.iter().filter(|r| r.step == step).collect();
+        let mine: Vec<&StepRow> = rows.iter().filter(|r| r.step == step).collect();
         let sum: f64 = mine.iter().map(|r| r.duration_seconds()).sum();
         let got = steps.get(&duration("sum"), &step_labels(step)).unwrap();
         eprintln!(
@@ -710,7 +711,7 @@ fn dbos_on_postgres_step_durations_match_operation_outputs() {
 
     // Gaps: parse → the recv's start, recv end → generate and generate → send,
     // milliseconds each, as DBOS has them.
-    let gaps = dbos_gaps(&rows);
+    let gaps = dbos_history::gaps(&rows);
     assert_eq!(gaps.len(), 3 * DBOS_RUNS, "{gaps:?}");
     let gap_labels = [("source", "dbos"), ("workflow", "reply")];
     let count = steps
@@ -778,22 +779,7 @@ fn step_labels(step: &str) -> [(&str, &str); 2] {
     [("source", "dbos"), ("step", step)]
 }
 
-#[derive(Debug)]
-struct DbosRow {
-    workflow_id: String,
-    function_id: i32,
-    step: String,
-    started_ms: i64,
-    completed_ms: i64,
-}
-
-impl DbosRow {
-    fn duration_seconds(&self) -> f64 {
-        (self.completed_ms - self.started_ms) as f64 / 1e3
-    }
-}
-
-fn dbos_rows(db: &TestDb) -> Vec<DbosRow> {
+fn dbos_rows(db: &TestDb) -> Vec<StepRow> {
     db.client()
         .query(
             "SELECT workflow_uuid, function_id, function_name, started_at_epoch_ms, completed_at_epoch_ms
@@ -802,38 +788,14 @@ fn dbos_rows(db: &TestDb) -> Vec<DbosRow> {
         )
         .unwrap()
         .iter()
-        .map(|r| DbosRow {
+        .map(|r| StepRow {
             workflow_id: r.get(0),
-            function_id: r.get(1),
+            function_id: r.get::<_, i32>(1).into(),
             step: r.get(2),
             started_ms: r.get(3),
             completed_ms: r.get(4),
         })
         .collect()
-}
-
-/// Per workflow, end of the previous activity (a step or an intended wait) to the start
-/// of each following step, in seconds.
-fn dbos_gaps(rows: &[DbosRow]) -> Vec<f64> {
-    let mut by_workflow: BTreeMap<&str, Vec<&DbosRow>> = BTreeMap::new();
-    for r in rows {
-        by_workflow.entry(&r.workflow_id).or_default().push(r);
-    }
-    let mut gaps = Vec::new();
-    for (_, mut rows) in by_workflow {
-        rows.sort_by_key(|r| (r.completed_ms, r.function_id));
-        let mut end: Option<i64> = None;
-        for r in rows {
-            // A wait's placeholder row marks when the wait began: the time before it is
-            // a gap like the time before a step.
-            let wait = r.step.starts_with("DBOS.") && r.step != "DBOS.sleep";
-            if let (Some(e), false) = (end, wait) {
-                gaps.push((r.started_ms.max(e) - e) as f64 / 1e3);
-            }
-            end = Some(end.map_or(r.completed_ms, |e| e.max(r.completed_ms)));
-        }
-    }
-    gaps
 }
 
 // ---- 3. heartbeat pool ----------------------------------------------------------------

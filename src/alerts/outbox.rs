@@ -70,6 +70,7 @@ pub struct Recorded {
     pub grouped: Vec<(String, u64)>,
 }
 
+/// Adds `n` to the count of `channel` in a per-channel tally.
 fn add(counts: &mut Vec<(String, u64)>, channel: &str, n: u64) {
     match counts.iter_mut().find(|(c, _)| c == channel) {
         Some((_, total)) => *total += n,
@@ -584,10 +585,7 @@ impl Outbox {
                     last_error = 'dropped: the outbox was full' WHERE id = ?1",
                 params![id, now_ns],
             )?;
-            match by_channel.iter_mut().find(|(c, _)| *c == channel) {
-                Some((_, n)) => *n += 1,
-                None => by_channel.push((channel, 1)),
-            }
+            add(&mut by_channel, &channel, 1);
         }
         Ok(by_channel)
     }
@@ -942,39 +940,35 @@ mod tests {
         )
     }
 
+    /// Records one notification of `fingerprint` on channel `hook`, made and recorded at `at`.
+    fn record(
+        o: &mut Outbox,
+        fingerprint: &str,
+        kind: NotificationKind,
+        severity: Severity,
+        at: i64,
+    ) {
+        o.record(&[transition(fingerprint, kind, severity, at)], at)
+            .unwrap();
+    }
+
+    /// The one value `sql` selects from the outbox's DB.
+    fn query<T: rusqlite::types::FromSql>(o: &Outbox, sql: &str) -> T {
+        o.conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
     #[test]
     fn a_resolve_waits_for_its_firing_but_other_alerts_do_not() {
         let (_d, mut o) = outbox(100);
-        o.record(
-            &[transition(
-                "a",
-                NotificationKind::Firing,
-                Severity::Warning,
-                1,
-            )],
-            1,
-        )
-        .unwrap();
-        o.record(
-            &[transition(
-                "a",
-                NotificationKind::Resolved,
-                Severity::Warning,
-                2,
-            )],
+        record(&mut o, "a", NotificationKind::Firing, Severity::Warning, 1);
+        record(
+            &mut o,
+            "a",
+            NotificationKind::Resolved,
+            Severity::Warning,
             2,
-        )
-        .unwrap();
-        o.record(
-            &[transition(
-                "b",
-                NotificationKind::Firing,
-                Severity::Warning,
-                3,
-            )],
-            3,
-        )
-        .unwrap();
+        );
+        record(&mut o, "b", NotificationKind::Firing, Severity::Warning, 3);
         let first = o.next_due("hook", 10).unwrap().due.unwrap();
         assert_eq!(first.message.fingerprint, "a");
         o.mark_retry(first.id, 1, 1_000, "HTTP 503").unwrap();
@@ -1000,38 +994,28 @@ mod tests {
     fn a_full_outbox_drops_the_oldest_lowest_severity_first() {
         let (_d, mut o) = outbox(100);
         for i in 0..60 {
-            o.record(
-                &[transition(
-                    &format!("w{i}"),
-                    NotificationKind::Firing,
-                    Severity::Warning,
-                    i,
-                )],
+            record(
+                &mut o,
+                &format!("w{i}"),
+                NotificationKind::Firing,
+                Severity::Warning,
                 i,
-            )
-            .unwrap();
+            );
         }
         for i in 0..60 {
-            o.record(
-                &[transition(
-                    &format!("c{i}"),
-                    NotificationKind::Firing,
-                    Severity::Critical,
-                    100 + i,
-                )],
+            record(
+                &mut o,
+                &format!("c{i}"),
+                NotificationKind::Firing,
+                Severity::Critical,
                 100 + i,
-            )
-            .unwrap();
+            );
         }
         let stats = o.stats().unwrap();
-        let dropped: i64 = o
-            .conn
-            .query_row(
-                "SELECT count(*) FROM notification WHERE state = 'dropped'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let dropped: i64 = query(
+            &o,
+            "SELECT count(*) FROM notification WHERE state = 'dropped'",
+        );
         assert_eq!((stats.pending, dropped), (100, 20));
         // The 20 oldest warnings went; every critical is still there.
         let first = o.next_due("hook", 1_000).unwrap().due.unwrap();
@@ -1041,26 +1025,8 @@ mod tests {
     #[test]
     fn an_unreadable_row_is_given_up_and_does_not_hold_up_the_rest() {
         let (_d, mut o) = outbox(100);
-        o.record(
-            &[transition(
-                "a",
-                NotificationKind::Firing,
-                Severity::Warning,
-                1,
-            )],
-            1,
-        )
-        .unwrap();
-        o.record(
-            &[transition(
-                "b",
-                NotificationKind::Firing,
-                Severity::Warning,
-                2,
-            )],
-            2,
-        )
-        .unwrap();
+        record(&mut o, "a", NotificationKind::Firing, Severity::Warning, 1);
+        record(&mut o, "b", NotificationKind::Firing, Severity::Warning, 2);
         o.conn
             .execute(
                 "UPDATE notification SET message = '{\"old\": 1}' WHERE fingerprint = 'a'",
@@ -1070,14 +1036,7 @@ mod tests {
         let next = o.next_due("hook", 10).unwrap();
         assert_eq!(next.unreadable, 1);
         assert_eq!(next.due.unwrap().message.fingerprint, "b");
-        let state: String = o
-            .conn
-            .query_row(
-                "SELECT state FROM notification WHERE fingerprint = 'a'",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap();
+        let state: String = query(&o, "SELECT state FROM notification WHERE fingerprint = 'a'");
         assert_eq!(state, "failed");
     }
 

@@ -25,7 +25,7 @@ use super::proto::{
 };
 use super::traces::Traces;
 use super::workflows::CompletedWorkflow;
-use crate::backoff::{classify, parse_retry_after, retry_delay, Verdict};
+use crate::backoff::{classify, describe_transport_error, parse_retry_after, retry_delay, Verdict};
 use crate::clock::real_ns;
 use crate::config::otlp::OtlpConfig;
 use crate::metrics::Metrics;
@@ -398,21 +398,5 @@ pub const DROP_QUEUE: &str = "otlp_spans";
 
 /// A transport error as one line, without the URL (it may carry credentials).
 fn describe(e: &reqwest::Error) -> String {
-    let mut text = if e.is_timeout() {
-        "timed out".to_string()
-    } else if e.is_connect() {
-        "cannot connect".to_string()
-    } else {
-        "request failed".to_string()
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !part.is_empty() && !text.contains(&part) && !part.contains("://") {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
+    describe_transport_error(e, "timed out")
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::backoff::describe_transport_error;
 use crate::config::{clip_words, quoted, redact_url};
 
 /// Longest wait for one query: Prometheus's own default query timeout is 2 min; a
@@ -206,23 +207,8 @@ pub fn parse_vector(body: &[u8], shown: &str) -> Result<Vec<Sample>, String> {
 
 /// A transport error as one line, without the URL (it may carry credentials).
 fn describe(e: &reqwest::Error) -> String {
-    let mut text = if e.is_timeout() {
-        format!("no answer within {} s", QUERY_TIMEOUT.as_secs())
-    } else if e.is_connect() {
-        "cannot connect".to_string()
-    } else {
-        "request failed".to_string()
-    };
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !part.is_empty() && !text.contains(&part) && !part.contains("://") {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
+    let timed_out = format!("no answer within {} s", QUERY_TIMEOUT.as_secs());
+    describe_transport_error(e, &timed_out)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! docstring.
 //!
 //! Not here: the sidecar watching the app (`Sidecar`), freezing it (`cgroup.rs`), reading
-//! what DBOS wrote (each test reads the tables it asserts on).
+//! what DBOS wrote (`dbos_history.rs`, and each test reads the tables it asserts on).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};

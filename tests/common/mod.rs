@@ -8,14 +8,17 @@
 // Each test binary uses its own part of the harness.
 #![allow(dead_code)]
 
+pub mod alertmanager;
 pub mod cgroup;
 pub mod dbos;
+pub mod dbos_history;
 pub mod dbos_schema;
 pub mod faketime;
 pub mod pgdb;
 pub mod receiver;
 pub mod servers;
 
+use std::collections::BTreeSet;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -362,6 +365,23 @@ impl Freeze {
     }
 }
 
+/// One entry of `/api/v1/episodes`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Episode {
+    pub id: i64,
+    pub source: String,
+    pub kind: String,
+    pub workflow_id: String,
+    pub workflow_name: String,
+    pub from_step: String,
+    pub to_step: String,
+    pub started_at: String,
+    pub duration_seconds: f64,
+    pub cause: String,
+    pub freeze_id: Option<i64>,
+    pub detected_at: String,
+}
+
 /// Every freeze kind the sidecar exports a `stallwatch_freezes_total` series for.
 pub const FREEZE_KINDS: [&str; 6] = [
     "process_stall",
@@ -385,6 +405,27 @@ impl Metrics {
             .filter(|l| !l.starts_with('#'))
             .filter_map(|l| l.rsplit_once(' '))
             .find(|(s, _)| *s == series)
+            .and_then(|(_, v)| v.parse().ok())
+    }
+
+    /// The value of `name{labels…}` whatever order the labels are written in; `None` if
+    /// no such series is exported.
+    pub fn labelled(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let want: BTreeSet<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        self.0
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .find(|(s, _)| {
+                let (n, rest) = s.split_once('{').unwrap_or((s, "}"));
+                let have: BTreeSet<String> = rest
+                    .trim_end_matches('}')
+                    .split(',')
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                n == name && have == want
+            })
             .and_then(|(_, v)| v.parse().ok())
     }
 
@@ -565,6 +606,15 @@ impl Sidecar {
         assert_eq!(r.status, 200, "/api/v1/freezes: {r:?}");
         serde_json::from_str(&r.body)
             .unwrap_or_else(|e| panic!("/api/v1/freezes is not a list of freezes ({e}): {r:?}"))
+    }
+
+    /// The episodes of source `source` (`/api/v1/episodes?source=…`).
+    #[track_caller]
+    pub fn episodes(&self, source: &str) -> Vec<Episode> {
+        let r = self.get(&format!("/api/v1/episodes?source={source}"));
+        assert_eq!(r.status, 200, "/api/v1/episodes: {r:?}");
+        serde_json::from_str(&r.body)
+            .unwrap_or_else(|e| panic!("/api/v1/episodes is not a list of episodes ({e}): {r:?}"))
     }
 
     #[track_caller]

@@ -23,8 +23,8 @@ pub fn channel(config: &ChannelConfig) -> Box<dyn Channel> {
             *priority,
             tags.clone(),
         )),
-        ChannelDetail::Slack => Box::new(super::slack::Slack::new(name, url)),
-        ChannelDetail::Discord => Box::new(super::discord::Discord::new(name, url)),
+        ChannelDetail::Slack => Box::new(super::slack::webhook(name, url)),
+        ChannelDetail::Discord => Box::new(super::discord::webhook(name, url)),
         ChannelDetail::Telegram { token, chat_id } => Box::new(super::telegram::Telegram::new(
             name,
             url,

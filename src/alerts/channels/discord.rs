@@ -10,8 +10,8 @@
 use serde_json::{json, Value};
 
 use super::{
-    event_time_ns, json_request, or_placeholder, runbook_link, timestamp, truncate_utf16,
-    url_secrets, Channel, Request, Tone, MAX_LINK_BYTES,
+    event_time_ns, or_placeholder, runbook_link, timestamp, truncate_utf16, Tone, UrlWebhook,
+    MAX_LINK_BYTES,
 };
 use crate::alerts::Message;
 
@@ -25,17 +25,6 @@ pub const MAX_EMBED_TOTAL: usize = 6000;
 /// What the fields may take of the 6000, so the description keeps its full 4096.
 const FIELDS_BUDGET: usize = 1500;
 const FOOTER: &str = "stallwatch";
-
-pub struct Discord {
-    name: String,
-    url: String,
-}
-
-impl Discord {
-    pub fn new(name: String, url: String) -> Discord {
-        Discord { name, url }
-    }
-}
 
 /// The embed's side colour: red, amber, blue, green.
 fn color(tone: Tone) -> u32 {
@@ -99,27 +88,15 @@ pub fn body(m: &Message) -> Value {
     })
 }
 
-impl Channel for Discord {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn kind(&self) -> &'static str {
-        "discord"
-    }
-
-    fn request(&self, message: &Message, _now_ns: i64) -> Request {
-        json_request(self.url.clone(), &body(message))
-    }
-
-    fn secrets(&self) -> Vec<String> {
-        url_secrets(&self.url, true)
-    }
+/// The channel: [`body`] posted to the webhook URL, whose path is its secret.
+pub fn webhook(name: String, url: String) -> UrlWebhook {
+    UrlWebhook::new(name, url, "discord", body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
+    use super::super::Channel;
     use super::*;
 
     fn discord() -> Box<dyn Channel> {

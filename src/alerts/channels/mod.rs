@@ -224,6 +224,49 @@ pub fn runbook_link(m: &Message, max_bytes: usize) -> Option<String> {
     (out.len() <= max_bytes).then_some(out)
 }
 
+/// A service whose whole config is a webhook URL that is itself the credential (Slack,
+/// Discord): the JSON its file's `body` makes of a message, posted to that URL.
+pub struct UrlWebhook {
+    name: String,
+    url: String,
+    kind: &'static str,
+    body: fn(&Message) -> serde_json::Value,
+}
+
+impl UrlWebhook {
+    pub fn new(
+        name: String,
+        url: String,
+        kind: &'static str,
+        body: fn(&Message) -> serde_json::Value,
+    ) -> UrlWebhook {
+        UrlWebhook {
+            name,
+            url,
+            kind,
+            body,
+        }
+    }
+}
+
+impl Channel for UrlWebhook {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    fn request(&self, message: &Message, _now_ns: i64) -> Request {
+        json_request(self.url.clone(), &(self.body)(message))
+    }
+
+    fn secrets(&self) -> Vec<String> {
+        url_secrets(&self.url, true)
+    }
+}
+
 /// A POST of `body` as JSON.
 pub fn json_request(url: String, body: &serde_json::Value) -> Request {
     Request {

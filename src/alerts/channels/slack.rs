@@ -9,8 +9,8 @@
 use serde_json::json;
 
 use super::{
-    context_line, json_request, or_placeholder, runbook_link, truncate, truncate_escaped,
-    url_secrets, Channel, Request, MAX_LINK_BYTES,
+    context_line, or_placeholder, runbook_link, truncate, truncate_escaped, UrlWebhook,
+    MAX_LINK_BYTES,
 };
 use crate::alerts::Message;
 
@@ -23,17 +23,6 @@ pub const MAX_SECTION_CHARS: usize = 3000;
 pub const MAX_TEXT_CHARS: usize = 3000;
 /// A context element's text (Block Kit text object).
 pub const MAX_CONTEXT_CHARS: usize = 3000;
-
-pub struct Slack {
-    name: String,
-    url: String,
-}
-
-impl Slack {
-    pub fn new(name: String, url: String) -> Slack {
-        Slack { name, url }
-    }
-}
 
 /// Slack's escaping of the three characters it reads as markup.
 pub fn escape(text: &str) -> String {
@@ -82,27 +71,15 @@ pub fn body(m: &Message) -> serde_json::Value {
     })
 }
 
-impl Channel for Slack {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn kind(&self) -> &'static str {
-        "slack"
-    }
-
-    fn request(&self, message: &Message, _now_ns: i64) -> Request {
-        json_request(self.url.clone(), &body(message))
-    }
-
-    fn secrets(&self) -> Vec<String> {
-        url_secrets(&self.url, true)
-    }
+/// The channel: [`body`] posted to the webhook URL, whose path is its secret.
+pub fn webhook(name: String, url: String) -> UrlWebhook {
+    UrlWebhook::new(name, url, "slack", body)
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
+    use super::super::Channel;
     use super::*;
 
     fn slack() -> Box<dyn Channel> {
