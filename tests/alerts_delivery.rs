@@ -657,6 +657,17 @@ fn a_receiver_down_two_minutes_gets_all_100_notifications_once_back() {
     );
 }
 
+/// The keys of the notifications in `/api/v1/alerts` whose row `keep` keeps.
+fn notification_keys(api: &Value, keep: impl Fn(&Value) -> bool) -> BTreeSet<String> {
+    api["notifications"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| keep(n))
+        .filter_map(|n| n["key"].as_str().map(str::to_string))
+        .collect()
+}
+
 #[test]
 fn kill_9_with_notifications_pending_loses_none() {
     const QUEUES: usize = 5;
@@ -684,15 +695,9 @@ fn kill_9_with_notifications_pending_loses_none() {
         ALERT_TIMEOUT,
         || {
             let api = alerts_api(&sidecar);
-            let keys: BTreeSet<String> = api["notifications"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|n| {
-                    n["state"] != "sent" && n["state"] != "failed" && n["state"] != "dropped"
-                })
-                .filter_map(|n| n["key"].as_str().map(str::to_string))
-                .collect();
+            let keys = notification_keys(&api, |n| {
+                n["state"] != "sent" && n["state"] != "failed" && n["state"] != "dropped"
+            });
             if api_pending(&api) >= QUEUES as i64 && keys.len() >= QUEUES {
                 Ok(keys)
             } else {
@@ -746,13 +751,7 @@ fn kill_9_with_notifications_pending_loses_none() {
         ALERT_TIMEOUT,
         || {
             let api = alerts_api(&sidecar);
-            let sent: BTreeSet<String> = api["notifications"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|n| n["state"] == "sent")
-                .filter_map(|n| n["key"].as_str().map(str::to_string))
-                .collect();
+            let sent = notification_keys(&api, |n| n["state"] == "sent");
             if api_pending(&api) == 0 && sent.is_superset(&pending) {
                 Ok(())
             } else {
@@ -799,6 +798,36 @@ fn am_payload_about_source(r: &Received, status: &str) -> bool {
             .any(|a| a["status"] == status && a["labels"]["source"] == SOURCE)
 }
 
+/// Waits for Alertmanager's webhook payload with `status` about [`SOURCE`]; returns the
+/// payload and its alert about the source.
+fn wait_am_payload(
+    receiver: &Receiver,
+    sidecar: &Sidecar,
+    status: &str,
+    timeout: Duration,
+) -> (Value, Value) {
+    let got = wait_requests(
+        receiver,
+        sidecar,
+        &format!("a {status} payload from Alertmanager"),
+        timeout,
+        |r| r.iter().any(|r| am_payload_about_source(r, status)),
+    );
+    let payload = got
+        .iter()
+        .find(|r| am_payload_about_source(r, status))
+        .unwrap()
+        .json();
+    let alert = payload["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["labels"]["source"] == SOURCE)
+        .unwrap()
+        .clone();
+    (payload, alert)
+}
+
 #[test]
 fn alertmanager_routes_the_firing_then_the_resolved_alert() {
     /// group_wait 1 s after the sidecar's post, then Alertmanager's webhook send.
@@ -822,26 +851,9 @@ fn alertmanager_routes_the_firing_then_the_resolved_alert() {
         ]),
     );
 
-    let got = wait_requests(
-        &receiver,
-        &sidecar,
-        "a firing payload from Alertmanager",
-        ALERT_TIMEOUT + AM_TIMEOUT,
-        |r| r.iter().any(|r| am_payload_about_source(r, "firing")),
-    );
-    let firing = got
-        .iter()
-        .find(|r| am_payload_about_source(r, "firing"))
-        .unwrap()
-        .json();
+    let (firing, alert) =
+        wait_am_payload(&receiver, &sidecar, "firing", ALERT_TIMEOUT + AM_TIMEOUT);
     assert_eq!(firing["receiver"], "hook", "{firing}");
-    let alert = firing["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["labels"]["source"] == SOURCE)
-        .unwrap()
-        .clone();
     let m = sidecar.metrics();
     assert!(
         notifications_total(&m, "am", "sent") >= 1.0,
@@ -850,24 +862,7 @@ fn alertmanager_routes_the_firing_then_the_resolved_alert() {
     );
 
     write_jobs_db(&db, &[]);
-    let got = wait_requests(
-        &receiver,
-        &sidecar,
-        "a resolved payload from Alertmanager",
-        ALERT_TIMEOUT + AM_TIMEOUT,
-        |r| r.iter().any(|r| am_payload_about_source(r, "resolved")),
-    );
-    let resolved = got
-        .iter()
-        .find(|r| am_payload_about_source(r, "resolved"))
-        .unwrap()
-        .json();
-    let same = resolved["alerts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["labels"]["source"] == SOURCE)
-        .unwrap();
+    let (_, same) = wait_am_payload(&receiver, &sidecar, "resolved", ALERT_TIMEOUT + AM_TIMEOUT);
     assert_eq!(
         same["labels"], alert["labels"],
         "the resolved alert is the one that fired"
