@@ -77,8 +77,6 @@ const PHASE_TIMEOUT: Duration = Duration::from_secs(30);
 const METRICS_TIMEOUT: Duration = Duration::from_secs(20);
 /// Until a finished overrun is attributed: the merge window plus 2 s after it ends.
 const EPISODE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long the kernel may take to report the process as stopped.
-const STOPPED_TIMEOUT: Duration = Duration::from_secs(2);
 
 // ---- (a) a wait overrun, visible while it is happening ------------------------------------
 
@@ -105,14 +103,7 @@ fn live_wait_overrun_is_visible_while_the_app_is_still_stopped() {
          into a {RECV_TIMEOUT_SECONDS} s wait): the machine is too slow for this test",
         deadline - stopped_at
     );
-    poll_until(
-        "the app to be stopped",
-        STOPPED_TIMEOUT,
-        || match process_state(pid) {
-            Some('T') => Ok(()),
-            other => Err(format!("state {other:?}")),
-        },
-    );
+    common::wait_stopped("the app", pid);
 
     // While it is still stopped: the live episode and the gauge. Leave 0.5 s before SIGCONT.
     let live_timeout = STOP.saturating_sub(t0.elapsed() + Duration::from_millis(500));

@@ -37,7 +37,7 @@ use common::cgroup::TestCgroup;
 use common::dbos::{App, Hold, Journal, Mode, SystemDb};
 use common::dbos_history::{self, open_read_only, wait_deadline, StepRow};
 use common::faketime::FakeClock;
-use common::{assert_near, poll_until, process_state, Episode, Launch, Metrics, Sidecar};
+use common::{assert_near, poll_until, Episode, Launch, Metrics, Sidecar};
 use rusqlite::Connection;
 use tempfile::TempDir;
 
@@ -65,8 +65,6 @@ const METRICS_TIMEOUT: Duration = Duration::from_secs(15);
 const EPISODE_TIMEOUT: Duration = Duration::from_secs(20);
 /// After the awaited episode appeared, how long to keep watching for a second one.
 const SECOND_EPISODE_WATCH: Duration = Duration::from_secs(2);
-/// How long the kernel may take to report the process (or cgroup) as stopped.
-const STOPPED_TIMEOUT: Duration = Duration::from_secs(2);
 /// The app's default recv timeout (`REPLY_RECV_TIMEOUT_SECONDS` in app.py).
 const RECV_SECONDS: f64 = 2.0;
 /// How far into the recv's wait the test stops the app (wait-overrun test).
@@ -137,13 +135,7 @@ fn wal_app_and_sidecar_frozen_together_is_a_freeze_gap() {
     app.expect_phase("generate-done", label);
     cgroup.set_frozen(true).expect("freezing the cgroup");
     let t0 = Instant::now();
-    poll_until("the cgroup to report frozen", STOPPED_TIMEOUT, || {
-        if cgroup.is_frozen() {
-            Ok(())
-        } else {
-            Err(format!("{} is not frozen yet", cgroup.dir.display()))
-        }
-    });
+    cgroup.wait_frozen();
     // Read once it thaws: `send` starts right after.
     app.command(&format!("go {label}"));
     std::thread::sleep(STOP.saturating_sub(t0.elapsed()));
@@ -320,14 +312,7 @@ fn freeze_inside_recv_is_one_wait_overrun() {
          its deadline: too late to test an overrun (machine too slow?)",
         stopped_at - wait_started
     );
-    poll_until(
-        "the app to be stopped",
-        STOPPED_TIMEOUT,
-        || match process_state(pid) {
-            Some('T') => Ok(()),
-            other => Err(format!("state {other:?}")),
-        },
-    );
+    common::wait_stopped("the app", pid);
     // Past the deadline, still stopped: the sidecar counts the wait as overdue and
     // records it already, from its placeholder, with no end yet.
     let overdue = format!("stallwatch_waits_overdue{{source=\"{SOURCE}\"}}");
@@ -660,14 +645,7 @@ fn normal_runs_then_sigstop(journal: Journal) {
     let pid = app.pid();
     common::signal(pid, libc::SIGSTOP);
     let t0 = Instant::now();
-    poll_until(
-        "the app to be stopped",
-        STOPPED_TIMEOUT,
-        || match process_state(pid) {
-            Some('T') => Ok(()),
-            other => Err(format!("state {other:?}")),
-        },
-    );
+    common::wait_stopped("the app", pid);
     // Waiting in the pipe: the app reads it the moment it runs again.
     app.command(&format!("go {label}"));
     std::thread::sleep(STOP.saturating_sub(t0.elapsed()));

@@ -8,10 +8,10 @@ mod common;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::servers::ClockServer;
-use common::{free_port, poll_until, process_state, Launch, Sidecar};
+use common::{free_port, poll_until, Launch, Sidecar};
 
 /// `promtool` from `$PATH`, else where Debian installs it.
 fn promtool() -> PathBuf {
@@ -47,19 +47,7 @@ fn sidecar_with_everything(dir: &std::path::Path, sntp: &ClockServer) -> Sidecar
             env: vec![],
         },
     );
-    let pid = sidecar.pid();
-    sidecar.signal(libc::SIGSTOP);
-    let t0 = Instant::now();
-    poll_until(
-        "the process to be stopped",
-        Duration::from_secs(2),
-        || match process_state(pid) {
-            Some('T') => Ok(()),
-            other => Err(format!("state {other:?}")),
-        },
-    );
-    std::thread::sleep(Duration::from_millis(2500).saturating_sub(t0.elapsed()));
-    sidecar.signal(libc::SIGCONT);
+    sidecar.stop_for(Duration::from_millis(2500));
     sidecar.wait_for_freezes(1, Duration::from_secs(10));
     let offset = format!(
         "stallwatch_reference_offset_seconds{{reference=\"sntp:{}\"}}",

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use common::dbos::{App, Journal, Mode, SystemDb};
 use common::receiver::{Receiver, Reply};
-use common::{assert_near, free_port, poll_until, process_state, run_to_exit, Launch, Sidecar};
+use common::{assert_near, free_port, poll_until, run_to_exit, Launch, Sidecar};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
@@ -80,7 +80,6 @@ const TRACE_TIMEOUT: Duration = Duration::from_secs(30);
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// After the trace arrived, how long to watch for anything sent twice.
 const AFTERWARDS: Duration = Duration::from_secs(3);
-const STOPPED_TIMEOUT: Duration = Duration::from_secs(2);
 /// Normal running before a stop, so the detector has a steady state to compare with.
 const WARM_UP: Duration = Duration::from_secs(1);
 /// The 5 s an orchestrator waits between SIGTERM and SIGKILL.
@@ -101,7 +100,7 @@ fn a_freeze_during_a_step_shows_inside_the_workflow_trace() {
     let workflow_id = app.start_ingest(label, CRUNCH_SECONDS, true);
     app.expect_phase("crunch-start", label);
     std::thread::sleep(STOP_INTO_CRUNCH);
-    let stopped = stop_for(sidecar, STOP);
+    let stopped = sidecar.stop_for(STOP).as_secs_f64();
     app.expect_phase("waiting", label);
     std::thread::sleep(HOLD);
     app.command(&format!("go {label}"));
@@ -332,7 +331,7 @@ fn a_freeze_outside_any_workflow_is_its_own_trace_and_a_hung_collector_cannot_ho
         },
     );
     std::thread::sleep(WARM_UP);
-    let stopped = stop_for(&sidecar, STOP);
+    let stopped = sidecar.stop_for(STOP).as_secs_f64();
     let spans = poll_until("the freeze's own trace", TRACE_TIMEOUT, || {
         let spans = collector.delivered_spans();
         if spans.is_empty() {
@@ -364,7 +363,7 @@ fn a_freeze_outside_any_workflow_is_its_own_trace_and_a_hung_collector_cannot_ho
 
     // The collector now reads a request and never answers: a stop must not wait for it.
     collector.hang();
-    stop_for(&sidecar, STOP);
+    sidecar.stop_for(STOP);
     poll_until(
         "the next export to hang",
         TRACE_TIMEOUT,
@@ -411,7 +410,7 @@ fn the_sidecars_own_polls_freeze_decision_and_deliveries_are_spans_of_the_same_s
     launch.env.push(("STALLWATCH_LOG".into(), "info".into()));
     let sidecar = Sidecar::start_with(&dir.path().join("data"), &launch);
     std::thread::sleep(WARM_UP);
-    let stopped = stop_for(&sidecar, STOP);
+    let stopped = sidecar.stop_for(STOP).as_secs_f64();
     hook.wait_for(2, TRACE_TIMEOUT);
     let own = |name: &str| -> Vec<Span> {
         collector
@@ -552,25 +551,6 @@ fn a_bad_otlp_table_is_one_sentence_and_exit_2() {
         }
         assert!(!data.exists(), "a refused run creates no data dir");
     }
-}
-
-/// Stops the sidecar (SIGSTOP) for `how_long`; returns how long it was stopped, seconds.
-fn stop_for(sidecar: &Sidecar, how_long: Duration) -> f64 {
-    sidecar.signal(libc::SIGSTOP);
-    let t0 = Instant::now();
-    let pid = sidecar.pid();
-    // If this fails the sidecar is dropped: SIGKILL ends a stopped process too.
-    poll_until(
-        "the sidecar to be stopped",
-        STOPPED_TIMEOUT,
-        || match process_state(pid) {
-            Some('T') => Ok(()),
-            other => Err(format!("state {other:?}")),
-        },
-    );
-    std::thread::sleep(how_long.saturating_sub(t0.elapsed()));
-    sidecar.signal(libc::SIGCONT);
-    t0.elapsed().as_secs_f64()
 }
 
 // ---- what the collector got -----------------------------------------------------------

@@ -7,10 +7,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::cgroup::TestCgroup;
-use common::{assert_near, poll_until, process_state, Sidecar};
+use common::{assert_near, Sidecar};
 
 /// How long the sidecar is stopped.
 const STOP: Duration = Duration::from_secs(3);
@@ -22,8 +22,6 @@ const WARM_UP: Duration = Duration::from_secs(1);
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Extra running after the event appeared, for any second event to show up.
 const SETTLE: Duration = Duration::from_secs(3);
-/// How long the kernel may take to report the process (or cgroup) as stopped.
-const STOPPED_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Checks what an operator sees after a stop of `stopped`: one `process_stall` event of
 /// that duration seen by the tick, and the same in `/metrics`.
@@ -65,21 +63,7 @@ fn sigstop_for_3s_is_one_process_stall_of_3s() {
     let sidecar = Sidecar::start(&dir.path().join("data"));
     std::thread::sleep(WARM_UP);
 
-    let pid = sidecar.pid();
-    sidecar.signal(libc::SIGSTOP);
-    let t0 = Instant::now();
-    // If this fails the sidecar is dropped: SIGKILL ends a stopped process too.
-    poll_until(
-        "the process to be stopped",
-        STOPPED_TIMEOUT,
-        || match process_state(pid) {
-            Some('T') => Ok(()),
-            other => Err(format!("state {other:?}")),
-        },
-    );
-    std::thread::sleep(STOP.saturating_sub(t0.elapsed()));
-    sidecar.signal(libc::SIGCONT);
-    let stopped = t0.elapsed();
+    let stopped = sidecar.stop_for(STOP);
 
     assert_one_stall(&sidecar, stopped);
 }
@@ -102,19 +86,8 @@ fn cgroup_freeze_for_3s_is_one_process_stall_of_3s() {
         });
     std::thread::sleep(WARM_UP);
 
-    cgroup.set_frozen(true).expect("freezing the cgroup");
-    let t0 = Instant::now();
     // If this fails the guard thaws the cgroup before the sidecar is killed.
-    poll_until("the cgroup to report frozen", STOPPED_TIMEOUT, || {
-        if cgroup.is_frozen() {
-            Ok(())
-        } else {
-            Err(format!("{} is not frozen yet", cgroup.dir.display()))
-        }
-    });
-    std::thread::sleep(STOP.saturating_sub(t0.elapsed()));
-    cgroup.set_frozen(false).expect("thawing the cgroup");
-    let stopped = t0.elapsed();
+    let stopped = cgroup.freeze_for(STOP);
 
     assert_one_stall(&sidecar, stopped);
     drop(cgroup);

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use common::dbos::{App, Hold, Journal, Mode, SystemDb};
 use common::dbos_schema;
 use common::pgdb::TestDb;
-use common::{poll_until, process_state, run_to_exit, Finished};
+use common::{run_to_exit, Finished};
 use rusqlite::{params, Connection};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -606,14 +606,7 @@ fn real_dbos_app_stopped_between_steps_is_one_gap() {
     let pid = app.pid();
     common::signal(pid, libc::SIGSTOP);
     let t0 = Instant::now();
-    poll_until(
-        "the app to be stopped",
-        Duration::from_secs(2),
-        || match process_state(pid) {
-            Some('T') => Ok(()),
-            other => Err(format!("state {other:?}")),
-        },
-    );
+    common::wait_stopped("the app", pid);
     app.command("go stopped"); // read the moment it runs again
     std::thread::sleep(STOP.saturating_sub(t0.elapsed()));
     common::signal(pid, libc::SIGCONT);

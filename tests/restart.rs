@@ -8,7 +8,7 @@ mod common;
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::{assert_near, poll_until, process_state, Freeze, Launch, Sidecar};
+use common::{assert_near, Freeze, Launch, Sidecar};
 
 /// How long the sidecar stays dead between kill and restart.
 const DOWN: Duration = Duration::from_secs(5);
@@ -22,19 +22,7 @@ const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Stops the sidecar for `duration` with SIGSTOP and waits for the resulting event.
 fn make_a_stall(sidecar: &Sidecar, duration: Duration) -> Freeze {
-    let pid = sidecar.pid();
-    sidecar.signal(libc::SIGSTOP);
-    let t0 = Instant::now();
-    poll_until(
-        "the process to be stopped",
-        Duration::from_secs(2),
-        || match process_state(pid) {
-            Some('T') => Ok(()),
-            other => Err(format!("state {other:?}")),
-        },
-    );
-    std::thread::sleep(duration.saturating_sub(t0.elapsed()));
-    sidecar.signal(libc::SIGCONT);
+    sidecar.stop_for(duration);
     let events = sidecar.wait_for_freezes(1, EVENT_TIMEOUT);
     assert_eq!(events.len(), 1, "{events:#?}");
     assert_eq!(events[0].kind, "process_stall", "{events:#?}");

@@ -213,6 +213,16 @@ fn children_of(pid: i32) -> Vec<(i32, char)> {
         .collect()
 }
 
+/// Waits until `parent` has a child (`what` it is, for the message); returns its pid.
+fn first_child(what: &str, parent: i32) -> i32 {
+    poll_until(what, RUN_TIMEOUT, || {
+        children_of(parent)
+            .first()
+            .map(|&(pid, _)| pid)
+            .ok_or_else(|| "no child yet".to_string())
+    })
+}
+
 #[test]
 fn the_childs_exit_code_is_stallwatchs() {
     let dir = tempfile::tempdir().unwrap();
@@ -250,12 +260,7 @@ fn sigterm_is_passed_on_and_stallwatch_exits_with_the_childs_status() {
     let dir = tempfile::tempdir().unwrap();
     let mut run = Run::start(dir.path(), &PLAIN, &["sleep", "60"]);
     run.wait_ready();
-    let sleep = poll_until("the app running", RUN_TIMEOUT, || {
-        children_of(run.pid())
-            .first()
-            .map(|&(pid, _)| pid)
-            .ok_or_else(|| "no child yet".to_string())
-    });
+    let sleep = first_child("the app running", run.pid());
     let asked = Instant::now();
     run.signal(libc::SIGTERM);
     // sleep dies of SIGTERM: 143 says the child got it (stallwatch's own would be 0).
@@ -290,11 +295,7 @@ fn sighup_is_passed_on_to_the_child() {
         ],
     );
     run.wait_ready();
-    poll_until("the app running", RUN_TIMEOUT, || {
-        (!children_of(run.pid()).is_empty())
-            .then_some(())
-            .ok_or_else(|| "no child yet".to_string())
-    });
+    first_child("the app running", run.pid());
     std::thread::sleep(Duration::from_millis(300)); // the trap is set
     run.signal(libc::SIGHUP);
     assert_eq!(run.exit_code(STOP_BOUND), 42);
@@ -319,11 +320,7 @@ fn a_child_that_ignores_sigterm_is_killed_after_the_grace() {
         &["sh", "-c", "trap '' TERM; exec sleep 60"],
     );
     run.wait_ready();
-    poll_until("the app running", RUN_TIMEOUT, || {
-        (!children_of(run.pid()).is_empty())
-            .then_some(())
-            .ok_or_else(|| "no child yet".to_string())
-    });
+    first_child("the app running", run.pid());
     std::thread::sleep(Duration::from_millis(300)); // the trap is set
     let asked = Instant::now();
     run.signal(libc::SIGTERM);
@@ -352,6 +349,28 @@ fn stop_grace_out_of_range_or_without_a_command_is_a_usage_error() {
 /// The app double-forks three short-lived daemons and keeps running.
 const DOUBLE_FORK: &str = "for i in 1 2 3; do (sleep 1 &); done; exec sleep 60";
 
+/// Waits until the orphans of [`DOUBLE_FORK`] are children of `parent` (`who`, for the
+/// messages) beside the app, then until they are reaped: only the app is left, and no
+/// zombie.
+fn wait_orphans_reaped(parent: i32, who: &str) {
+    poll_until(
+        &format!("the orphans reparented to {who}"),
+        RUN_TIMEOUT,
+        || {
+            let kids = children_of(parent);
+            (kids.len() >= 4)
+                .then_some(())
+                .ok_or_else(|| format!("{kids:?}"))
+        },
+    );
+    poll_until(&format!("the orphans reaped by {who}"), RUN_TIMEOUT, || {
+        let kids = children_of(parent);
+        (kids.len() == 1 && kids.iter().all(|&(_, s)| s != 'Z'))
+            .then_some(())
+            .ok_or_else(|| format!("{kids:?}"))
+    });
+}
+
 #[test]
 fn orphans_of_a_double_forking_child_are_reaped() {
     let dir = tempfile::tempdir().unwrap();
@@ -359,19 +378,8 @@ fn orphans_of_a_double_forking_child_are_reaped() {
     run.wait_ready();
     let pid = run.pid();
     // The orphans come to stallwatch (a child subreaper), not to the host's init …
-    poll_until("the orphans reparented to stallwatch", RUN_TIMEOUT, || {
-        let kids = children_of(pid);
-        (kids.len() >= 4)
-            .then_some(())
-            .ok_or_else(|| format!("{kids:?}"))
-    });
     // … and once they exit, none is left a zombie: only the app itself remains.
-    poll_until("the orphans reaped", RUN_TIMEOUT, || {
-        let kids = children_of(pid);
-        (kids.len() == 1 && kids.iter().all(|&(_, s)| s != 'Z'))
-            .then_some(())
-            .ok_or_else(|| format!("{kids:?}"))
-    });
+    wait_orphans_reaped(pid, "stallwatch");
     run.signal(libc::SIGTERM);
     assert_eq!(run.exit_code(STOP_BOUND), 128 + libc::SIGTERM);
 }
@@ -392,24 +400,8 @@ fn as_pid_1_of_a_pid_namespace_it_reaps_and_passes_sigterm_on() {
         serde_json::from_str(&http_get(run.addr, "/api/v1/status").unwrap().body).unwrap();
     assert_eq!(status["pid"], 1, "stallwatch is PID 1 inside: {status}");
     // unshare's child is stallwatch; seen from here, with its host pid.
-    let stallwatch = poll_until("stallwatch under unshare", RUN_TIMEOUT, || {
-        children_of(run.pid())
-            .first()
-            .map(|&(p, _)| p)
-            .ok_or_else(|| "no child of unshare".to_string())
-    });
-    poll_until("the orphans reparented to PID 1", RUN_TIMEOUT, || {
-        let kids = children_of(stallwatch);
-        (kids.len() >= 4)
-            .then_some(())
-            .ok_or_else(|| format!("{kids:?}"))
-    });
-    poll_until("the orphans reaped by PID 1", RUN_TIMEOUT, || {
-        let kids = children_of(stallwatch);
-        (kids.len() == 1 && kids.iter().all(|&(_, s)| s != 'Z'))
-            .then_some(())
-            .ok_or_else(|| format!("{kids:?}"))
-    });
+    let stallwatch = first_child("stallwatch under unshare", run.pid());
+    wait_orphans_reaped(stallwatch, "PID 1");
     signal(stallwatch, libc::SIGTERM);
     // unshare --fork exits with its child's status: stallwatch's, which is the app's.
     assert_eq!(run.exit_code(STOP_BOUND), 128 + libc::SIGTERM);

@@ -25,10 +25,10 @@ mod common;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::cgroup::{v1_mount, v2_mount, TestCgroup, Version};
-use common::{poll_until, process_state, Freeze, Launch, Sidecar};
+use common::{poll_until, Freeze, Launch, Sidecar};
 
 /// How long the sidecar is stopped or frozen.
 const STOP: Duration = Duration::from_secs(3);
@@ -39,8 +39,6 @@ const WARM_UP: Duration = Duration::from_secs(2);
 const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Extra running after the first event, for any other to show up.
 const SETTLE: Duration = Duration::from_secs(3);
-/// How long the kernel may take to report the process (or cgroup) as stopped.
-const STOPPED_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the cgroup's CPU is starved.
 const STARVE: Duration = Duration::from_secs(4);
 /// The starving quota: 1 ms of CPU a second (the smallest v1 accepts), which a busy loop
@@ -101,21 +99,7 @@ fn a_sigstop_stall_carries_sigcont_and_no_cpu_starvation() {
     let sidecar = Sidecar::start(&dir.path().join("data"));
     std::thread::sleep(WARM_UP);
 
-    let pid = sidecar.pid();
-    sidecar.signal(libc::SIGSTOP);
-    let t0 = Instant::now();
-    // If this fails the sidecar is dropped: SIGKILL ends a stopped process too.
-    poll_until(
-        "the process to be stopped",
-        STOPPED_TIMEOUT,
-        || match process_state(pid) {
-            Some('T') => Ok(()),
-            other => Err(format!("state {other:?}")),
-        },
-    );
-    std::thread::sleep(STOP.saturating_sub(t0.elapsed()));
-    sidecar.signal(libc::SIGCONT);
-    let stopped = t0.elapsed().as_secs_f64();
+    let stopped = sidecar.stop_for(STOP).as_secs_f64();
 
     let events = stalls(&sidecar);
     assert_eq!(events.len(), 1, "{events:#?}");
@@ -170,17 +154,7 @@ fn freeze_once(cgroup: &TestCgroup) {
     let _thaw = cgroup.thaw_on_drop();
     std::thread::sleep(WARM_UP);
 
-    cgroup.set_frozen(true).expect("freezing the cgroup");
-    let t0 = Instant::now();
-    poll_until("the cgroup to report frozen", STOPPED_TIMEOUT, || {
-        if cgroup.is_frozen() {
-            Ok(())
-        } else {
-            Err(format!("{} is not frozen yet", cgroup.dir.display()))
-        }
-    });
-    std::thread::sleep(STOP.saturating_sub(t0.elapsed()));
-    cgroup.set_frozen(false).expect("thawing the cgroup");
+    cgroup.freeze_for(STOP);
 
     let events = stalls(&sidecar);
     assert_eq!(events.len(), 1, "{:?}: {events:#?}", cgroup.version);

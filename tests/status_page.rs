@@ -32,7 +32,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use common::{poll_until, process_state, wait_with_timeout, Launch, Sidecar};
+use common::{poll_until, wait_with_timeout, Launch, Sidecar};
 use rusqlite::{params, Connection};
 use serde_json::{json, Value};
 
@@ -45,8 +45,6 @@ const PHONE_DPR: u32 = 2;
 const STOP: Duration = Duration::from_secs(3);
 /// Normal running before the stop, so the detector has a steady state to compare with.
 const WARM_UP: Duration = Duration::from_secs(1);
-/// How long the kernel may take to report the sidecar stopped.
-const STOPPED_TIMEOUT: Duration = Duration::from_secs(2);
 /// Until the freeze is in `/api/v1/freezes`: it is held open for the 2 s merge window.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Until the page shows something the API has: the page asks every 5 s, a fetch may
@@ -164,19 +162,7 @@ fn page_shows_a_live_freeze_at_390_px_with_no_console_errors() {
     page.eval(&mut browser, "window.__loadedOnce = 'same document'; 1");
 
     std::thread::sleep(WARM_UP);
-    let pid = sidecar.pid();
-    sidecar.signal(libc::SIGSTOP);
-    let t0 = Instant::now();
-    poll_until(
-        "the sidecar to be stopped",
-        STOPPED_TIMEOUT,
-        || match process_state(pid) {
-            Some('T') => Ok(()),
-            other => Err(format!("state {other:?}")),
-        },
-    );
-    std::thread::sleep(STOP.saturating_sub(t0.elapsed()));
-    sidecar.signal(libc::SIGCONT);
+    sidecar.stop_for(STOP);
     let freeze = sidecar.wait_for_freezes(1, FREEZE_TIMEOUT).remove(0);
     assert_eq!(freeze.kind, "process_stall", "{freeze:?}");
 

@@ -16,7 +16,7 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
-use crate::common::{poll_until, Sidecar};
+use crate::common::{faketime, poll_until, Sidecar};
 
 /// Poll interval of every source under test: many polls per second of test time.
 pub const POLL: &str = "300ms";
@@ -343,57 +343,15 @@ pub fn verify_standard_webhook(
 
 // ---- libfaketime ---------------------------------------------------------------------------
 
-/// Where Debian puts the thread-safe preload library, for when `dpkg` cannot say.
-const KNOWN_LIBFAKETIME_PATHS: &[&str] = &[
-    "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
-    "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
-    "/usr/lib/faketime/libfaketimeMT.so.1",
-    "/usr/local/lib/faketime/libfaketimeMT.so.1",
-];
-
-/// The thread-safe libfaketime preload library (the sidecar is multithreaded; see
-/// tests/wall_step.rs): `$STALLWATCH_TEST_LIBFAKETIME`, else what `dpkg -L` lists, else
-/// the usual Debian paths. Panics with the package to install: nothing skips.
-pub fn libfaketime() -> std::path::PathBuf {
-    use std::path::PathBuf;
-    const LIB: &str = "libfaketimeMT.so.1";
-    if let Some(p) = std::env::var_os("STALLWATCH_TEST_LIBFAKETIME") {
-        return PathBuf::from(p);
-    }
-    for package in ["libfaketime", "faketime"] {
-        if let Ok(out) = std::process::Command::new("dpkg")
-            .args(["-L", package])
-            .output()
-        {
-            let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            if let Some(p) = text
-                .lines()
-                .find(|l| l.ends_with(&format!("/{LIB}")))
-                .map(PathBuf::from)
-                .filter(|p| p.is_file())
-            {
-                return p;
-            }
-        }
-    }
-    KNOWN_LIBFAKETIME_PATHS
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "{LIB} not found; install it with `apt-get install -y faketime` \
-                 (or point STALLWATCH_TEST_LIBFAKETIME at it). This test does not skip."
-            )
-        })
-}
-
 /// The environment that runs a process `offset_s` seconds ahead on the wall clock only:
 /// CLOCK_REALTIME = real + offset, advancing in real time; MONOTONIC and BOOTTIME stay
 /// real (`FAKETIME_DONT_FAKE_MONOTONIC`), so no freeze or step is seen.
 pub fn faketime_env(offset_s: i64) -> Vec<(String, String)> {
     vec![
-        ("LD_PRELOAD".into(), libfaketime().display().to_string()),
+        (
+            "LD_PRELOAD".into(),
+            faketime::libfaketime().display().to_string(),
+        ),
         ("FAKETIME".into(), format!("{offset_s:+}")),
         ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
     ]

@@ -11,7 +11,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a drop retries removing a cgroup whose processes are still leaving it.
 const REMOVE_ATTEMPTS: usize = 50;
@@ -156,6 +156,32 @@ impl TestCgroup {
                 .lines()
                 .any(|l| l.trim() == "frozen 1"),
         }
+    }
+
+    /// Waits until the cgroup reports frozen, after [`TestCgroup::set_frozen`].
+    pub fn wait_frozen(&self) {
+        super::poll_until(
+            "the cgroup to report frozen",
+            super::STOPPED_TIMEOUT,
+            || {
+                if self.is_frozen() {
+                    Ok(())
+                } else {
+                    Err(format!("{} is not frozen yet", self.dir.display()))
+                }
+            },
+        );
+    }
+
+    /// Freezes the cgroup and thaws it `how_long` after, once it has reported frozen;
+    /// returns how long it was frozen.
+    pub fn freeze_for(&self, how_long: Duration) -> Duration {
+        self.set_frozen(true).expect("freezing the cgroup");
+        let t0 = Instant::now();
+        self.wait_frozen();
+        std::thread::sleep(how_long.saturating_sub(t0.elapsed()));
+        self.set_frozen(false).expect("thawing the cgroup");
+        t0.elapsed()
     }
 
     /// Limits the cgroup to `quota` of CPU time per `period` (v1 `cpu.cfs_*_us`, v2

@@ -107,6 +107,35 @@ pub fn process_state(pid: i32) -> Option<char> {
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
+/// How long the kernel may take to show a stopped process as stopped (`T`), or a frozen
+/// cgroup as frozen.
+pub const STOPPED_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Waits until the kernel reports process `pid` (`what`, for the message) stopped (`T`).
+pub fn wait_stopped(what: &str, pid: i32) {
+    poll_until(
+        &format!("{what} to be stopped"),
+        STOPPED_TIMEOUT,
+        || match process_state(pid) {
+            Some('T') => Ok(()),
+            other => Err(format!("state {other:?}")),
+        },
+    );
+}
+
+/// Stops process `pid` (SIGSTOP) and continues it (SIGCONT) `how_long` after, once the
+/// kernel has reported it stopped; returns how long it was stopped.
+pub fn stop_for(what: &str, pid: i32, how_long: Duration) -> Duration {
+    signal(pid, libc::SIGSTOP);
+    let t0 = Instant::now();
+    // If this fails the caller's guard (a dropped `Sidecar`, `App`) kills it: SIGKILL
+    // ends a stopped process too.
+    wait_stopped(what, pid);
+    std::thread::sleep(how_long.saturating_sub(t0.elapsed()));
+    signal(pid, libc::SIGCONT);
+    t0.elapsed()
+}
+
 /// Polls `probe` every [`POLL_INTERVAL`] until it returns `Ok`, or panics after `timeout`
 /// with `what` and the last thing `probe` reported.
 pub fn poll_until<T>(
@@ -639,6 +668,11 @@ impl Sidecar {
 
     pub fn signal(&self, sig: libc::c_int) {
         signal(self.pid(), sig);
+    }
+
+    /// Stops it (SIGSTOP) for `how_long`, see [`stop_for`]; returns how long it was stopped.
+    pub fn stop_for(&self, how_long: Duration) -> Duration {
+        stop_for("the sidecar", self.pid(), how_long)
     }
 
     /// SIGKILL, then reap.

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OpenFlags};
 
-use crate::common::{self, poll_until, process_state, Launch, Sidecar};
+use crate::common::{self, poll_until, Launch, Sidecar};
 
 /// How long each stop of the sidecar lasts: over the default `freeze.min` of 2 s.
 const STOP: Duration = Duration::from_millis(2_600);
@@ -35,23 +35,13 @@ const NOTICE_TIMEOUT: Duration = Duration::from_secs(5);
 const RECOVER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Until a source's first poll is settled and written (or folded).
 const EPISODE_TIMEOUT: Duration = Duration::from_secs(90);
-/// How long the kernel may take to report the process as stopped.
-const STOPPED_TIMEOUT: Duration = Duration::from_secs(2);
 
 const STATE_DB: &str = "stallwatch.sqlite";
 
 /// Stops the sidecar (SIGSTOP) for [`STOP`], then continues it.
 fn stop_for_a_while(sidecar: &Sidecar) {
-    let pid = sidecar.pid();
     sidecar.signal(libc::SIGSTOP);
-    poll_until(
-        "the sidecar to be stopped",
-        STOPPED_TIMEOUT,
-        || match process_state(pid) {
-            Some('T') => Ok(()),
-            other => Err(format!("state {other:?}")),
-        },
-    );
+    common::wait_stopped("the sidecar", sidecar.pid());
     std::thread::sleep(STOP);
     sidecar.signal(libc::SIGCONT);
 }
