@@ -135,7 +135,9 @@ impl Exporter {
             }
             let mut spans = built.spans;
             if let Some(own) = &self.own_spans {
-                let (taken, lost) = own.take(MAX_QUEUED_SPANS);
+                // Only what fits: the rest waits in the hand-over (itself bounded).
+                let room = MAX_QUEUED_SPANS.saturating_sub(queue.len() + spans.len());
+                let (taken, lost) = own.take(room);
                 self.dropped(lost);
                 spans.extend(taken);
             }
